@@ -1,0 +1,297 @@
+"""The embedded default, "omnilive-small": an omni model assembled from small packaged models.
+
+    audio  ──Whisper base──▶ transcript ─┐
+    image  ──OCR, colours──▶ context ────┼─▶ Qwen2.5-Coder-0.5B on our Qwen2 decoder ─▶ text
+    video  ──frames + audio track──▶ ────┘                                │
+                                               sentence chunks ──hibari──▶ 24 kHz speech
+
+Each stage streams: speech for the first clause is synthesised while the LLM is still
+writing the rest. Media become text that is clearly labelled as machine-extracted, so the
+model (and the user reading its answer) knows what it could and could not "see".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Sequence
+
+import numpy as np
+
+from omnilive.engine.speech_chunker import SpeechChunker
+from omnilive.engine.types import (
+    AudioChunk,
+    AudioInput,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    Finished,
+    ImageInput,
+    Message,
+    ModelCard,
+    ReasoningDelta,
+    TextDelta,
+    Transcript,
+    Usage,
+    VideoInput,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = "omnilive-small"
+SYSTEM_PROMPT = (
+    "You are omnilive, a helpful assistant running locally. You read text only: images, audio "
+    "and video the user attaches reach you as text extracted by other tools (speech recognition, "
+    "OCR, colour analysis), shown in square brackets. Use that text to answer, and say so when "
+    "it does not tell you what you are asked. When the user's message is an audio transcript, "
+    "treat it as what the user said."
+)
+SPOKEN_STYLE = (
+    " Your reply will be spoken aloud: answer in a few short, plain sentences, without "
+    "markdown, lists, tables or code."
+)
+FRAMES_DESCRIBED_PER_VIDEO = 3  # OCR is the costly part; a few spread-out frames carry most text
+
+
+class EmbeddedEngine:
+    """OmniEngine over packaged models; loads lazily in `start()`."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._llm = None  # AsyncLLM
+        self._tokenizer = None
+        self._asr = None
+        self._tts = None
+        self._context_length = 0
+        # One thread each: Whisper and hibari are not re-entrant, and two threads per stage
+        # would only fight the LLM thread for the machine's few cores.
+        self._asr_pool = ThreadPoolExecutor(1, thread_name_prefix="asr")
+        self._tts_pool = ThreadPoolExecutor(1, thread_name_prefix="tts")
+        self._vision_pool = ThreadPoolExecutor(1, thread_name_prefix="vision")
+        self._media_text: OrderedDict[str, str] = OrderedDict()  # media digest → its text
+        self._card: ModelCard | None = None
+
+    @property
+    def card(self) -> ModelCard:
+        if self._card is None:
+            raise RuntimeError("engine not started")
+        return self._card
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        from omnilive.backends import assets
+        from omnilive.backends.asr import WhisperASR
+        from omnilive.backends.tts import HibariTTS
+        from omnilive.engine.async_engine import AsyncLLM
+        from omnilive.model.gguf_loader import load_gguf
+
+        s = self.settings
+        cache_dir = s.models_dir
+        t0 = time.perf_counter()
+        small = s.llm == "smollm2-135m"
+        gguf_path = assets.smollm2_gguf() if small else assets.qwen_coder_gguf(cache_dir)
+        unused_llm_role = "llm" if small else "llm-small"
+        model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=s.torch_dtype)
+        self._tokenizer = tokenizer
+        self._context_length = min(config.max_position_embeddings, s.max_context_tokens)
+        self._llm = AsyncLLM(model, tokenizer, max_slots=s.max_batch, max_len=self._context_length)
+        self._asr = WhisperASR(assets.whisper_base_dir(cache_dir), cpu_threads=s.threads)
+        self._tts = HibariTTS()
+        log.info("embedded default loaded in %.1f s", time.perf_counter() - t0)
+        self._card = ModelCard(
+            id=MODEL_ID,
+            owned_by="omnilive",
+            parts=tuple(p for p in assets.packaged_parts() if p["role"] != unused_llm_role),
+            context_length=self._context_length,
+            voices=tuple(self._tts.voices),
+            default_voice=self._tts.default_voice,
+        )
+
+    async def stop(self) -> None:
+        if self._llm is not None:
+            await asyncio.to_thread(self._llm.shutdown)
+        for pool in (self._asr_pool, self._tts_pool, self._vision_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        speak = "audio" in request.modalities
+        voice = self._check_voice(request.voice) if speak else None
+        chat = await self._render_chat(request.messages, speak)
+        prompt_ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+        if len(prompt_ids) >= self._context_length:
+            raise EngineError(
+                f"The prompt is {len(prompt_ids)} tokens; this model's context is {self._context_length}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        sampling = request.sampling
+        if sampling.max_tokens is not None and len(prompt_ids) + sampling.max_tokens > self._context_length:
+            raise EngineError(
+                f"max_tokens {sampling.max_tokens} + prompt {len(prompt_ids)} tokens exceeds the "
+                f"context length {self._context_length}.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        text_stream = self._llm.generate(request.request_id, prompt_ids, sampling, request.max_thinking_tokens)
+        if not speak:
+            async for out in self._text_outputs(text_stream):
+                yield out
+            return
+        async for out in self._with_speech(self._text_outputs(text_stream), voice):
+            yield out
+
+    async def _text_outputs(self, stream) -> AsyncIterator[EngineOutput]:
+        try:
+            async for out in stream:
+                if out.reasoning:
+                    yield ReasoningDelta(out.reasoning)
+                if out.text or out.logprobs:
+                    yield TextDelta(out.text, tuple(out.logprobs or ()))
+                if out.finish_reason is not None:
+                    usage = Usage(out.prompt_tokens, out.completion_tokens, out.reasoning_tokens)
+                    yield Finished(out.finish_reason, usage)
+        finally:
+            await stream.aclose()
+
+    async def _with_speech(self, outputs: AsyncIterator[EngineOutput], voice: str) -> AsyncIterator[EngineOutput]:
+        """Interleave text outputs with speech of each finished clause, as soon as it is ready."""
+        merged: asyncio.Queue = asyncio.Queue()
+        to_speak: asyncio.Queue[str | None] = asyncio.Queue()
+        chunker = SpeechChunker()
+
+        async def read_text():
+            async for out in outputs:
+                if isinstance(out, TextDelta):
+                    for piece in chunker.feed(out.text):
+                        to_speak.put_nowait(piece)
+                if isinstance(out, Finished):
+                    for piece in chunker.flush():
+                        to_speak.put_nowait(piece)
+                    to_speak.put_nowait(None)
+                    finished.append(out)
+                    continue
+                await merged.put(out)
+
+        async def speak():
+            loop = asyncio.get_running_loop()
+            while (piece := await to_speak.get()) is not None:
+                samples = await loop.run_in_executor(self._tts_pool, self._tts.synthesize, piece, voice)
+                await merged.put(AudioChunk(np.asarray(samples, dtype=np.float32), piece))
+
+        finished: list[Finished] = []
+        reader, speaker = asyncio.create_task(read_text()), asyncio.create_task(speak())
+        done_marker = object()
+        both = asyncio.gather(reader, speaker)
+        both.add_done_callback(lambda _: merged.put_nowait(done_marker))
+        try:
+            while (item := await merged.get()) is not done_marker:
+                yield item
+            await both  # re-raise a failure of either stage
+            yield finished[0]
+        finally:
+            for task in (reader, speaker):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await both
+            await outputs.aclose()
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        chat = [{"role": m.role, "content": m.text} for m in messages]
+        return len(self._tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+
+    async def transcribe(self, audio: AudioInput, language: str | None = None, prompt: str | None = None) -> Transcript:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._asr_pool, self._asr.transcribe, audio, language, prompt)
+
+    async def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> AsyncIterator[np.ndarray]:
+        voice = self._check_voice(voice)
+        chunker = SpeechChunker()
+        loop = asyncio.get_running_loop()
+        for piece in chunker.feed(text) + chunker.flush():
+            yield await loop.run_in_executor(self._tts_pool, self._tts.synthesize, piece, voice, speed)
+
+    def _check_voice(self, voice: str | None) -> str:
+        return self._tts.resolve_voice(voice)  # EngineError for a voice it cannot speak
+
+    # -- media → labelled text ----------------------------------------------------------------
+
+    async def _render_chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
+        chat: list[dict] = []
+        counters = {"image": 0, "audio": 0, "video": 0}
+        for message in messages:
+            pieces = [await self._part_text(part, counters) for part in message.content]
+            chat.append({"role": message.role, "content": "\n".join(p for p in pieces if p)})
+        system = SYSTEM_PROMPT + (SPOKEN_STYLE if speak else "")
+        if chat and chat[0]["role"] == "system":
+            chat[0]["content"] = chat[0]["content"] + (SPOKEN_STYLE if speak else "")
+        else:
+            chat.insert(0, {"role": "system", "content": system})
+        return chat
+
+    async def _part_text(self, part, counters: dict[str, int]) -> str:
+        if isinstance(part, str):
+            return part
+        kind = {ImageInput: "image", AudioInput: "audio", VideoInput: "video"}[type(part)]
+        counters[kind] += 1
+        key = f"{kind}:{_digest(part)}"
+        if key not in self._media_text:
+            describe = {"image": self._image_text, "audio": self._audio_text, "video": self._video_text}[kind]
+            self._media_text[key] = await describe(part)
+            while len(self._media_text) > 256:
+                self._media_text.popitem(last=False)
+        self._media_text.move_to_end(key)
+        return self._media_text[key].replace("{n}", str(counters[kind]))
+
+    async def _image_text(self, image: ImageInput) -> str:
+        from omnilive.backends.vision import describe_image
+
+        loop = asyncio.get_running_loop()
+        facts = await loop.run_in_executor(self._vision_pool, describe_image, image)
+        return facts.as_context(label="Image {n}")
+
+    async def _audio_text(self, audio: AudioInput) -> str:
+        t = await self.transcribe(audio)
+        if not t.text.strip():
+            return f"[Audio {{n}}, {audio.duration_s:.1f} s: no speech recognised]"
+        return f"[Audio {{n}}, {audio.duration_s:.1f} s, speech recognition ({t.language}): \"{t.text.strip()}\"]"
+
+    async def _video_text(self, video: VideoInput) -> str:
+        from omnilive.backends.vision import describe_image
+
+        loop = asyncio.get_running_loop()
+        n = len(video.frames)
+        picks = sorted({round(i * (n - 1) / max(1, FRAMES_DESCRIBED_PER_VIDEO - 1)) for i in range(FRAMES_DESCRIBED_PER_VIDEO)}) if n else []
+        lines = [f"[Video {{n}}, {video.duration_s:.1f} s, {n} frames at {video.fps:g} fps."]
+        for i in picks:
+            facts = await loop.run_in_executor(self._vision_pool, describe_image, ImageInput(video.frames[i]))
+            lines.append(facts.as_context(label=f"Frame at {i / video.fps:.1f} s"))
+        if video.audio is not None:
+            t = await self.transcribe(video.audio)
+            lines.append(f'Audio track, speech recognition: "{t.text.strip()}"' if t.text.strip() else "Audio track: no speech recognised")
+        else:
+            lines.append("No audio track.")
+        return "\n".join(lines) + "]"
+
+
+def _digest(part) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(part, ImageInput):
+        h.update(part.image.tobytes())
+        h.update(repr(part.image.size).encode())
+    elif isinstance(part, AudioInput):
+        h.update(np.ascontiguousarray(part.samples).tobytes())
+    else:
+        for frame in part.frames:
+            h.update(frame.tobytes())
+        if part.audio is not None:
+            h.update(np.ascontiguousarray(part.audio.samples).tobytes())
+    return h.hexdigest()
