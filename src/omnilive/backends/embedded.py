@@ -90,6 +90,7 @@ class EmbeddedEngine:
         from omnilive.backends.asr import WhisperASR
         from omnilive.backends.tts import HibariTTS
         from omnilive.engine.async_engine import AsyncLLM
+        from omnilive.engine.llm_engine import LLMEngine
         from omnilive.model.gguf_loader import load_gguf
 
         s = self.settings
@@ -98,10 +99,17 @@ class EmbeddedEngine:
         small = s.llm == "smollm2-135m"
         gguf_path = assets.smollm2_gguf() if small else assets.qwen_coder_gguf(cache_dir)
         unused_llm_role = "llm" if small else "llm-small"
-        model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=s.torch_dtype)
+        model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=s.dtype)
         self._tokenizer = tokenizer
         self._context_length = min(config.max_position_embeddings, s.max_context_tokens)
-        self._llm = AsyncLLM(model, tokenizer, max_slots=s.max_batch, max_len=self._context_length)
+        engine = LLMEngine(
+            model,
+            tokenizer,
+            max_slots=s.max_batch,
+            context_length=self._context_length,
+            prefill_chunk_tokens=getattr(s, "prefill_chunk_tokens", 64),
+        )
+        self._llm = AsyncLLM(engine)
         self._asr = WhisperASR(assets.whisper_base_dir(cache_dir), cpu_threads=s.threads)
         self._tts = HibariTTS()
         log.info("embedded default loaded in %.1f s", time.perf_counter() - t0)
