@@ -1,0 +1,69 @@
+"""`omnilive serve [...]` and `omnilive --version`.
+
+Flags override OMNILIVE_* environment variables, which override the defaults: the CLI only
+passes the flags that were given, and `Settings` reads the environment for the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from pydantic import ValidationError
+
+from omnilive.server.app import package_version
+from omnilive.server.settings import Settings
+
+# flag → Settings field, for flags whose value passes straight through
+_SERVE_FLAGS = ("model", "llm", "host", "port", "dtype", "api_key", "data_dir", "cache_dir", "log_level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnilive", description="OpenAI-compatible server for omni models.")
+    parser.add_argument("--version", action="version", version=f"omnilive {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    # defaults are None so that an absent flag leaves the environment / Settings default in charge
+    serve.add_argument("--model", help='"default" (embedded cascade of packaged models), a directory or a hub id')
+    serve.add_argument("--llm", choices=["qwen2.5-coder-0.5b", "smollm2-135m"], help="LLM of the default model")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer <key>' on /v1 routes")
+    serve.add_argument("--data-dir", help="uploaded files, model cache and database live here")
+    serve.add_argument("--cache-dir", help="assembled model files (default: DATA_DIR/models)")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
+                       help="allow browser requests from ORIGIN (repeatable; '*' for any)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {name: getattr(args, name) for name in (*_SERVE_FLAGS, "cors_origins") if getattr(args, name) is not None}
+    return Settings(**given)
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from omnilive.server.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        print(f"omnilive: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        serve(settings)
+    return 0

@@ -1,0 +1,112 @@
+"""Files uploaded through /v1/files: one content file and one JSON sidecar per id, on disk.
+
+    <root>/file-3f2a…  (the bytes)      <root>/file-3f2a….json  (filename, purpose, size...)
+
+Crash safety comes from ordering: content is written to a temporary name, fsynced and renamed
+first; the sidecar is renamed into place last, so a file exists exactly when its sidecar does.
+Deleting removes the sidecar first. Leftovers of an interrupted write are swept at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+_ID = re.compile(r"^file-[0-9a-f]{24}$")  # also keeps ids from naming paths outside root
+_PARTIAL = ".part"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int  # unix seconds
+    content_type: str | None
+
+
+class FileStore:
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+
+    def create(self, source: BinaryIO, filename: str, purpose: str, content_type: str | None) -> StoredFile:
+        file_id = f"file-{uuid.uuid4().hex[:24]}"
+        content = self._content_path(file_id)
+        partial = content.with_name(content.name + _PARTIAL)
+        with open(partial, "wb") as out:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, content)
+        stored = StoredFile(file_id, filename, purpose, content.stat().st_size, int(time.time()), content_type)
+        self._write_json(self._meta_path(file_id), asdict(stored))
+        return stored
+
+    def get(self, file_id: str) -> StoredFile | None:
+        if not _ID.match(file_id):
+            return None
+        try:
+            return StoredFile(**json.loads(self._meta_path(file_id).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def list(self, purpose: str | None = None) -> list[StoredFile]:
+        """Newest first, as OpenAI lists them."""
+        found = (self.get(path.name.removesuffix(".json")) for path in self.root.glob("file-*.json"))
+        files = [f for f in found if f is not None and (purpose is None or f.purpose == purpose)]
+        return sorted(files, key=lambda f: (f.created_at, f.id), reverse=True)
+
+    def path(self, file_id: str) -> Path:
+        return self._content_path(file_id)
+
+    def read(self, file_id: str) -> bytes:
+        return self._content_path(file_id).read_bytes()
+
+    def delete(self, file_id: str) -> bool:
+        if self.get(file_id) is None:
+            return False
+        self._meta_path(file_id).unlink(missing_ok=True)
+        self._content_path(file_id).unlink(missing_ok=True)
+        return True
+
+    def _content_path(self, file_id: str) -> Path:
+        if not _ID.match(file_id):
+            raise ValueError(f"not a file id: {file_id!r}")
+        return self.root / file_id
+
+    def _meta_path(self, file_id: str) -> Path:
+        return self._content_path(file_id).with_suffix(".json")
+
+    def _write_json(self, path: Path, data: dict) -> None:
+        partial = path.with_name(path.name + _PARTIAL)
+        with open(partial, "w") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _sweep(self) -> None:
+        """Remove half-written files and content whose sidecar never landed."""
+        for path in self.root.iterdir():
+            if path.name.endswith(_PARTIAL):
+                path.unlink(missing_ok=True)
+            elif _ID.match(path.name) and not path.with_suffix(".json").exists():
+                path.unlink(missing_ok=True)

@@ -1,0 +1,75 @@
+"""Prometheus metrics, one registry per app (so tests can build several apps in one process).
+
+`MetricsMiddleware` counts every HTTP request by route template and status, and times it to
+the end of its body (a streamed completion counts until its last chunk). Chat routes add
+token counts and the latencies a user feels: time to first token and to first audio.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("omnilive_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
+        self.request_seconds = Histogram(
+            "omnilive_http_request_duration_seconds", "HTTP request time, to the last body byte",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter("omnilive_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.completion_tokens = Counter("omnilive_completion_tokens", "Completion tokens generated", registry=r)
+        self.engine_outputs = Counter(
+            "omnilive_engine_outputs", "Outputs received from the engine (text deltas, audio chunks...)", registry=r
+        )
+        self.time_to_first_token = Histogram(
+            "omnilive_time_to_first_token_seconds", "Request received → first text or reasoning delta",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.time_to_first_audio = Histogram(
+            "omnilive_time_to_first_audio_seconds", "Request received → first audio chunk",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.running = Gauge("omnilive_requests_running", "Engine requests in progress", registry=r)
+        self.finished = Counter(
+            "omnilive_requests_finished", "Engine requests by how they ended", ["reason"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI, so streamed responses are timed to their end, not to their first byte."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app raises before answering
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            # unmatched paths share one label: a scanner must not create unbounded series
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
+            self.metrics.request_seconds.labels(template).observe(time.perf_counter() - started)

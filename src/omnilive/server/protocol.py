@@ -1,0 +1,353 @@
+"""The OpenAI wire format: pydantic request, response and chunk models for the /v1 routes.
+
+Requests ignore unknown fields (as OpenAI does) so newer clients keep working; fields we
+accept but cannot honour are listed in `ChatCompletionRequest`'s docstring.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- request: messages and their content parts ----------------------------------------------
+
+AudioInputFormat = Literal["wav", "mp3", "flac", "ogg", "opus", "webm", "m4a", "aac", "pcm16", "g711_ulaw", "g711_alaw"]
+AudioOutputFormat = Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"]
+
+
+class ImageURL(_Lenient):
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class MediaURL(_Lenient):
+    url: str  # data: URL, a `file-...` id from /v1/files, or http(s) when the server allows it
+
+
+class InputAudio(_Lenient):
+    data: str  # base64
+    format: AudioInputFormat
+
+
+class FileRef(_Lenient):
+    file_id: str | None = None
+    file_data: str | None = None  # a data: URL or bare base64, as OpenAI's `file` part allows
+    filename: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FileRef:
+        if (self.file_id is None) == (self.file_data is None):
+            raise ValueError("give exactly one of file_id or file_data")
+        return self
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Lenient):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _bare_url(cls, value):  # some clients send "image_url": "data:..."
+        return {"url": value} if isinstance(value, str) else value
+
+
+class InputAudioPart(_Lenient):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class AudioURLPart(_Lenient):  # vLLM's extension
+    type: Literal["audio_url"]
+    audio_url: MediaURL
+
+
+class VideoURLPart(_Lenient):  # vLLM's extension
+    type: Literal["video_url"]
+    video_url: MediaURL
+
+
+class FilePart(_Lenient):
+    type: Literal["file"]
+    file: FileRef
+
+
+ContentPart = Annotated[
+    Union[TextPart, ImagePart, InputAudioPart, AudioURLPart, VideoURLPart, FilePart],
+    Field(discriminator="type"),
+]
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+
+class AudioOutputParams(_Lenient):
+    voice: str | None = None  # None = the model's default voice
+    format: AudioOutputFormat = "wav"  # non-streaming only; streamed audio is always pcm16
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+# OpenAI's reasoning_effort as a thinking budget, for thinking models (None = unlimited)
+THINKING_BUDGET_BY_EFFORT = {"minimal": 0, "low": 512, "medium": 2048, "high": None}
+
+
+class ChatCompletionRequest(_Lenient):
+    """POST /v1/chat/completions.
+
+    Accepted but not honoured: presence_penalty and frequency_penalty (the engine has a
+    multiplicative `repetition_penalty` instead, accepted as an extension, as vLLM does),
+    `user`. Only n=1 is supported.
+    """
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: AudioOutputParams | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=-1)  # extension; 0 or -1 = off
+    repetition_penalty: float | None = Field(None, gt=0, le=2)  # extension
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = 1
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    max_thinking_tokens: int | None = Field(None, ge=0)  # extension
+    thinking_token_budget: int | None = Field(None, ge=0)  # extension (vLLM's name)
+    user: str | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _only_one_choice(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("this server supports only n=1")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_sequences(cls, value):
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 16 or any(not s for s in stops):
+            raise ValueError("stop takes up to 16 non-empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        return self
+
+    @property
+    def wants_audio(self) -> bool:
+        return "audio" in (self.modalities or ())
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    @property
+    def completion_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def thinking_budget(self) -> int | None:
+        for budget in (self.max_thinking_tokens, self.thinking_token_budget):
+            if budget is not None:
+                return budget
+        return THINKING_BUDGET_BY_EFFORT[self.reasoning_effort] if self.reasoning_effort else None
+
+
+# -- response and stream chunks ---------------------------------------------------------------
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+
+
+class AudioDelta(BaseModel):
+    id: str
+    data: str  # base64 PCM16 little-endian, 24 kHz mono
+    transcript: str
+    expires_at: int
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    audio: AudioDelta | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class PromptTokensDetails(BaseModel):
+    audio_tokens: int = 0
+    image_tokens: int = 0  # extension
+    cached_tokens: int = 0
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    completion_tokens_details: CompletionTokensDetails
+    prompt_tokens_details: PromptTokensDetails
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: UsageOut | None = None
+
+    def to_json(self) -> str:
+        body = self.model_dump()
+        for choice in body["choices"]:  # deltas carry only what changed, as OpenAI's do
+            choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+class AudioOut(BaseModel):
+    id: str
+    data: str  # base64, in the requested format
+    transcript: str
+    expires_at: int
+    format: AudioOutputFormat  # extension: what `data` holds
+
+
+class AssistantMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    reasoning_content: str | None = None
+    audio: AudioOut | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessageOut
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: UsageOut
+
+
+# -- audio, models, files -----------------------------------------------------------------------
+
+
+class SpeechRequest(_Lenient):
+    model: str
+    input: str = Field(min_length=1)
+    voice: str | None = None
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # extensions: what the model is made of and what it takes and gives
+    parts: list[dict]
+    context_length: int
+    voices: list[str]
+    default_voice: str
+    input_modalities: list[str]
+    output_modalities: list[str]
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["processed"] = "processed"
+    content_type: str | None = None  # extension
+
+
+# -- server-sent events -----------------------------------------------------------------------
+
+
+def sse(data: str) -> bytes:
+    return f"data: {data}\n\n".encode()
+
+
+SSE_DONE = sse("[DONE]")
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always closes its body iterator, however the response ends.
+
+    Starlette cancels the sending task when the client disconnects; if that happens while the
+    generator is parked at a `yield`, nothing closes it and the engine would keep generating
+    until garbage collection. Closing it here runs the generator's `finally` (which aborts the
+    engine request) at once.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()

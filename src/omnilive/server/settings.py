@@ -1,0 +1,100 @@
+"""Everything an operator can set, from the environment (OMNILIVE_*) or the CLI (flags win).
+
+    OMNILIVE_PORT=9000 OMNILIVE_API_KEY=secret omnilive serve --llm smollm2-135m
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from omnilive.media.limits import MediaLimits
+
+
+def _default_data_dir() -> Path:
+    """$XDG_DATA_HOME/omnilive, else ~/.local/share/omnilive."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "omnilive"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNILIVE_", extra="ignore", validate_default=True)
+
+    # what to serve: "default" = the embedded cascade of packaged models; later a DIR or hub id
+    model: str = "default"
+    llm: Literal["qwen2.5-coder-0.5b", "smollm2-135m"] = "qwen2.5-coder-0.5b"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # when set, every /v1 route needs `Authorization: Bearer <api_key>`; /health, /metrics
+    # and the web app's static files stay open (a load balancer and Prometheus need them)
+    api_key: SecretStr | None = None  # SecretStr: never printed in logs or reprs
+    cors_origins: Annotated[list[str], NoDecode] = []  # "*" or a comma-separated list
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # assembled model files (joined packaged parts, dequantised weights); None = data_dir/models.
+    # Worth sharing between data dirs: building it costs tens of seconds.
+    cache_dir: Path | None = None
+    database_url: str | None = None  # None = sqlite file under data_dir
+
+    # engine sizing: decode slots batched together, context per slot, CPU threads
+    max_batch: int = Field(4, ge=1)
+    max_context_tokens: int = Field(8192, ge=256)
+    threads: int = Field(2, ge=1)
+
+    # request and media bounds
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # whole HTTP request body
+    max_media_bytes: int = Field(25 * 1024 * 1024, ge=1024)  # one image/audio/video item
+    max_audio_seconds: float = Field(600.0, gt=0)
+    max_video_seconds: float = Field(180.0, gt=0)
+    max_speech_input_chars: int = Field(4096, ge=1)  # /v1/audio/speech, as OpenAI
+    allow_remote_media_urls: bool = False  # let clients make this server fetch http(s) URLs
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("data_dir", "cache_dir", mode="after")
+    @classmethod
+    def _expand_dirs(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @property
+    def models_dir(self) -> Path:
+        """Cache of assembled model files (joined packaged parts, converted weights)."""
+        return self.cache_dir or self.data_dir / "models"
+
+    @property
+    def files_dir(self) -> Path:
+        """Files uploaded through /v1/files."""
+        return self.data_dir / "files"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'omnilive.db'}"
+
+    @property
+    def torch_dtype(self):
+        """"auto" = bfloat16 on a GPU, float32 on CPU (CPU bfloat16 matmuls are slow without AMX)."""
+        import torch
+
+        if self.dtype == "auto":
+            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return getattr(torch, self.dtype)
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            max_bytes=self.max_media_bytes,
+            max_audio_seconds=self.max_audio_seconds,
+            max_video_seconds=self.max_video_seconds,
+            allow_remote_urls=self.allow_remote_media_urls,
+        )
