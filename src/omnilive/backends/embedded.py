@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Sequence
 
 import numpy as np
+import torch
 
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.engine.types import (
@@ -92,6 +93,7 @@ class EmbeddedEngine:
         from omnilive.engine.async_engine import AsyncLLM
         from omnilive.engine.llm_engine import LLMEngine
         from omnilive.model.gguf_loader import load_gguf
+        from omnilive.model.weights import resolve_dtype
 
         s = self.settings
         cache_dir = s.models_dir
@@ -99,7 +101,10 @@ class EmbeddedEngine:
         small = s.llm == "smollm2-135m"
         gguf_path = assets.smollm2_gguf() if small else assets.qwen_coder_gguf(cache_dir)
         unused_llm_role = "llm" if small else "llm-small"
-        model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=s.dtype)
+        torch.set_num_threads(s.threads)
+        dtype = resolve_dtype(s.dtype)
+        int8 = s.quantize == "int8" or (s.quantize == "auto" and dtype == torch.bfloat16)
+        model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=dtype, int8_weights=int8)
         self._tokenizer = tokenizer
         self._context_length = min(config.max_position_embeddings, s.max_context_tokens)
         engine = LLMEngine(
@@ -107,7 +112,7 @@ class EmbeddedEngine:
             tokenizer,
             max_slots=s.max_batch,
             context_length=self._context_length,
-            prefill_chunk_tokens=getattr(s, "prefill_chunk_tokens", 64),
+            prefill_chunk_tokens=s.prefill_chunk_tokens,
         )
         self._llm = AsyncLLM(engine)
         self._asr = WhisperASR(assets.whisper_base_dir(cache_dir), cpu_threads=s.threads)

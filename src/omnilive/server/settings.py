@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_batch: int = Field(4, ge=1)
     max_context_tokens: int = Field(8192, ge=256)
     threads: int = Field(2, ge=1)
+    # prompt tokens computed per engine step: smaller keeps other streams flowing during a
+    # long prompt, larger finishes the prompt sooner
+    prefill_chunk_tokens: int = Field(64, ge=1)
+    # int8 weights for the LLM's linear layers: ~2x faster decode on CPU (measured top-1
+    # agreement with bf16 at every position); "auto" = on when running in bfloat16
+    quantize: Literal["auto", "int8", "none"] = "auto"
 
     # request and media bounds
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # whole HTTP request body
@@ -81,15 +87,6 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'omnilive.db'}"
-
-    @property
-    def torch_dtype(self):
-        """"auto" = bfloat16 on a GPU, float32 on CPU (CPU bfloat16 matmuls are slow without AMX)."""
-        import torch
-
-        if self.dtype == "auto":
-            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        return getattr(torch, self.dtype)
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(

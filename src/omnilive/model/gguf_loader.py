@@ -1,0 +1,181 @@
+"""Load a llama.cpp GGUF file (qwen2 or llama architecture) into our Qwen2ForCausalLM.
+
+The quantised tensors are dequantised with the `gguf` package, renamed to HF checkpoint keys
+and loaded strictly. Dequantising takes a minute on a small CPU, so the result (weights as
+safetensors in the compute dtype, config.json and the tokenizer) is cached in
+`cache_dir/<file>-<size>-<mtime>/`; the next load reads only that and takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from omnilive.model.layers import quantize_linears_int8
+from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from omnilive.model.tokenizer import Tokenizer
+from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("qwen2", "llama")
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def hf_name(gguf_name: str) -> str:
+    """llama.cpp tensor name → HF checkpoint key ("blk.3.attn_q.bias" → "model.layers.3.self_attn.q_proj.bias")."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    match = _BLOCK_TENSOR.fullmatch(gguf_name)
+    if match is None or match.group(2) not in _BLOCK_NAMES:
+        raise KeyError(f"GGUF tensor {gguf_name!r} has no counterpart in our model")
+    layer, part, kind = match.groups()
+    return f"model.layers.{layer}.{_BLOCK_NAMES[part]}.{kind}"
+
+
+def read_metadata(reader) -> dict[str, Any]:
+    """All GGUF key/value metadata as python values."""
+    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+
+
+def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> Qwen2Config:
+    arch = meta["general.architecture"]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise NotImplementedError(f"GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    heads = get("attention.head_count")
+    hidden = get("embedding_length")
+    return Qwen2Config(
+        vocab_size=get("vocab_size") or len(meta["tokenizer.ggml.tokens"]),
+        hidden_size=hidden,
+        intermediate_size=get("feed_forward_length"),
+        num_hidden_layers=get("block_count"),
+        num_attention_heads=heads,
+        num_key_value_heads=get("attention.head_count_kv", heads),
+        max_position_embeddings=get("context_length"),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        tie_word_embeddings="output.weight" not in tensor_names,  # SmolLM2 reuses token_embd
+        attention_bias="blk.0.attn_q.bias" in tensor_names,
+        attention_output_bias="blk.0.attn_output.bias" in tensor_names,
+        mlp_bias="blk.0.ffn_up.bias" in tensor_names,
+        head_dim=get("attention.key_length") or hidden // heads,
+        model_type=arch,
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+    )
+
+
+def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's llama converter, which reorders each head's q/k rows from the HF
+    half-split rotary layout to interleaved pairs (qwen2 files are not permuted)."""
+    shape = weight.shape
+    return weight.reshape(num_heads, shape[0] // num_heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def dequantized_state_dict(reader, config: Qwen2Config, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from gguf.quants import dequantize
+
+    state: dict[str, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        weight = dequantize(tensor.data, tensor.tensor_type)  # float32, HF layout [out, in]
+        if config.model_type == "llama" and re.search(r"\.attn_[qk]\.", tensor.name):
+            heads = config.num_attention_heads if ".attn_q." in tensor.name else config.num_key_value_heads
+            weight = unpermute_rotary(weight, heads)
+        if not (weight.flags.writeable and weight.flags.c_contiguous):  # F32 tensors are views of the file
+            weight = np.array(weight, order="C")
+        state[hf_name(tensor.name)] = torch.from_numpy(weight).to(dtype)
+    return state
+
+
+def load_gguf(
+    path: str | Path,
+    cache_dir: str | Path | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: str = "cpu",
+    int8_weights: bool = False,
+) -> tuple[Qwen2ForCausalLM, Qwen2Config, Tokenizer]:
+    """(model in eval mode, its config, its tokenizer) from a GGUF file.
+
+    dtype None/"auto" picks bf16 where the CPU computes it natively, else float32. With a
+    cache_dir, the dequantised weights are stored there once and reused. int8_weights
+    (bf16/fp16 on CPU only) stores the linear layers as int8: about twice the decode speed.
+    """
+    path, dtype = Path(path), resolve_dtype(dtype)
+    if cache_dir is None:
+        state, config, tokenizer = _read_gguf(path, dtype)
+    else:
+        state, config, tokenizer = _cached(path, Path(cache_dir), dtype)
+    model = empty_model(Qwen2ForCausalLM, config, dtype, device)
+    load_state_dict_strict(model, state, assign=device == "cpu")
+    if device != "cpu":
+        model.to(device)
+    if int8_weights:
+        quantize_linears_int8(model)
+    return model, config, tokenizer
+
+
+def _read_gguf(path: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:
+    from gguf import GGUFReader
+
+    started = time.perf_counter()
+    reader = GGUFReader(str(path))
+    meta = read_metadata(reader)
+    config = config_from_metadata(meta, {t.name for t in reader.tensors})
+    tokenizer = Tokenizer.from_gguf_fields(meta)
+    state = dequantized_state_dict(reader, config, dtype)
+    log.info("dequantised %s in %.1f s", path.name, time.perf_counter() - started)
+    return state, config, tokenizer
+
+
+def cache_entry(path: Path, cache_dir: Path) -> Path:
+    """Where a GGUF file's converted form lives; a changed file (size or mtime) gets a new one."""
+    stat = path.stat()
+    return cache_dir / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _cached(path: Path, cache_dir: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:
+    entry = cache_entry(path, cache_dir)
+    weights = entry / f"model-{str(dtype).removeprefix('torch.')}.safetensors"
+    entry.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry / ".lock")):  # two processes starting at once convert once
+        if weights.is_file():
+            config = Qwen2Config.from_dict(json.loads((entry / "config.json").read_text()))
+            return load_file(weights), config, Tokenizer.load(entry)
+        state, config, tokenizer = _read_gguf(path, dtype)
+        (entry / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        tokenizer.save(entry)
+        tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+        save_file(state, str(tmp), metadata={"source": path.name})
+        os.replace(tmp, weights)  # the weights file appears last: its presence marks a complete entry
+        return state, config, tokenizer

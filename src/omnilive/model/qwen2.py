@@ -1,0 +1,162 @@
+"""Qwen2 (and Llama, which differs only in biases) decoder-only language model.
+
+Parameter names equal the Hugging Face checkpoint keys, so a safetensors checkpoint loads
+with no renaming. The model holds no request state: every call gets the KV cache, the cache
+slots of its rows and the position of every token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from omnilive.engine.kv_cache import KVCache
+from omnilive.model.layers import (
+    Attention,
+    CacheWrite,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    causal_mask,
+)
+
+
+@dataclass(frozen=True)
+class Qwen2Config:
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = False
+    attention_bias: bool = True  # bias on q/k/v: True for qwen2, False for llama / SmolLM2
+    attention_output_bias: bool = False  # bias on o_proj (llama ties it to attention_bias)
+    mlp_bias: bool = False
+    head_dim: int | None = None  # None = hidden_size // num_attention_heads
+    model_type: str = "qwen2"
+    torch_dtype: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Qwen2Config:
+        """From a HF config.json dict; unknown keys are ignored."""
+        d = dict(d)
+        model_type = d.get("model_type", "qwen2")
+        # transformers >= 5 moves rope_theta into rope_parameters; dtype was torch_dtype
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if "rope_theta" not in d and "rope_theta" in rope:
+            d["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") not in ("default", None):
+            raise NotImplementedError(f"rope type {rope['rope_type']!r} is not supported")
+        if "torch_dtype" not in d and "dtype" in d:
+            d["torch_dtype"] = d["dtype"]
+        if "attention_bias" not in d:
+            d["attention_bias"] = model_type == "qwen2"  # qwen2 always has q/k/v bias
+        elif model_type != "qwen2" and "attention_output_bias" not in d:
+            d["attention_output_bias"] = d["attention_bias"]  # llama puts it on o_proj too
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.self_attn = Attention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.attention_head_dim,
+            qkv_bias=config.attention_bias,
+            output_bias=config.attention_output_bias,
+        )
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, write: CacheWrite, mask) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, write, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta)
+
+
+class Qwen2ForCausalLM(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = Qwen2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share lm_head with the embedding when the config says so (again after `to_empty`)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, T] long
+        positions: torch.Tensor,  # [B, T] long, -1 = right padding
+        cache: KVCache,
+        slots: torch.Tensor,  # [B] long: the cache slot of each row
+    ) -> torch.Tensor:
+        """Run B rows of T tokens; returns the final hidden states [B, T, H].
+
+        Keys/values of the valid tokens are written into the cache at (slot, position); each
+        query attends to the keys of its row at positions <= its own. This one rule covers
+        prefill (whole or chunked) and batched decode of rows of different lengths.
+        """
+        write = CacheWrite(slots, positions)
+        mask = causal_mask(positions, write.key_len)
+        x = self.model.embed_tokens(input_ids.clamp(min=0))
+        cos, sin = self.model.rotary_emb(positions.clamp(min=0), x.dtype)
+        for index, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, cache.k[index], cache.v[index], write, mask)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] → float32 logits [..., vocab]."""
+        return self.lm_head(hidden).float()
+
+    def make_cache(self, max_slots: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        c = self.config
+        return KVCache(
+            c.num_hidden_layers,
+            max_slots,
+            c.num_key_value_heads,
+            max_len,
+            c.attention_head_dim,
+            dtype or self.dtype,
+            device=self.device,
+        )
