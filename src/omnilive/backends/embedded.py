@@ -89,6 +89,7 @@ class EmbeddedEngine:
     def _load(self) -> None:
         from omnilive.backends import assets
         from omnilive.backends.asr import WhisperASR
+        from omnilive.backends import vision
         from omnilive.backends.tts import HibariTTS
         from omnilive.engine.async_engine import AsyncLLM
         from omnilive.engine.llm_engine import LLMEngine
@@ -117,6 +118,7 @@ class EmbeddedEngine:
         self._llm = AsyncLLM(engine)
         self._asr = WhisperASR(assets.whisper_base_dir(cache_dir), cpu_threads=s.threads)
         self._tts = HibariTTS()
+        vision.warm_up()
         log.info("embedded default loaded in %.1f s", time.perf_counter() - t0)
         self._card = ModelCard(
             id=MODEL_ID,
@@ -241,8 +243,11 @@ class EmbeddedEngine:
         chat: list[dict] = []
         counters = {"image": 0, "audio": 0, "video": 0}
         for message in messages:
-            pieces = [await self._part_text(part, counters) for part in message.content]
-            chat.append({"role": message.role, "content": "\n".join(p for p in pieces if p)})
+            # media descriptions first, then the words: small models answer the question that
+            # comes last instead of echoing the description back
+            media = [await self._part_text(p, counters) for p in message.content if not isinstance(p, str)]
+            words = [p for p in message.content if isinstance(p, str)]
+            chat.append({"role": message.role, "content": "\n".join(x for x in media + words if x)})
         system = SYSTEM_PROMPT + (SPOKEN_STYLE if speak else "")
         if chat and chat[0]["role"] == "system":
             chat[0]["content"] = chat[0]["content"] + (SPOKEN_STYLE if speak else "")
@@ -278,21 +283,28 @@ class EmbeddedEngine:
         return f"[Audio {{n}}, {audio.duration_s:.1f} s, speech recognition ({t.language}): \"{t.text.strip()}\"]"
 
     async def _video_text(self, video: VideoInput) -> str:
+        """One flat block: what OCR read across a few spread-out frames, plus the audio track."""
         from omnilive.backends.vision import describe_image
 
         loop = asyncio.get_running_loop()
         n = len(video.frames)
-        picks = sorted({round(i * (n - 1) / max(1, FRAMES_DESCRIBED_PER_VIDEO - 1)) for i in range(FRAMES_DESCRIBED_PER_VIDEO)}) if n else []
-        lines = [f"[Video {{n}}, {video.duration_s:.1f} s, {n} frames at {video.fps:g} fps."]
+        wanted = min(n, FRAMES_DESCRIBED_PER_VIDEO)
+        picks = sorted({round(i * (n - 1) / max(1, wanted - 1)) for i in range(wanted)})
+        texts: list[str] = []  # OCR lines in order of first appearance
+        colours = ""
         for i in picks:
             facts = await loop.run_in_executor(self._vision_pool, describe_image, ImageInput(video.frames[i]))
-            lines.append(facts.as_context(label=f"Frame at {i / video.fps:.1f} s"))
-        if video.audio is not None:
-            t = await self.transcribe(video.audio)
-            lines.append(f'Audio track, speech recognition: "{t.text.strip()}"' if t.text.strip() else "Audio track: no speech recognised")
+            colours = colours or facts.colour_phrase()
+            texts += [line.text for line in facts.ocr_lines if line.text not in texts]
+        parts = [f"{video.duration_s:.1f} s, {n} frames at {video.fps:g} fps, {colours}."]
+        parts.append("Text found by OCR in its frames: " + " / ".join(f'"{t}"' for t in texts) + "." if texts else "OCR found no text in its frames.")
+        if video.audio is None:
+            parts.append("It has no audio track.")
         else:
-            lines.append("No audio track.")
-        return "\n".join(lines) + "]"
+            t = await self.transcribe(video.audio)
+            said = t.text.strip()
+            parts.append(f'Its audio track, by speech recognition: "{said}".' if said else "No speech recognised in its audio track.")
+        return f"[Video {{n}}, machine-extracted description (the video itself was not seen): {' '.join(parts)}]"
 
 
 def _digest(part) -> str:
