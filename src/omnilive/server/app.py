@@ -25,8 +25,9 @@ from omnilive.server.auth import APIKeyMiddleware
 from omnilive.server.errors import error_response, install_error_handlers
 from omnilive.server.files import FileStore
 from omnilive.server.metrics import Metrics, MetricsMiddleware
-from omnilive.server.routes import audio, chat, files, health, models
+from omnilive.server.routes import audio, chat, conversations, files, health, models, realtime
 from omnilive.server.settings import Settings
+from omnilive.server.store import HistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,14 @@ def create_app(settings: Settings, engine: OmniEngine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        app.state.history = HistoryStore.open(settings.resolved_database_url, settings.data_dir / "media")
         await engine.start()
         log.info("engine ready: %s", engine.card.id)
         try:
             yield
         finally:
             await engine.stop()
+            app.state.history.close()
 
     app = FastAPI(title="omnilive", version=package_version(), lifespan=lifespan)
     app.state.settings = settings
@@ -64,8 +67,9 @@ def create_app(settings: Settings, engine: OmniEngine | None = None) -> FastAPI:
     app.state.created = int(time.time())
     install_error_handlers(app)
 
-    for module in (health, models, chat, audio, files):
+    for module in (health, models, chat, audio, files, conversations):
         app.include_router(module.router)
+    app.include_router(realtime.router)  # WebSocket /v1/realtime
     if (WEB_DIR / "index.html").exists():  # the web app, when it is installed
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
 

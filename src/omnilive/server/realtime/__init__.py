@@ -1,0 +1,1 @@
+"""The OpenAI Realtime API (voice chat over a WebSocket): events, session state, turns, responses."""

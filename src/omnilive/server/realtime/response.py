@@ -1,0 +1,178 @@
+"""One model response of a Realtime session: engine outputs → the response.* event sequence.
+
+    response.created
+    response.output_item.added            conversation.item.added (beta: .created)
+    response.content_part.added
+    response.output_audio_transcript.delta + response.output_audio.delta ...   (audio)
+    response.output_text.delta ...                                             (text only)
+    response.output_audio.done, response.output_audio_transcript.done  (or output_text.done)
+    response.content_part.done, response.output_item.done, conversation.item.done (GA)
+    response.done                         status completed | cancelled | incomplete | failed
+
+Cancelling the task that runs `ResponseRun.run` (barge-in, response.cancel, disconnect) closes
+the engine's iterator at once, which aborts the request in the engine; the item keeps what
+was already sent, and response.done says "cancelled".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from omnilive.engine.types import (
+    SPEECH_SAMPLE_RATE,
+    AudioChunk,
+    EngineError,
+    EngineOutput,
+    Finished,
+    TextDelta,
+    Usage,
+)
+from omnilive.media.encode import pcm16_bytes
+from omnilive.server.metrics import Metrics
+from omnilive.server.realtime.conversation import Content, Item
+from omnilive.server.realtime.events import Dialect, new_id
+
+log = logging.getLogger(__name__)
+
+AUDIO_DELTA_SAMPLES = SPEECH_SAMPLE_RATE // 5  # 200 ms per audio delta: small enough to cut short
+
+
+@dataclass(frozen=True)
+class ResponsePlan:
+    audio: bool
+    voice: str
+    instructions: str
+    temperature: float | None
+    max_output_tokens: int | None
+
+
+class ResponseRun:
+    def __init__(self, plan: ResponsePlan, item: Item, emit: Callable[..., None], dialect: Dialect, metrics: Metrics):
+        self.id = new_id("resp")
+        self.plan, self.item, self.emit, self.dialect, self.metrics = plan, item, emit, dialect, metrics
+        self.cancel_reason: str | None = None  # "turn_detected" | "client_cancelled", set by the canceller
+        self.content = Content("output_audio" if plan.audio else "output_text")
+        self.started_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.first_audio_at: float | None = None
+
+    def wire(self, status: str, usage: Usage | None = None, details: dict | None = None) -> dict:
+        modalities = ["audio"] if self.plan.audio else ["text"]
+        response = {
+            "id": self.id,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": details,
+            "output": [self.item.wire(self.dialect)] if status != "in_progress" else [],
+            "usage": _usage_wire(usage) if usage is not None else None,
+            "max_output_tokens": self.plan.max_output_tokens or "inf",
+        }
+        if self.dialect.beta:
+            response.update(modalities=["text", "audio"] if self.plan.audio else ["text"], voice=self.plan.voice,
+                            output_audio_format="pcm16")
+        else:
+            response.update(output_modalities=modalities, audio={"output": {
+                "format": {"type": "audio/pcm", "rate": SPEECH_SAMPLE_RATE}, "voice": self.plan.voice}})
+        return response
+
+    def start(self, previous_item_id: str | None) -> None:
+        """The events that open the response (sent before the engine is asked anything)."""
+        self.emit("response.created", response=self.wire("in_progress"))
+        self.emit("response.output_item.added", response_id=self.id, output_index=0, item=self.item.wire(self.dialect))
+        added = "conversation.item.created" if self.dialect.beta else "conversation.item.added"
+        self.emit(added, previous_item_id=previous_item_id, item=self.item.wire(self.dialect))
+        self.item.content.append(self.content)
+        self.emit("response.content_part.added", **self._at(), part=self._part())
+
+    async def run(self, outputs: Callable[[], AsyncIterator[EngineOutput]]) -> None:
+        """Stream the engine's outputs as events; always ends with response.done."""
+        status, usage, details = "cancelled", None, None
+        self.metrics.running.inc()
+        ended = "aborted"
+        stream: AsyncIterator[EngineOutput] | None = None
+        try:
+            stream = outputs()
+            async for out in stream:
+                self.metrics.engine_outputs.inc()
+                if isinstance(out, TextDelta) and out.text and self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                    self.metrics.time_to_first_token.observe(self.first_token_at - self.started_at)
+                if isinstance(out, AudioChunk) and self.plan.audio:
+                    self._send_audio(out)
+                elif isinstance(out, TextDelta) and not self.plan.audio and out.text:
+                    self.content.text += out.text
+                    self.emit("response.output_text.delta", **self._at(), delta=out.text)
+                elif isinstance(out, Finished):
+                    usage, ended = out.usage, out.finish_reason
+                    self.metrics.prompt_tokens.inc(usage.prompt_tokens)
+                    self.metrics.completion_tokens.inc(usage.completion_tokens)
+                    status = "incomplete" if out.finish_reason == "length" else "completed"
+                    if status == "incomplete":
+                        details = {"type": "incomplete", "reason": "max_output_tokens"}
+        except asyncio.CancelledError:
+            details = {"type": "cancelled", "reason": self.cancel_reason or "client_cancelled"}
+        except EngineError as error:
+            status, ended = "failed", "error"
+            details = {"type": "failed", "error": {"type": "invalid_request_error", "code": error.code,
+                                                   "message": error.message}}
+        except Exception as error:  # the session must outlive a failed response
+            log.exception("realtime response failed")
+            status, ended = "failed", "error"
+            details = {"type": "failed", "error": {"type": "server_error", "code": "engine_error", "message": str(error)}}
+        finally:
+            if stream is not None:
+                await asyncio.shield(stream.aclose())  # aborts the engine request if still running
+            self.metrics.running.dec()
+            self.metrics.finished.labels(ended).inc()
+        self._finish(status, usage, details)
+
+    def _send_audio(self, chunk: AudioChunk) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()
+            self.metrics.time_to_first_audio.observe(self.first_audio_at - self.started_at)
+        content = self.content
+        if chunk.transcript:
+            content.spoken.append((content.audio_samples, chunk.transcript))
+            content.text += chunk.transcript
+            self.emit("response.output_audio_transcript.delta", **self._at(), delta=chunk.transcript)
+        for at in range(0, len(chunk.samples), AUDIO_DELTA_SAMPLES):
+            piece = chunk.samples[at:at + AUDIO_DELTA_SAMPLES]
+            content.audio_samples += len(piece)
+            self.emit("response.output_audio.delta", **self._at(), delta=base64.b64encode(pcm16_bytes(piece)).decode())
+
+    def _finish(self, status: str, usage: Usage | None, details: dict | None) -> None:
+        self.content.text = self.content.text.strip()
+        if self.plan.audio:
+            self.emit("response.output_audio.done", **self._at())
+            self.emit("response.output_audio_transcript.done", **self._at(), transcript=self.content.text)
+        else:
+            self.emit("response.output_text.done", **self._at(), text=self.content.text)
+        self.emit("response.content_part.done", **self._at(), part=self._part())
+        self.item.status = "completed" if status == "completed" else "incomplete"
+        self.emit("response.output_item.done", response_id=self.id, output_index=0, item=self.item.wire(self.dialect))
+        if not self.dialect.beta:
+            self.emit("conversation.item.done", item=self.item.wire(self.dialect))
+        self.emit("response.done", response=self.wire(status, usage or Usage(), details))
+
+    def _at(self) -> dict:
+        return {"response_id": self.id, "item_id": self.item.id, "output_index": 0, "content_index": 0}
+
+    def _part(self) -> dict:
+        if self.plan.audio:
+            return {"type": "audio", "transcript": self.content.text}
+        return {"type": "text", "text": self.content.text}
+
+
+def _usage_wire(usage: Usage) -> dict:
+    return {
+        "total_tokens": usage.total_tokens,
+        "input_tokens": usage.prompt_tokens,
+        "output_tokens": usage.completion_tokens,
+        "input_token_details": {"text_tokens": usage.prompt_tokens, "audio_tokens": 0, "cached_tokens": 0},
+        "output_token_details": {"text_tokens": usage.completion_tokens, "audio_tokens": 0},
+    }
