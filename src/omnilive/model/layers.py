@@ -27,26 +27,37 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Standard (NEOX-style, half-rotation) rotary position embedding.
+    """Standard (NEOX-style, half-rotation) rotary position embedding, optionally multimodal.
 
     `forward` turns positions into (cos, sin) once per model step; every layer then calls
-    `apply_rotary`. A multimodal (3-section M-RoPE) variant only has to change how the angles
-    are built from its [3, B, T] positions: `apply_rotary` stays the same.
+    `apply_rotary`. With `mrope_section` (Qwen2-VL / Qwen2.5-Omni M-RoPE) positions may be
+    [3, B, T] (temporal, height, width): the D/2 frequencies are cut into three consecutive
+    sections and section i takes its angles from axis i. Plain [B, T] positions mean all three
+    axes are equal, which is ordinary RoPE.
     """
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, mrope_section: tuple[int, ...] | None = None):
         super().__init__()
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
         # A plain CPU attribute, not a buffer: it must stay float32 when the model is cast to
         # bf16, hold real values when the model is built on the meta device, and it is not
         # part of any checkpoint.
         self.inv_freq = 1.0 / (theta ** exponents)  # [D/2]
+        if mrope_section is not None and sum(mrope_section) != head_dim // 2:
+            raise ValueError(f"mrope_section {mrope_section} must sum to head_dim / 2 = {head_dim // 2}")
+        self.mrope_section = tuple(mrope_section) if mrope_section is not None else None
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
-        """positions [B, T] → angles [B, T, D] (the D/2 frequencies, repeated for both halves)."""
+        """positions [B, T] (or [3, B, T] with M-RoPE) → angles [B, T, D]
+        (the D/2 frequencies, repeated for both halves)."""
         if self.inv_freq.device != positions.device:
             self.inv_freq = self.inv_freq.to(positions.device)
-        freqs = positions.float()[..., None] * self.inv_freq  # [B, T, D/2]
+        freqs = positions.float()[..., None] * self.inv_freq  # [B, T, D/2] or [3, B, T, D/2]
+        if positions.ndim == 3:
+            if self.mrope_section is None:
+                raise ValueError("[3, B, T] positions need a model configured with mrope_section")
+            sections = freqs.split(self.mrope_section, dim=-1)
+            freqs = torch.cat([section[axis % 3] for axis, section in enumerate(sections)], dim=-1)
         return torch.cat((freqs, freqs), dim=-1)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,6 +41,8 @@ class Qwen2Config:
     attention_output_bias: bool = False  # bias on o_proj (llama ties it to attention_bias)
     mlp_bias: bool = False
     head_dim: int | None = None  # None = hidden_size // num_attention_heads
+    # M-RoPE (Qwen2-VL / Qwen2.5-Omni): rotary frequencies per position axis (t, h, w)
+    mrope_section: tuple[int, ...] | None = None
     model_type: str = "qwen2"
     torch_dtype: str | None = None
     bos_token_id: int | None = None
@@ -61,6 +63,10 @@ class Qwen2Config:
             d["rope_theta"] = rope["rope_theta"]
         if rope.get("rope_type", "default") not in ("default", None):
             raise NotImplementedError(f"rope type {rope['rope_type']!r} is not supported")
+        if d.get("mrope_section") is None and rope.get("mrope_section") is not None:
+            d["mrope_section"] = rope["mrope_section"]
+        if d.get("mrope_section") is not None:
+            d["mrope_section"] = tuple(d["mrope_section"])
         if "torch_dtype" not in d and "dtype" in d:
             d["torch_dtype"] = d["dtype"]
         if "attention_bias" not in d:
@@ -100,7 +106,7 @@ class Qwen2Model(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta)
+        self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta, config.mrope_section)
 
 
 class Qwen2ForCausalLM(nn.Module):
@@ -130,17 +136,31 @@ class Qwen2ForCausalLM(nn.Module):
         positions: torch.Tensor,  # [B, T] long, -1 = right padding
         cache: KVCache,
         slots: torch.Tensor,  # [B] long: the cache slot of each row
+        *,
+        inputs_embeds: torch.Tensor | None = None,  # [B, T, H]: used instead of embedding input_ids
+        rope_positions: torch.Tensor | None = None,  # [B, T] or [3, B, T] (M-RoPE); default positions
     ) -> torch.Tensor:
         """Run B rows of T tokens; returns the final hidden states [B, T, H].
 
         Keys/values of the valid tokens are written into the cache at (slot, position); each
         query attends to the keys of its row at positions <= its own. This one rule covers
         prefill (whole or chunked) and batched decode of rows of different lengths.
+
+        `positions` say where a token sits in its row (cache index, causal order);
+        `rope_positions` what the rotary embedding sees. They differ only for multimodal
+        prompts, whose media tokens share M-RoPE ids (see model.rope_index).
         """
         write = CacheWrite(slots, positions)
         mask = causal_mask(positions, write.key_len)
-        x = self.model.embed_tokens(input_ids.clamp(min=0))
-        cos, sin = self.model.rotary_emb(positions.clamp(min=0), x.dtype)
+        if inputs_embeds is None:
+            x = self.model.embed_tokens(input_ids.clamp(min=0))
+        else:
+            x = inputs_embeds.to(self.dtype)
+        if rope_positions is None:
+            rope_positions = positions
+        # padding tokens (position -1) rotate as position 0: their outputs are ignored
+        rope_positions = rope_positions.masked_fill(positions < 0, 0)
+        cos, sin = self.model.rotary_emb(rope_positions, x.dtype)
         for index, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, cache.k[index], cache.v[index], write, mask)
         return self.model.norm(x)
