@@ -5,8 +5,6 @@ The builders below are also used by test_async_engine.py.
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import replace
 
 import pytest
@@ -318,34 +316,6 @@ def test_add_request_errors():
         engine.add_request("empty", [], GREEDY)
     with pytest.raises(EngineError):
         engine.add_request("zero", prompt("x"), SamplingParams(max_tokens=0))
-
-
-GGUF = os.environ.get("OMNILIVE_QWEN_GGUF")  # e.g. the joined Qwen2.5-Coder-0.5B Q4_K_M file
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not GGUF, reason="set OMNILIVE_QWEN_GGUF to the real 0.5B model to measure")
-def test_measure_batch_throughput_on_real_model():
-    """Prints aggregate decode tokens/s at batch 1, 4, 8 (never asserts a timing)."""
-    from omnilive.model.gguf_loader import load_gguf
-
-    torch.set_num_threads(int(os.environ.get("OMNILIVE_THREADS", "2")))
-    model, _, tokenizer = load_gguf(GGUF, cache_dir=os.environ.get("OMNILIVE_MODEL_CACHE"))
-    new_tokens = 24
-    for batch in (1, 4, 8):
-        engine = LLMEngine(model, tokenizer, max_slots=batch, context_length=256)
-        for i in range(batch):
-            ids = tokenizer.encode(f"<|im_start|>user\nCount from {i} to {i + 30}.<|im_end|>\n<|im_start|>assistant\n")
-            engine.add_request(f"r{i}", ids, SamplingParams(temperature=0, max_tokens=new_tokens))
-        while any(r.num_uncomputed > 1 for r in engine.scheduler.running) or engine.scheduler.waiting:
-            engine.step()  # prefill (and the first token) outside the timing
-        started, produced = time.perf_counter(), 0
-        while engine.has_work():
-            produced += sum(len(o.token_ids) for o in engine.step())
-        elapsed = time.perf_counter() - started
-        print(
-            f"{model.dtype} batch {batch}: {produced / elapsed:.1f} tokens/s aggregate decode ({produced} in {elapsed:.2f} s)"
-        )
 
 
 def test_stop_matcher_holds_back_a_possible_stop_and_releases_it():

@@ -3,7 +3,7 @@
     asr = WhisperASR(whisper_base_dir())
     asr.transcribe(AudioInput(samples)).text   # -> "What is the capital of France?"
 
-Latency choices (measured on 2 CPU cores, see docs/embedded-models.md):
+Latency choices (measured on 2 CPU cores; numbers in docs/benchmarks.md):
 - temperature 0 only: faster-whisper's default fallback re-decodes low-confidence clips at
   higher temperatures, which costs 1-6 s at random; a greedy answer now beats a better one later.
 - beam size 1: greedy decoding; beam 5 costs ~2x for little gain on short questions.
