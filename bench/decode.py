@@ -73,9 +73,8 @@ def transformers_tokens_per_s(model, tokenizer, new_tokens: int) -> float:
         num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
         rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=c.tie_word_embeddings,
     )
-    with torch.device("meta"):
-        reference = HFQwen2(hf_config)
-    reference.load_state_dict(model.state_dict(), assign=True, strict=True)
+    reference = HFQwen2(hf_config).to(model.dtype)  # rotary tables are built here, not loaded
+    reference.load_state_dict(model.state_dict(), strict=True)
     reference.eval()
     ids = torch.tensor([tokenizer.encode(PROMPT)])
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)

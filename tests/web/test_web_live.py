@@ -1,0 +1,100 @@
+"""Voice and video chat in the browser over /v1/realtime, with Chromium's fake microphone
+playing an espeak-ng question and its fake camera showing a printed sign."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.web.conftest import SIGN_WORD, app_state, needs_browser, screenshot
+
+pytestmark = [pytest.mark.slow, needs_browser]
+
+TURN_TIMEOUT_MS = 120_000
+
+
+def _wait_voice_turn(page) -> tuple[str, str]:
+    """The user's transcript and the reply's transcript, once the reply has started playing."""
+    page.wait_for_selector(".message.user[data-source='voice']:not(.pending)", timeout=TURN_TIMEOUT_MS)
+    page.wait_for_function("Number(document.getElementById('app').dataset.audioPlayedMs) > 500",
+                           timeout=TURN_TIMEOUT_MS)
+    page.wait_for_selector(".message.assistant[data-source='voice'] .message-body:not(:empty)", timeout=TURN_TIMEOUT_MS)
+    heard = page.locator(".message.user[data-source='voice'] .message-body").first.inner_text()
+    said = page.locator(".message.assistant[data-source='voice'] .message-body").first.inner_text()
+    return heard, said
+
+
+def test_voice_chat_hears_the_question_and_speaks_the_answer(browser, web_assets):
+    page = browser.open(microphone_wav=web_assets.spider_question_wav)
+    page.click("#mode-voice")
+    assert page.locator("#live-panel").is_visible() and page.locator("#camera-preview").is_hidden()
+    page.click("#live-start")
+    page.wait_for_function("['listening', 'user-speaking'].includes(document.getElementById('app').dataset.liveState)",
+                           timeout=20_000)
+    screenshot(page, "10-voice-listening")
+
+    heard, said = _wait_voice_turn(page)
+    screenshot(page, "11-voice-reply")
+    assert "spider" in heard.lower() and "legs" in heard.lower(), heard
+    assert said.strip()
+    assert int(app_state(page)["audioPlayedMs"]) > 500
+
+    page.click("#live-mute")
+    assert page.locator("#live-mute").get_attribute("aria-pressed") == "true"
+    assert "(muted)" in page.locator("#live-status").inner_text()
+    page.click("#live-stop")
+    page.wait_for_function("document.getElementById('app').dataset.liveState === 'idle'")
+
+    # both sides of the spoken turn were saved with the conversation
+    page.reload()
+    page.wait_for_selector("#app[data-ready='true']")
+    page.wait_for_selector(".message.assistant", timeout=10_000)
+    assert "spider" in page.locator(".message.user .message-body").first.inner_text().lower()
+
+
+def test_talking_over_the_reply_stops_it(browser, web_assets):
+    """Barge-in: the story is cut where the user starts talking, and the server is told."""
+    page = browser.open(microphone_wav=web_assets.interrupting_wav)
+    truncations = []
+    page.on("websocket", lambda ws: ws.on(
+        "framesent", lambda frame: truncations.append(frame) if "conversation.item.truncate" in frame else None))
+    page.click("#mode-voice")
+    page.click("#live-start")
+    page.wait_for_function("document.getElementById('app').dataset.bargeIns === '1'", timeout=TURN_TIMEOUT_MS)
+    played_at_cut = int(app_state(page)["audioPlayedMs"])
+    page.wait_for_timeout(500)
+    assert int(app_state(page)["audioPlayedMs"]) == played_at_cut  # playback stopped at once
+    assert played_at_cut > 0 and len(truncations) == 1
+    assert f'"audio_end_ms":{played_at_cut}' in truncations[0].replace(" ", "")
+    assert page.locator(".message.assistant .message-status").first.inner_text().startswith("Interrupted after")
+    screenshot(page, "15-barge-in")
+    page.wait_for_selector(".message.user >> nth=1", timeout=TURN_TIMEOUT_MS)  # the interruption is the next turn
+    page.click("#live-stop")
+
+
+def test_video_chat_sends_camera_frames_that_the_answer_uses(browser, web_assets):
+    page = browser.open(microphone_wav=web_assets.sign_question_wav, camera_y4m=web_assets.sign_y4m)
+    page.click("#mode-video")
+    page.click("#live-start")
+    page.wait_for_function("document.getElementById('camera-preview').videoWidth > 0", timeout=20_000)
+    screenshot(page, "12-video-preview")
+
+    heard, said = _wait_voice_turn(page)
+    screenshot(page, "13-video-reply")
+    assert "password" in heard.lower(), heard
+    assert int(app_state(page)["framesSent"]) >= 1
+    assert SIGN_WORD.lower() in said.lower(), said
+    page.click("#live-stop")
+
+
+def test_microphone_refused_is_explained(browser, web_assets):
+    page = browser.open()
+    # what a browser does when the user blocks the microphone
+    page.evaluate("""() => {
+        navigator.mediaDevices.getUserMedia = async () => { throw new DOMException('Permission denied', 'NotAllowedError'); };
+    }""")
+    page.click("#mode-voice")
+    page.click("#live-start")
+    page.wait_for_selector("#error-banner:not([hidden])", timeout=10_000)
+    assert "denied" in page.locator("#error-text").inner_text()
+    assert app_state(page)["liveState"] == "idle" and page.locator("#live-start").is_enabled()
+    screenshot(page, "14-mic-denied")
