@@ -48,7 +48,7 @@ export class MessageList {
   }
 
   keepAtEnd() {
-    if (this.nearBottom() || this.following) this.scrollToEnd();
+    if (this.nearBottom()) this.scrollToEnd();
   }
 }
 
