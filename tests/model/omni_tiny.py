@@ -8,12 +8,15 @@
 
 Every weight is random and well scaled (norm weights near 1, non-zero biases), so a
 swapped or missing tensor shows up in the outputs. Special token ids sit at the top of the
-tiny vocabulary (TOKENS); the talker's text ids point into the thinker's vocabulary. There is
-no tokenizer: tests build token ids themselves. Building takes about a second.
+tiny vocabulary (TOKENS); the talker's text ids point into the thinker's vocabulary. The
+directory also holds a tiny trained tokenizer (tokenizer.json; tokenizer_config.json with
+Qwen2.5-Omni's chat template) and preprocessor configs, so an engine can serve it; tests that
+build token ids themselves ignore them. Building takes about a second.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,4 +142,107 @@ def build_tiny_omni(directory: str | Path, seed: int = 0, with_talker: bool = Tr
         transformers_logging.set_verbosity(verbosity)
     if with_talker:
         write_voices(directory, seed)
+    write_tokenizer(directory)
     return TinyOmni(directory, model)
+
+
+# The tokenizer: every Qwen2.5-Omni added token, the media ones at TOKENS' ids, the rest at the
+# top of the vocabulary; the talker's text ids and the voices' BOS ids have no text (as in the
+# real checkpoint, where they lie past the tokenizer's vocabulary) and get reserved names here
+# so that every id the tiny thinker can generate decodes.
+SPECIAL_TOKENS = {
+    "<|AUDIO|>": TOKENS["audio_token_index"],
+    "<|IMAGE|>": TOKENS["image_token_index"],
+    "<|VIDEO|>": TOKENS["video_token_index"],
+    "<|audio_bos|>": TOKENS["audio_start_token_id"],
+    "<|audio_eos|>": TOKENS["audio_end_token_id"],
+    "<|vision_bos|>": TOKENS["vision_start_token_id"],
+    "<|vision_eos|>": TOKENS["vision_end_token_id"],
+    **{f"<|reserved_{i}|>": i for i in (*TALKER_TEXT_TOKENS.values(), *VOICE_BOS_TOKENS.values())},
+    "<|endoftext|>": 152, "<|im_start|>": 153, "<|im_end|>": 154, "<|box_end|>": 155, "<|quad_start|>": 156,
+    "<|quad_end|>": 157, "<|vision_pad|>": 158, "<tool_call>": 159, "</tool_call>": 133, "<|fim_prefix|>": 134,
+    "<|fim_middle|>": 135, "<|fim_suffix|>": 136, "<|fim_pad|>": 137, "<|repo_name|>": 138, "<|file_sep|>": 139,
+}
+BPE_VOCAB = min(SPECIAL_TOKENS.values())  # learned tokens take ids 0..132
+
+# Qwen2.5-Omni's chat template (its processor's chat_template.json)
+CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
+    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TOKENIZER_CORPUS = [
+    ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+     "auditory and visual inputs, as well as generating text and speech."),
+    "You are a helpful assistant. What is in this picture? Describe the image, the audio and the video.",
+    "system\nuser\nassistant\nThe quick brown fox jumps over the lazy dog. Say hello in one short sentence!",
+]
+# small image sides: a test image becomes a few merge units (28 x 28 pixels each)
+PREPROCESSOR = {
+    "processor_class": "Qwen2_5OmniProcessor", "image_processor_type": "Qwen2VLImageProcessor",
+    "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 128, "sampling_rate": 16000,
+    "hop_length": 160, "n_fft": 400, "chunk_length": 300, "min_pixels": 28 * 28, "max_pixels": 112 * 112,
+    "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
+VIDEO_PREPROCESSOR = {"min_pixels": 28 * 28, "max_pixels": 56 * 84, "temporal_patch_size": 2, "merge_size": 2,
+                      "patch_size": 14}
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE trained on a few sentences (all printable ASCII in its alphabet), with
+    every special token at its SPECIAL_TOKENS id: a `tokenizers.Tokenizer` of THINKER_VOCAB ids."""
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # GPT-2's byte → character map: printable ASCII stands for itself, bytes 0..32 are U+0100 + byte
+    ascii_alphabet = [chr(c) for c in range(33, 127)] + [chr(256 + c) for c in (ord(" "), ord("\n"))]
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, initial_alphabet=ascii_alphabet, show_progress=False)
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = byte_level
+    learner.train_from_iterator(TOKENIZER_CORPUS, trainer)
+    learned = json.loads(learner.to_str())["model"]
+    vocab = {**learned["vocab"], **SPECIAL_TOKENS}
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = byte_level
+    tokenizer.decoder = decoders.ByteLevel()
+    # added tokens already in the model's vocabulary keep their ids there
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return tokenizer
+
+
+def write_tokenizer(directory: str | Path) -> None:
+    """tokenizer.json, tokenizer_config.json (with the chat template) and the preprocessor configs,
+    as a Qwen2.5-Omni checkpoint ships them."""
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                      "single_word": False} for t, i in sorted(SPECIAL_TOKENS.items(), key=lambda kv: kv[1])}
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer", "chat_template": CHAT_TEMPLATE, "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "bos_token": None, "model_max_length": 1024, "added_tokens_decoder": added,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=1))
+    (directory / "video_preprocessor_config.json").write_text(json.dumps(VIDEO_PREPROCESSOR, indent=1))

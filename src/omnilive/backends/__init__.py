@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def load_engine(settings):
     """The engine `settings.model` names: "default" is the embedded cascade of packaged models."""
@@ -9,7 +11,11 @@ def load_engine(settings):
         from omnilive.backends.embedded import EmbeddedEngine
 
         return EmbeddedEngine(settings)
+    if Path(settings.model).expanduser().is_dir() or settings.model.count("/") == 1:  # checkpoint dir or hub id
+        from omnilive.backends.native_omni import NativeOmniEngine
+
+        return NativeOmniEngine(settings)
     raise ValueError(
-        f"model {settings.model!r}: only the embedded default ('default') is available in this "
-        "version; native Qwen2.5-Omni / Qwen2.5-VL checkpoints are not supported yet"
+        f"model {settings.model!r}: not the embedded default ('default'), a checkpoint directory or a "
+        "hub id (owner/name)"
     )

@@ -1,0 +1,251 @@
+"""One Qwen2.5-Omni request, start to end, on the calling thread: thinker → talker → token2wav.
+
+    prompt ids + media ──thinker prefill (chunks)──▶ first token
+    each token ──sample, detokenise, emit TextDelta──▶ fed back (decode step, rotary id
+                 = cache position + the prompt's rope delta) until a stop token or the limit
+    speech: the thinker's hidden states of the prompt and of every reply token it fed back
+            ──talker──▶ codec tokens ──token2wav──▶ one AudioChunk of the whole reply
+
+Requests run one at a time over a single-slot KV cache (the engine serialises them); the
+thinker's cache is allocated once, the talker's per spoken reply. `cancelled()` is polled
+between forward passes, so an abandoned request stops within one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from omnilive.backends.native_prompt import OmniProcessor, OmniPrompt
+from omnilive.engine.detokenizer import Detokenizer
+from omnilive.engine.sampling import SamplingRow, TokenSample, make_generator, sample
+from omnilive.engine.types import (
+    AudioChunk,
+    EngineError,
+    EngineOutput,
+    Finished,
+    FinishReason,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
+from omnilive.model.rope_index import PromptPositions
+from omnilive.model.talker import Talker, build_talker_inputs
+from omnilive.model.talker_generate import (
+    TALKER_MAX_NEW_TOKENS,
+    TALKER_SAMPLING,
+    start_talker_stream,
+    talker_step,
+)
+from omnilive.model.thinker import OmniThinker, ThinkerPrompt
+from omnilive.model.token2wav import Token2Wav, Voice
+from omnilive.model.tokenizer import Tokenizer
+
+TOKEN2WAV_STEPS = 10  # the reference's ODE steps
+
+
+@dataclass
+class OmniModel:
+    """A loaded Qwen2.5-Omni checkpoint (see native_omni.load_omni)."""
+
+    thinker: OmniThinker
+    tokenizer: Tokenizer
+    processor: OmniProcessor
+    talker: Talker | None = None  # None: the checkpoint cannot speak
+    token2wav: Token2Wav | None = None
+    voices: dict[str, Voice] = field(default_factory=dict)
+
+
+@dataclass
+class ThinkerReply:
+    """What the thinker pass leaves behind: the reply, and (when speaking) the talker's inputs."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    prompt: ThinkerPrompt
+    prompt_hidden: torch.Tensor | None  # [T, H] final hidden states of the prompt
+    reply_embeds: list[torch.Tensor]  # [H] thinker embedding of each reply token fed back
+    reply_hidden: list[torch.Tensor]  # [H] its final hidden state
+
+
+class OmniRunner:
+    def __init__(self, model: OmniModel, context_length: int, prefill_chunk_tokens: int = 256,
+                 token2wav_steps: int = TOKEN2WAV_STEPS):
+        self.model = model
+        self.context_length = min(context_length, model.thinker.config.max_position_embeddings)
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.token2wav_steps = token2wav_steps
+        self.cache = model.thinker.make_cache(1, self.context_length)
+        self._slot = torch.tensor([0], device=model.thinker.device)
+
+    def run(self, prompt: OmniPrompt, sampling: SamplingParams, voice: Voice | None,
+            emit: Callable[[EngineOutput], None], cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Generate one reply, emitting TextDeltas as tokens come, then (with a voice) its
+        speech, then Finished."""
+        reply = self.think(prompt, sampling, emit, cancelled, keep_hidden=voice is not None)
+        if voice is not None and reply.finish_reason != "abort":
+            samples = self.speak(reply, voice, sampling.seed, cancelled)
+            if samples is not None and len(samples):
+                emit(AudioChunk(samples, reply.text))
+        finish = "abort" if cancelled() else reply.finish_reason
+        emit(Finished(finish, Usage(prompt_tokens=len(prompt), completion_tokens=len(reply.token_ids),
+                                    audio_prompt_tokens=prompt.audio_tokens, image_prompt_tokens=prompt.image_tokens)))
+
+    # the thinker
+
+    @torch.inference_mode()
+    def think(self, prompt: OmniPrompt, sampling: SamplingParams, emit: Callable[[EngineOutput], None],
+              cancelled: Callable[[], bool], keep_hidden: bool = False) -> ThinkerReply:
+        thinker, tokenizer = self.model.thinker, self.model.tokenizer
+        prepared = thinker.prepare_prompt(prompt.input_ids, prompt.media)
+        max_new = min(sampling.max_tokens or self.context_length, self.context_length - len(prepared))
+        reply = ThinkerReply([], "", "length", prepared, None, [], [])
+        hidden = self._prefill(prepared, keep_hidden, cancelled)
+        if hidden is None:
+            reply.finish_reason = "abort"
+            return reply
+        reply.prompt_hidden = hidden if keep_hidden else None
+        logits = thinker.compute_logits(hidden[None, -1])  # [1, V]
+        row = SamplingRow(sampling, make_generator(sampling.seed), list(prompt.input_ids))
+        detokenizer = Detokenizer(self._text_bytes, sampling.stop)
+        while True:
+            choice = sample(logits, [row])[0]
+            token = choice.token_id
+            reply.token_ids.append(token)
+            row.seen_token_ids.append(token)
+            if token in tokenizer.stop_token_ids:
+                reply.finish_reason = "stop"
+                break
+            text = detokenizer.add_token(token, reasoning=False).content
+            logprobs = (self._logprob(token, choice),) if choice.logprob is not None else ()
+            if text or logprobs:
+                reply.text += text
+                emit(TextDelta(text, logprobs))
+            if detokenizer.stopped or len(reply.token_ids) >= max_new or cancelled():
+                reply.finish_reason = "abort" if cancelled() else "stop" if detokenizer.stopped else "length"
+                break
+            last = self._feed_back(prepared, token, len(reply.token_ids) - 1)  # [H]
+            if keep_hidden:
+                reply.reply_hidden.append(last)
+                reply.reply_embeds.append(thinker.model.embed_tokens(torch.tensor(token, device=thinker.device)))
+            logits = thinker.compute_logits(last[None])
+        if reply.finish_reason != "abort" and (tail := detokenizer.finish().content):
+            reply.text += tail
+            emit(TextDelta(tail))
+        return reply
+
+    def _prefill(self, prepared: ThinkerPrompt, keep_hidden: bool, cancelled: Callable[[], bool]) -> torch.Tensor | None:
+        """Run the prompt into the cache in chunks; its final hidden states [T or 1, H] (all
+        of them when kept for the talker), or None when cancelled."""
+        kept = []
+        for start in range(0, len(prepared), self.prefill_chunk_tokens):
+            if cancelled():
+                return None
+            end = min(start + self.prefill_chunk_tokens, len(prepared))
+            hidden = self.model.thinker(cache=self.cache, slots=self._slot, **prepared.prefill_inputs(start, end))[0]
+            kept.append(hidden if keep_hidden else hidden[-1:])
+        return torch.cat(kept) if keep_hidden else kept[-1]
+
+    def _feed_back(self, prepared: ThinkerPrompt, token: int, index: int) -> torch.Tensor:
+        """Decode step for reply token `index`: text, so its three rotary ids are its cache
+        position + the prompt's delta. Returns its final hidden state [H]."""
+        device = self.model.thinker.device
+        position = torch.tensor([[len(prepared) + index]], device=device)
+        hidden = self.model.thinker(torch.tensor([[token]], device=device), position, self.cache, self._slot,
+                                    rope_positions=position + prepared.rope_delta)
+        return hidden[0, -1]
+
+    def _text_bytes(self, token_id: int) -> bytes:
+        tokenizer = self.model.tokenizer
+        return b"" if tokenizer.is_special(token_id) else tokenizer.token_bytes(token_id)
+
+    def _logprob(self, token_id: int, choice: TokenSample) -> TokenLogprob:
+        def text_and_bytes(t: int) -> tuple[str, bytes]:
+            data = self.model.tokenizer.token_bytes(t)
+            return data.decode("utf-8", errors="replace"), data
+
+        text, data = text_and_bytes(token_id)
+        top = tuple((alt_text, lp, tuple(alt_data)) for t, lp in choice.top
+                    for alt_text, alt_data in [text_and_bytes(t)])
+        return TokenLogprob(token=text, logprob=float(choice.logprob), bytes=tuple(data), top=top)
+
+    # speech
+
+    @torch.inference_mode()
+    def speak(self, reply: ThinkerReply, voice: Voice, seed: int | None = None,
+              cancelled: Callable[[], bool] = lambda: False) -> np.ndarray | None:
+        """24 kHz float32 speech of a finished reply; None when it has nothing to say (no
+        reply token was fed back) or the request was cancelled."""
+        codes = self.speech_codes(self.codec_tokens(reply, voice, seed, cancelled))
+        if not codes or cancelled():
+            return None
+        return self.waveform(codes, voice, seed)
+
+    def codec_tokens(self, reply: ThinkerReply, voice: Voice, seed: int | None = None,
+                     cancelled: Callable[[], bool] = lambda: False) -> list[int]:
+        talker, thinker = self.model.talker, self.model.thinker
+        if talker is None:
+            raise RuntimeError("this checkpoint has no talker")
+        if not reply.reply_hidden or reply.prompt_hidden is None:
+            return []
+        bos = voice.bos_token if voice.bos_token is not None else talker.talker_config.tts_text_start_token_id
+        prefill, text_inputs = build_talker_inputs(
+            talker, thinker.model.embed_tokens, reply.prompt.input_ids, reply.prompt.embeds, reply.prompt_hidden,
+            torch.stack(reply.reply_embeds), torch.stack(reply.reply_hidden), bos, reply.prompt.rope.positions,
+        )
+        cache = talker.make_cache(max_slots=1, max_len=prefill.length + TALKER_MAX_NEW_TOKENS)
+        stream = start_talker_stream(talker, prefill, text_inputs, cache, 0, TALKER_SAMPLING, seed)
+        while not stream.finished and not cancelled():
+            talker_step(talker, [stream], cache)
+        return stream.codes
+
+    def speech_codes(self, codes: Sequence[int]) -> list[int]:
+        """The codes token2wav can voice: the talker may also sample its control tokens (mask,
+        and the like, above the DiT's code embeddings), which carry no sound."""
+        rows = self.model.token2wav.code2wav_dit_model.text_embed.codec_embed.num_embeddings
+        return [code for code in codes if code < rows]
+
+    def waveform(self, codes: Sequence[int], voice: Voice, seed: int | None = None) -> np.ndarray:
+        """codec tokens → 24 kHz float32 samples (codes × repeats × hop of them)."""
+        token2wav = self.model.token2wav
+        if token2wav is None:
+            raise RuntimeError("this checkpoint has no token2wav")
+        device = next(token2wav.parameters()).device
+        noise = None
+        if seed is not None:  # reproducible speech for a seeded request
+            dit = token2wav.code2wav_dit_model.config
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.randn(1, len(codes) * dit.repeats, dit.mel_dim, generator=generator)
+        wav = token2wav.synthesize(torch.tensor([list(codes)], device=device), voice,
+                                   num_steps=self.token2wav_steps, initial_noise=noise)
+        return wav[0].float().cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def speak_text(self, prompt: OmniPrompt, text: str, voice: Voice, seed: int | None = None) -> np.ndarray | None:
+        """Speech of a reply we dictate instead of sample: the prompt and the reply's tokens go
+        through the thinker as one prefill, which gives the talker exactly the hidden states
+        generating those tokens would have."""
+        thinker = self.model.thinker
+        reply_ids = self.model.tokenizer.encode(text)
+        if not reply_ids:
+            return None
+        if len(prompt) + len(reply_ids) >= self.context_length:
+            raise EngineError(f"{len(prompt) + len(reply_ids)} tokens do not fit the context of {self.context_length}",
+                              param="input", code="context_length_exceeded")
+        whole = thinker.prepare_prompt([*prompt.input_ids, *reply_ids], prompt.media)
+        hidden = self._prefill(whole, keep_hidden=True, cancelled=lambda: False)
+        n = len(prompt)
+        prepared = ThinkerPrompt(whole.input_ids[:n], whole.embeds[:n], _truncated_positions(whole, n))
+        reply = ThinkerReply(reply_ids, text, "stop", prepared, hidden[:n],
+                             list(whole.embeds[n:]), list(hidden[n:]))
+        return self.speak(reply, voice, seed)
+
+
+def _truncated_positions(prompt: ThinkerPrompt, length: int) -> PromptPositions:
+    """The rotary ids of the first `length` tokens (text follows, so the delta is unchanged)."""
+    return PromptPositions(prompt.rope.positions[:, :length], prompt.rope.delta)

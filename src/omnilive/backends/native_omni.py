@@ -1,0 +1,211 @@
+"""NativeOmniEngine: a Hugging Face Qwen2.5-Omni checkpoint behind the OmniEngine interface.
+
+    omnilive serve --model /models/Qwen2.5-Omni-7B      (or a hub id: Qwen/Qwen2.5-Omni-3B)
+
+Every part runs on our own modules (omnilive.model): the thinker reads text, images, audio
+and video; its talker and token2wav turn the reply into speech. Requests run one at a time
+on one worker thread (torch never runs on the event loop); outputs reach the caller through
+an asyncio queue, and closing the caller's iterator stops its request at the next step.
+Text streams token by token; the speech of a reply comes whole after its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnilive.backends.native_generate import TOKEN2WAV_STEPS, OmniModel, OmniRunner
+from omnilive.backends.native_prompt import (
+    SPEECH_SYSTEM_PROMPT,
+    OmniProcessor,
+    load_omni_tokenizer,
+)
+from omnilive.engine.speech_chunker import SpeechChunker
+from omnilive.engine.types import (
+    AudioInput,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    Finished,
+    Message,
+    ModelCard,
+    SamplingParams,
+    TextDelta,
+    Transcript,
+)
+from omnilive.model.omni_checkpoint import (
+    load_thinker,
+    read_config,
+    resolve_checkpoint_dir,
+)
+from omnilive.model.talker import load_talker
+from omnilive.model.token2wav import Voice, load_token2wav
+from omnilive.model.weights import pick_dtype, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOICE = "Chelsie"
+ASR_SYSTEM_PROMPT = "You are a speech recognition model."
+TRANSCRIPT_MAX_TOKENS = 448
+
+
+def load_omni(directory: str | Path, dtype: torch.dtype | str | None = None, device: str = "cpu") -> OmniModel:
+    """Thinker, tokenizer and processor of a Qwen2.5-Omni checkpoint directory (or hub id),
+    plus its talker, token2wav and voices when it can speak (a talker config, audio output
+    enabled and spk_dict.pt present)."""
+    directory = resolve_checkpoint_dir(directory)
+    dtype = pick_dtype(device) if dtype in (None, "auto") else resolve_dtype(dtype)
+    thinker = load_thinker(directory, dtype, device)
+    tokenizer = load_omni_tokenizer(directory)
+    model = OmniModel(thinker, tokenizer, OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config))
+    config = read_config(directory)
+    if "talker_config" in config and config.get("enable_audio_output", True) and (directory / "spk_dict.pt").exists():
+        model.talker = load_talker(directory, dtype, device)
+        model.token2wav, model.voices = load_token2wav(directory, device)
+    return model
+
+
+def pick_voice(voices: dict[str, Voice], name: str | None) -> tuple[str, Voice]:
+    """The voice `name` names, case-insensitively (None = Chelsie, else the first); EngineError if unknown."""
+    if not voices:
+        raise EngineError("this model cannot speak: its checkpoint has no talker", param="modalities")
+    by_lower = {key.lower(): key for key in voices}
+    if not name:
+        key = DEFAULT_VOICE if DEFAULT_VOICE in voices else min(voices)
+    elif name.lower() in by_lower:
+        key = by_lower[name.lower()]
+    else:
+        raise EngineError(f"unknown voice {name!r}; available: {', '.join(sorted(voices))}", param="voice",
+                          code="invalid_voice")
+    return key, voices[key]
+
+
+class NativeOmniEngine:
+    """OmniEngine over a Qwen2.5-Omni checkpoint; loads in `start()`."""
+
+    def __init__(self, settings, token2wav_steps: int = TOKEN2WAV_STEPS):
+        self.settings = settings
+        self.token2wav_steps = token2wav_steps
+        self.model: OmniModel | None = None
+        self.runner: OmniRunner | None = None
+        self._card: ModelCard | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="omni")  # one request at a time
+
+    @property
+    def card(self) -> ModelCard:
+        if self._card is None:
+            raise RuntimeError("engine not started")
+        return self._card
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
+
+    def _load(self) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        torch.set_num_threads(s.threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        directory = resolve_checkpoint_dir(s.model)
+        self.model = load_omni(directory, s.dtype, device)
+        self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps)
+        is_directory = Path(s.model).expanduser().is_dir()
+        parts = [{"role": "thinker", "name": "Qwen2.5-Omni thinker", "source": str(directory)}]
+        if self.model.talker is not None:
+            parts += [{"role": "talker", "name": "Qwen2.5-Omni talker", "source": str(directory)},
+                      {"role": "token2wav", "name": "Qwen2.5-Omni token2wav", "source": str(directory)}]
+        voices = tuple(sorted(self.model.voices))
+        self._card = ModelCard(
+            id=directory.name if is_directory else s.model,
+            owned_by="omnilive",
+            parts=tuple(parts),
+            context_length=self.runner.context_length,
+            voices=voices,
+            default_voice=pick_voice(self.model.voices, None)[0] if voices else "",
+            output_modalities=("text", "audio") if voices else ("text",),
+        )
+        log.info("Qwen2.5-Omni loaded from %s in %.1f s (%s, %s)", directory, time.perf_counter() - t0,
+                 self.model.thinker.dtype, device)
+
+    async def stop(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+    # requests
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        speak = "audio" in request.modalities
+        voice = pick_voice(self.model.voices, request.voice)[1] if speak else None
+        loop = asyncio.get_running_loop()
+        prompt = await loop.run_in_executor(self._worker, self.model.processor.build, request.messages, speak)
+        self._check_length(len(prompt), request.sampling.max_tokens)
+        outputs: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item) -> None:
+            loop.call_soon_threadsafe(outputs.put_nowait, item)
+
+        def run() -> None:
+            try:
+                self.runner.run(prompt, request.sampling, voice, emit, cancel.is_set)
+            except Exception as error:  # a bug or a bad input deep in the model: the caller gets it
+                log.exception("request %s failed", request.request_id)
+                emit(error if isinstance(error, EngineError) else EngineError(f"the engine failed: {error}"))
+
+        loop.run_in_executor(self._worker, run)
+        try:
+            while True:
+                item = await outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            cancel.set()  # a no-op after Finished; stops the worker at its next step otherwise
+
+    def _check_length(self, prompt_tokens: int, max_tokens: int | None) -> None:
+        context = self.runner.context_length
+        if prompt_tokens >= context:
+            raise EngineError(f"The prompt is {prompt_tokens} tokens; this model's context is {context}.",
+                              param="messages", code="context_length_exceeded")
+        if max_tokens is not None and prompt_tokens + max_tokens > context:
+            raise EngineError(f"max_tokens {max_tokens} + prompt {prompt_tokens} tokens exceeds the context "
+                              f"length {context}.", param="max_tokens", code="context_length_exceeded")
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self.model.processor.build(messages))
+
+    async def transcribe(self, audio: AudioInput, language: str | None = None, prompt: str | None = None) -> Transcript:
+        """Speech recognition by the thinker itself, greedy, as Qwen2.5-Omni's cookbook asks for it."""
+        what = f"the {language} audio" if language else "the audio"
+        instruction = f"Transcribe {what} into text." + (f" Context: {prompt}" if prompt else "")
+        request = EngineRequest(
+            request_id=f"transcribe-{uuid.uuid4().hex}",
+            messages=(Message("system", (ASR_SYSTEM_PROMPT,)), Message("user", (audio, instruction))),
+            sampling=SamplingParams(temperature=0.0, max_tokens=TRANSCRIPT_MAX_TOKENS),
+        )
+        text = "".join([out.text async for out in self.generate(request) if isinstance(out, TextDelta)])
+        return Transcript(text=text.strip(), language=language or "unknown", duration_s=audio.duration_s)
+
+    async def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> AsyncIterator[np.ndarray]:
+        """Speech of `text` in a Qwen2.5-Omni voice, sentence by sentence: each sentence is
+        given to the thinker as its reply to "say this", then spoken by the talker."""
+        _, chosen = pick_voice(self.model.voices, voice)
+        if speed != 1.0:
+            raise EngineError("this model speaks at speed 1.0 only", param="speed")
+        loop = asyncio.get_running_loop()
+        chunker = SpeechChunker()
+        for sentence in chunker.feed(text) + chunker.flush():
+            messages = (Message("system", (SPEECH_SYSTEM_PROMPT,)), Message("user", (f"Say: {sentence}",)))
+            prompt = await loop.run_in_executor(self._worker, self.model.processor.build, messages, True)
+            samples = await loop.run_in_executor(self._worker, self.runner.speak_text, prompt, sentence, chosen)
+            if samples is not None:
+                yield samples

@@ -1,0 +1,233 @@
+"""Qwen2.5-Omni's processor step: chat messages with media → thinker prompt ids + encoder inputs.
+
+    messages ──chat template──▶ text with one <|IMAGE|> / <|AUDIO|> / <|VIDEO|> per item
+             ──tokenizer──▶ ids ──expand each placeholder to its encoder's row count──▶ prompt ids
+    media ──qwen_preprocess──▶ patches / log-mel (ThinkerMedia, in prompt order)
+
+As transformers' Qwen2_5OmniProcessor does it: an image or video becomes one placeholder per
+2x2 merge unit, an audio one per 40 ms; a video with its own audio track becomes
+<|audio_bos|> + video and audio placeholders interleaved in 2 s chunks + <|audio_eos|>
+(inside the template's <|vision_bos|> … <|vision_eos|>), and its audio joins the audio
+inputs at that place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+
+from omnilive.engine.types import (
+    AudioInput,
+    EngineError,
+    ImageInput,
+    Message,
+    VideoInput,
+)
+from omnilive.media.qwen_preprocess import (
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_PIXELS,
+    ImagePreprocessConfig,
+    VisionPatches,
+    log_mel_spectrogram,
+    preprocess_image,
+    preprocess_video,
+)
+from omnilive.model.rope_index import video_with_audio_placeholders
+from omnilive.model.thinker import ThinkerConfig, ThinkerMedia, audio_placeholder_count
+from omnilive.model.tokenizer import Tokenizer, TokenizerInfo
+
+# Qwen2.5-Omni speaks only under this system prompt (its model card says so)
+SPEECH_SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+    "auditory and visual inputs, as well as generating text and speech."
+)
+
+# Qwen2.5-Omni's own chat template, for a checkpoint directory that lacks one
+FALLBACK_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
+    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+VIDEO_FPS_DEFAULT = 2.0
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def chat_template_of(directory: Path) -> str:
+    """The checkpoint's chat template: chat_template.jinja, chat_template.json, then
+    tokenizer_config.json; Qwen2.5-Omni's own when none has one."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        template = _read_json(directory / name).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+    return FALLBACK_CHAT_TEMPLATE
+
+
+def load_omni_tokenizer(directory: str | Path) -> Tokenizer:
+    """The checkpoint's tokenizer.json with its chat template and stop tokens."""
+    directory = Path(directory)
+    if not (directory / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{directory} has no tokenizer.json")
+    backend = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    eos = _read_json(directory / "tokenizer_config.json").get("eos_token") or "<|im_end|>"
+    eos = eos["content"] if isinstance(eos, dict) else eos
+    stops = [token_id for token in STOP_TOKENS if (token_id := backend.token_to_id(token)) is not None]
+    info = TokenizerInfo(chat_template=chat_template_of(directory), eos_token_id=backend.token_to_id(eos),
+                         extra_stop_token_ids=stops)
+    return Tokenizer(backend, info)
+
+
+@dataclass(frozen=True)
+class OmniPrompt:
+    """One request's thinker input: token ids with expanded placeholders, and the encoder inputs."""
+
+    input_ids: list[int]
+    media: ThinkerMedia
+    image_tokens: int  # placeholders of images and videos
+    audio_tokens: int  # placeholders of audios, a video's own audio included
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class _Collected:
+    """Media in prompt order while the placeholders are expanded."""
+
+    images: list[VisionPatches]
+    videos: list[VisionPatches]
+    video_seconds: list[float]
+    mels: list[torch.Tensor]
+
+
+class OmniProcessor:
+    def __init__(self, tokenizer: Tokenizer, thinker: ThinkerConfig, image: ImagePreprocessConfig,
+                 video_min_pixels: int = VIDEO_MIN_PIXELS, video_max_pixels: int = VIDEO_MAX_PIXELS):
+        self.tokenizer, self.thinker, self.image = tokenizer, thinker, image
+        self.video_min_pixels, self.video_max_pixels = video_min_pixels, video_max_pixels
+        self.audio_bins = thinker.audio_config.num_mel_bins
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, thinker: ThinkerConfig) -> OmniProcessor:
+        """Image settings from preprocessor_config.json; video pixel bounds from
+        video_preprocessor_config.json when there is one, else the Qwen2.5-Omni processor's."""
+        directory = Path(directory)
+        image = ImagePreprocessConfig.from_dict(_read_json(directory / "preprocessor_config.json"))
+        video = _read_json(directory / "video_preprocessor_config.json")
+        size = video.get("size") or {}
+        return cls(tokenizer, thinker, image,
+                   video.get("min_pixels", size.get("shortest_edge", VIDEO_MIN_PIXELS)),
+                   video.get("max_pixels", size.get("longest_edge", VIDEO_MAX_PIXELS)))
+
+    def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
+        """Template input: content parts as Qwen's processor takes them. Speech needs
+        SPEECH_SYSTEM_PROMPT as the system prompt; the caller's own system text follows it."""
+        chat = [{"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages]
+        if chat and chat[0]["role"] == "system":
+            own = messages[0].text.strip()
+            if speak and not own.startswith(SPEECH_SYSTEM_PROMPT):
+                chat[0]["content"] = [{"type": "text", "text": SPEECH_SYSTEM_PROMPT + (f"\n{own}" if own else "")}]
+        else:
+            chat.insert(0, {"role": "system", "content": [{"type": "text", "text": SPEECH_SYSTEM_PROMPT}]})
+        return chat
+
+    def build(self, messages: Sequence[Message], speak: bool = False) -> OmniPrompt:
+        chat = self.chat(messages, speak)
+        items = [part["media"] for message in chat for part in message["content"] if "media" in part]
+        ids = self.tokenizer.encode(self.tokenizer.render_chat(chat, add_generation_prompt=True))
+        return self._expand(ids, items)
+
+    def _expand(self, ids: list[int], items: list[ImageInput | AudioInput | VideoInput]) -> OmniPrompt:
+        """Replace the template's one placeholder per item by its full run, collecting the media."""
+        c = self.thinker
+        kinds = {c.image_token_index: ImageInput, c.audio_token_index: AudioInput, c.video_token_index: VideoInput}
+        if [kinds[t] for t in ids if t in kinds] != [type(item) for item in items]:
+            raise EngineError("the prompt's media placeholders do not match its media (media token text such "
+                              "as <|IMAGE|> cannot appear in messages)", param="messages")
+        collected = _Collected([], [], [], [])
+        out: list[int] = []
+        image_tokens = audio_tokens = 0
+        media = iter(items)
+        for token in ids:
+            if token not in kinds:
+                out.append(token)
+                continue
+            item = next(media)
+            if isinstance(item, ImageInput):
+                patches = preprocess_image(item.image, self.image)
+                collected.images.append(patches)
+                count = patches.token_counts(self.image.merge_size)[0]
+                out += [token] * count
+                image_tokens += count
+            elif isinstance(item, AudioInput):
+                count = self._add_audio(item, collected)
+                out += [token] * count
+                audio_tokens += count
+            else:
+                expanded, video_count, audio_count = self._add_video(item, collected)
+                out += expanded
+                image_tokens, audio_tokens = image_tokens + video_count, audio_tokens + audio_count
+        return OmniPrompt(out, self._media(collected), image_tokens, audio_tokens)
+
+    def _add_audio(self, audio: AudioInput, collected: _Collected) -> int:
+        if len(audio.samples) == 0:
+            raise EngineError("an audio input is empty", param="messages")
+        mel = log_mel_spectrogram(audio.samples, n_mels=self.audio_bins)
+        collected.mels.append(mel)
+        return audio_placeholder_count(mel.shape[1])
+
+    def _add_video(self, video: VideoInput, collected: _Collected) -> tuple[list[int], int, int]:
+        """A video's placeholder ids, its vision token count and its audio token count."""
+        c = self.thinker
+        patches = preprocess_video(video.frames, self.image, self.video_min_pixels, self.video_max_pixels)
+        seconds = self.image.temporal_patch_size / (video.fps or VIDEO_FPS_DEFAULT)
+        collected.videos.append(patches)
+        collected.video_seconds.append(seconds)
+        vision_count = patches.token_counts(self.image.merge_size)[0]
+        if video.audio is None or len(video.audio.samples) == 0:
+            return [c.video_token_index] * vision_count, vision_count, 0
+        audio_count = self._add_audio(video.audio, collected)
+        interleaved = video_with_audio_placeholders(patches.grid_thw[0].tolist(), seconds, audio_count, c.mrope_layout)
+        return [c.audio_start_token_id, *interleaved, c.audio_end_token_id], vision_count, audio_count
+
+    def _media(self, collected: _Collected) -> ThinkerMedia:
+        images = VisionPatches.concat(collected.images) if collected.images else None
+        videos = VisionPatches.concat(collected.videos) if collected.videos else None
+        mels = collected.mels
+        return ThinkerMedia(
+            images=images,
+            videos=videos,
+            video_seconds_per_grid=tuple(collected.video_seconds),
+            audio_mel=torch.cat(mels, dim=1) if mels else None,
+            audio_frames=torch.tensor([m.shape[1] for m in mels]) if mels else None,
+        )
+
+
+def _part_dict(part) -> dict:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    kind = {ImageInput: "image", AudioInput: "audio", VideoInput: "video"}[type(part)]
+    return {"type": kind, "media": part}  # the template reads the type; `build` collects the media

@@ -1,0 +1,131 @@
+"""`omnilive serve --model DIR` on a tiny random Qwen2.5-Omni checkpoint, through the OpenAI client.
+
+A real server subprocess serves the native engine; requests carry an image, an audio clip and a
+video with its own audio track. Random weights answer gibberish, so the checks are about
+structure: text comes back, speech comes back as a 24 kHz wav, usage counts the media.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import subprocess
+import sys
+import wave
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_SRC, RunningServer, _wait_healthy, free_port
+from tests.model.omni_tiny import build_tiny_omni
+from tests.server.test_media_chat import data_url, text_video
+
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # building the checkpoint and starting a server: ~15 s
+
+API_KEY = "native-test-key"
+
+
+@pytest.fixture(scope="module")
+def native_server(tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("tiny-omni")
+    build_tiny_omni(checkpoint, seed=2)
+    data_dir = tmp_path_factory.mktemp("native-data")
+    log_path = data_dir / "server.log"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_SRC), os.environ.get("PYTHONPATH")])),
+           "OMNILIVE_THREADS": "1"}
+    command = [sys.executable, "-m", "omnilive", "serve", "--model", str(checkpoint), "--port", str(port),
+               "--dtype", "float32", "--data-dir", str(data_dir), "--api-key", API_KEY]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    running = RunningServer(f"http://127.0.0.1:{port}", API_KEY, data_dir, log_path, 0)
+    try:
+        _wait_healthy(running, process)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def client(native_server):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{native_server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+        yield openai_client
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def media_message() -> list[dict]:
+    beep = 0.2 * np.sin(2 * np.pi * 330 * np.arange(16_000) / 16_000)
+    return [{"role": "user", "content": [
+        {"type": "text", "text": "What do you see and hear?"},
+        {"type": "image_url", "image_url": {"url": data_url("image/png", png_bytes())}},
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav_bytes(beep, 16_000)).decode(),
+                                                "format": "wav"}},
+        {"type": "video_url", "video_url": {"url": data_url("video/mp4", text_video("OMNI", seconds=2.0))}},
+    ]}]
+
+
+def test_model_card_names_the_checkpoint(client):
+    (model,) = client.models.list().data
+    assert model.id.startswith("tiny-omni")
+
+
+def test_text_reply_with_image_audio_and_video(client):
+    model = client.models.list().data[0].id
+    response = client.chat.completions.create(model=model, messages=media_message(), temperature=0, max_tokens=12)
+    choice = response.choices[0]
+    assert isinstance(choice.message.content, str) and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens <= 12
+    details = response.usage.prompt_tokens_details
+    # the image and the video's frames, the audio clip and the video's track all reach the thinker
+    assert response.usage.prompt_tokens > 60
+    assert details is None or details.audio_tokens is None or details.audio_tokens >= 2 * 25
+
+
+def test_text_and_speech_reply(client):
+    model = client.models.list().data[0].id
+    response = client.chat.completions.create(
+        model=model, messages=media_message(), modalities=["text", "audio"], audio={"voice": "Ethan", "format": "wav"},
+        max_tokens=10, seed=3,
+    )
+    audio = response.choices[0].message.audio
+    assert audio is not None and audio.transcript
+    with wave.open(io.BytesIO(base64.b64decode(audio.data))) as speech:
+        assert speech.getframerate() == 24_000 and speech.getnchannels() == 1
+        assert speech.getnframes() > 0
+
+
+def test_unknown_voice_is_a_400(client):
+    import openai
+
+    model = client.models.list().data[0].id
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                       modalities=["text", "audio"], audio={"voice": "nobody", "format": "wav"})
