@@ -39,7 +39,7 @@ QUESTIONS = [
     "Name a fruit that is yellow.",
     "What is two plus three?",
     "Which planet do we live on?",
-    "What do bees make?",
+    "Tell me three facts about the moon.",
 ]
 
 
@@ -137,7 +137,7 @@ def real_time_factors(clips: list[bytes]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--questions", type=int, default=5)
+    ap.add_argument("--questions", type=int, default=len(QUESTIONS))
     ap.add_argument("--llm", default="qwen2.5-coder-0.5b")
     args = ap.parse_args()
     clips = [espeak_wav(q) for q in QUESTIONS[: args.questions]]
@@ -148,7 +148,7 @@ def main() -> None:
     proc, base = start_server(args.llm, data_dir)
     try:
         client = OpenAI(base_url=base + "/v1", api_key="unused")
-        time_streaming(client, clips[0])  # warm-up: first-use costs are not latency
+        time_streaming(client, espeak_wav("Hello, can you hear me?"))  # warm-up: first-use costs are not latency
         rows = []
         for wav, other in zip(clips, other_clips):
             row = time_streaming(client, wav)
