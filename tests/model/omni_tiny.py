@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from omnilive.backends.native_prompt import FALLBACK_CHAT_TEMPLATE
+
 THINKER_VOCAB = 160
 TOKENS = {
     "audio_token_index": 140,
@@ -165,24 +167,9 @@ SPECIAL_TOKENS = {
 }
 BPE_VOCAB = min(SPECIAL_TOKENS.values())  # learned tokens take ids 0..132
 
-# Qwen2.5-Omni's chat template (its processor's chat_template.json)
-CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
-    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
-    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
-    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
-    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
-    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# Qwen2.5-Omni's chat template (its processor's chat_template.json); the native processor
+# keeps the same text as its fallback for checkpoints that lack one
+CHAT_TEMPLATE = FALLBACK_CHAT_TEMPLATE
 TOKENIZER_CORPUS = [
     ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
      "auditory and visual inputs, as well as generating text and speech."),

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import wave
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_SRC, RunningServer, _wait_healthy, free_port
+from tests.server_process import ServerProcess
 from tests.model.omni_tiny import build_tiny_omni
 from tests.server.test_media_chat import data_url, text_video
 
@@ -32,25 +29,9 @@ def native_server(tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("tiny-omni")
     build_tiny_omni(checkpoint, seed=2)
     data_dir = tmp_path_factory.mktemp("native-data")
-    log_path = data_dir / "server.log"
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_SRC), os.environ.get("PYTHONPATH")])),
-           "OMNILIVE_THREADS": "1"}
-    command = [sys.executable, "-m", "omnilive", "serve", "--model", str(checkpoint), "--port", str(port),
-               "--dtype", "float32", "--data-dir", str(data_dir), "--api-key", API_KEY]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    running = RunningServer(f"http://127.0.0.1:{port}", API_KEY, data_dir, log_path, 0)
-    try:
-        _wait_healthy(running, process)
+    args = ["--model", str(checkpoint), "--dtype", "float32"]
+    with ServerProcess(data_dir, api_key=API_KEY, env={"OMNILIVE_THREADS": "1"}, args=args) as running:
         yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

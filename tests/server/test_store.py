@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from omnilive.server.store import HistoryStore
-from tests.web.live_server import ServerProcess
+from tests.server_process import ServerProcess
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 MAX_MEDIA_BYTES = 64 * 1024
@@ -128,7 +128,7 @@ def test_history_api_survives_sigkill_mid_reply(database_url, tmp_path):
     server = ServerProcess(tmp_path / "data", database_url=database_url, api_key="history-key",
                            env={"OMNILIVE_MAX_MEDIA_BYTES": str(MAX_MEDIA_BYTES)})
     with server:
-        api = httpx.Client(base_url=server.url, headers=server.headers, timeout=60)
+        api = httpx.Client(base_url=server.url, headers=server.auth_headers, timeout=60)
         assert httpx.get(f"{server.url}/v1/history/conversations").status_code == 401  # key required
 
         conversation = api.post("/v1/history/conversations", json={"settings": {"voice": "heart"}}).json()
@@ -151,7 +151,7 @@ def test_history_api_survives_sigkill_mid_reply(database_url, tmp_path):
         _kill_while_streaming(server, api)
 
         server.start()
-        api = httpx.Client(base_url=server.url, headers=server.headers, timeout=60)
+        api = httpx.Client(base_url=server.url, headers=server.auth_headers, timeout=60)
         loaded = api.get(f"/v1/history/conversations/{conversation['id']}").json()
         assert [(m["role"], m["content"]) for m in loaded["messages"]] == [(t["role"], t["content"]) for t in turns]
         assert loaded["messages"][0]["media"][0]["id"] == picture["id"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.web.live_server import ServerProcess
+from tests.server_process import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"

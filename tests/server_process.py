@@ -1,8 +1,11 @@
-"""A real `omnilive serve` process that a test can kill (SIGKILL) and start again on the same
-data dir and database: for persistence tests, which the shared session server cannot do.
+"""A real `omnilive serve` subprocess on a free port, for every test that needs a server.
 
-    with ServerProcess(tmp_path / "data", database_url=None) as server:
-        httpx.get(f"{server.url}/health")
+It can be killed (SIGKILL) and started again on the same data dir and database, for
+persistence tests. The assembled-model cache is shared with normal use (OMNILIVE_CACHE_DIR,
+else the default data dir's): building it takes a while, so only the first run pays for it.
+
+    with ServerProcess(tmp_path / "data", api_key="k", args=["--llm", "smollm2-135m"]) as server:
+        httpx.get(f"{server.url}/health", headers=server.auth_headers)
         server.kill(); server.start()
 """
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-REPO_SRC = Path(__file__).resolve().parents[2] / "src"
+REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 STARTUP_TIMEOUT_S = 420  # a first run assembles the packaged models into the cache
 
 
@@ -36,11 +39,15 @@ def default_cache_dir() -> str:
 
 class ServerProcess:
     def __init__(self, data_dir: Path, database_url: str | None = None, api_key: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, args: list[str] | None = None, max_body_bytes: int | None = None):
         self.data_dir = data_dir
         self.database_url = database_url
         self.api_key = api_key
-        self.extra_env = env or {}
+        self.extra_env = dict(env or {})
+        self.extra_args = list(args or [])
+        self.max_body_bytes = max_body_bytes
+        if max_body_bytes is not None:
+            self.extra_env["OMNILIVE_MAX_BODY_BYTES"] = str(max_body_bytes)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir / "server.log"
@@ -50,7 +57,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def headers(self) -> dict[str, str]:
+    def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def start(self) -> ServerProcess:
@@ -67,6 +74,7 @@ class ServerProcess:
         command = [sys.executable, "-m", "omnilive", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.api_key:
             command += ["--api-key", self.api_key]
+        command += self.extra_args
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_healthy()
