@@ -10,6 +10,11 @@ silence window (`audio_end_ms` of speech_stopped) and stops at the first audio d
     first token  transcription.completed      → first LLM token (server's /metrics TTFT)
     first audio  first LLM token              → first response audio delta received
 
+When the early transcript is in before the window closes, the server starts the answer then
+(held back until the turn ends): ASR and first token are then ~0 and "first audio" is what is
+left of making the first spoken clause. Timings are wall clock on a shared machine, so the
+load average is printed with them.
+
 Prints, never asserts, records nothing.
 
     python bench/voice_latency.py [--utterances 5] [--url http://127.0.0.1:8000 --api-key KEY]
@@ -22,6 +27,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -138,16 +144,17 @@ async def run(url: str, api_key: str, utterances: int) -> None:
                       f"wer {row['wer']:.2f}  {row['transcript']!r} → {row['answer'][:60]!r}")
         finally:
             sender.cancel()
-    print(f"\nmedian over {len(rows)} turns (end of VAD silence window → first audio delta):")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nmedian over {len(rows)} turns (end of VAD silence window → first audio delta), load average {load}:")
     for key in ("total", "vad", "asr", "first_token", "first_audio"):
         print(f"  {key:12s} {statistics.median(r[key] for r in rows) * 1000:6.0f} ms")
 
 
 def start_server(data_dir: str) -> tuple[subprocess.Popen, str, str]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import free_port  # the test suite's way of starting a real server
-
-    port, key = free_port(), "bench-key"
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = "bench-key"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "omnilive", "serve", "--port", str(port), "--data-dir", data_dir, "--api-key", key]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

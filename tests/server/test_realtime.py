@@ -7,6 +7,7 @@ Every event the server sends is validated against the official openai package's 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -20,6 +21,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from omnilive.server.realtime.turn import TurnTranscriber
 from tests.server.test_files import text_image
 from tests.speech_helpers import espeak_wav, needs_speech_tools, wer, with_silence
 
@@ -146,6 +148,65 @@ def test_spoken_question_gets_a_spoken_answer(rt, client):
     sf.write(wav, answer, RATE, format="WAV")
     back = client.audio.transcriptions.create(model="whisper-1", file=("answer.wav", wav.getvalue(), "audio/wav"))
     assert wer(spoken["transcript"], back.text) <= 0.5
+
+
+@needs_speech_tools
+def test_a_brief_pause_then_more_speech_answers_the_whole_turn(rt, http):
+    """The first half's early transcript starts an answer that must be discarded unheard."""
+    aborted = 'omnilive_requests_finished_total{reason="aborted"}'
+    aborted_before = _metric(http, aborted)
+    first, rest = "How many days are there", "in a week?"
+    spoken = espeak_wav(first, RATE)
+    spoken = spoken[: np.nonzero(np.abs(spoken) > 0.01)[0][-1] + RATE // 20]  # espeak's own trailing ~350 ms off
+    rt.speak(with_silence(spoken, RATE, 0.6, 0.25))  # a ~300 ms pause: under the 500 ms window
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _metric(http, "omnilive_requests_running") == 0:
+        time.sleep(0.05)  # the pause's transcript is in and the answer to "How many days are there" began
+    assert _metric(http, "omnilive_requests_running") == 1
+    time.sleep(1.0)  # long enough for that answer to have audio
+    rt.speak(with_silence(espeak_wav(rest, RATE), RATE, 0.0, 1.0))
+    events = rt.until("response.done")
+
+    kinds = types(events)
+    assert kinds.count("input_audio_buffer.speech_started") == kinds.count("input_audio_buffer.speech_stopped") == 1
+    assert kinds.count("response.created") == 1
+    heard = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert wer(f"{first} {rest}", heard["transcript"]) <= 0.25
+    response_id = next(e for e in events if e["type"] == "response.created")["response"]["id"]
+    deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
+    assert deltas and {e["response_id"] for e in deltas} == {response_id}
+    assert in_order(events, "input_audio_buffer.committed", "response.created", "response.output_audio.delta")
+    done = events[-1]["response"]
+    answer = done["output"][0]["content"][0]["transcript"].lower()
+    assert done["status"] == "completed" and ("7" in answer or "seven" in answer), answer
+    assert _metric(http, aborted) == aborted_before + 1  # the first answer, thrown away
+    assert _metric(http, "omnilive_requests_running") == 0
+
+
+def test_the_transcriber_guesses_the_latest_pause_once_the_running_guess_ends():
+    async def scenario():
+        heard, reported = [], []
+
+        async def transcribe(samples: np.ndarray) -> str:
+            heard.append(len(samples))
+            await asyncio.sleep(0.01)
+            return f"{len(samples)} samples"
+
+        transcriber = TurnTranscriber(transcribe, on_guess=lambda *guess: reported.append(guess))
+        for end_ms, n in ((100, 1), (200, 2), (300, 3)):  # pauses at 200 and 300 ms come during the first run
+            transcriber.guess(0, end_ms, np.zeros(n))
+        await asyncio.sleep(0.1)
+        assert heard == [1, 3] and reported == [(0, 100, "1 samples"), (0, 300, "3 samples")]
+        final = transcriber.final(0, 300, np.zeros(3))
+        assert final.done() and final.result() == "3 samples" and heard == [1, 3]  # the guess, reused
+
+        transcriber.guess(1000, 1100, np.zeros(4))
+        transcriber.guess(1000, 1200, np.zeros(5))
+        transcriber.resumed()  # speech went on: the 1200 ms pause is stale before its run starts
+        await asyncio.sleep(0.1)
+        assert heard == [1, 3, 4] and reported[-1] == (1000, 1100, "4 samples")
+
+    asyncio.run(scenario())
 
 
 @needs_speech_tools

@@ -12,6 +12,10 @@
 Cancelling the task that runs `ResponseRun.run` (barge-in, response.cancel, disconnect) closes
 the engine's iterator at once, which aborts the request in the engine; the item keeps what
 was already sent, and response.done says "cancelled".
+
+A `Speculation` is an answer begun before its turn is committed: the engine's outputs are
+held back (nothing reaches the client) until the committed turn's response takes them over,
+or the user speaks again and they are thrown away with the engine request aborted.
 """
 
 from __future__ import annotations
@@ -52,8 +56,9 @@ class ResponsePlan:
 
 
 class ResponseRun:
-    def __init__(self, plan: ResponsePlan, item: Item, emit: Callable[..., None], dialect: Dialect, metrics: Metrics):
-        self.id = new_id("resp")
+    def __init__(self, plan: ResponsePlan, item: Item, emit: Callable[..., None], dialect: Dialect, metrics: Metrics,
+                 response_id: str | None = None):
+        self.id = response_id or new_id("resp")
         self.plan, self.item, self.emit, self.dialect, self.metrics = plan, item, emit, dialect, metrics
         self.cancel_reason: str | None = None  # "turn_detected" | "client_cancelled", set by the canceller
         self.content = Content("output_audio" if plan.audio else "output_text")
@@ -166,6 +171,62 @@ class ResponseRun:
         if self.plan.audio:
             return {"type": "audio", "transcript": self.content.text}
         return {"type": "text", "text": self.content.text}
+
+
+_END = object()
+
+
+class Speculation:
+    """Engine outputs of an answer that may never be given, held until `take` or `discard`.
+
+    key: (turn start ms, speech end ms) of the transcript it answers; history: the ids of the
+    items it answers (the uncommitted turn last). Counted as a running engine request."""
+
+    def __init__(self, response_id: str, key: tuple[int, int], history: list[str], plan: ResponsePlan,
+                 outputs: AsyncIterator[EngineOutput], metrics: Metrics, spawn: Callable[..., asyncio.Task]):
+        self.response_id, self.key, self.history, self.plan = response_id, key, history, plan
+        self.metrics = metrics
+        self._held: asyncio.Queue = asyncio.Queue()  # EngineOutput | Exception | _END
+        self.metrics.running.inc()
+        self._task = spawn(self._hold(outputs))
+
+    def matches(self, key: tuple[int, int], history: list[str], plan: ResponsePlan) -> bool:
+        return (self.key, self.history, self.plan) == (key, history, plan)
+
+    def take(self) -> Callable[[], AsyncIterator[EngineOutput]]:
+        """The outputs so far and to come, for the response that gives this answer."""
+        self.metrics.running.dec()  # the response counts it from now on
+        return self._outputs
+
+    def discard(self) -> None:
+        """Throw the answer away: the engine request is aborted, nothing of it was sent."""
+        self.stop()
+        self.metrics.running.dec()
+        self.metrics.finished.labels("aborted").inc()
+
+    def stop(self) -> None:
+        """Abort the engine request if it still runs (closing the engine's iterator aborts it)."""
+        self._task.cancel()
+
+    async def _hold(self, outputs: AsyncIterator[EngineOutput]) -> None:
+        try:
+            async for out in outputs:
+                self._held.put_nowait(out)
+        except Exception as error:  # noqa: BLE001 - raised in the response, if it is ever taken
+            self._held.put_nowait(error)
+        finally:
+            await outputs.aclose()
+            self._held.put_nowait(_END)
+
+    async def _outputs(self) -> AsyncIterator[EngineOutput]:
+        try:
+            while (out := await self._held.get()) is not _END:
+                if isinstance(out, Exception):
+                    raise out
+                yield out
+        finally:
+            self.stop()  # the response ended early (barge-in, cancel): abort the request too
+            await asyncio.wait([self._task])
 
 
 def _usage_wire(usage: Usage) -> dict:

@@ -7,12 +7,17 @@
 
 Handlers never wait on the model: a response and each transcription run in their own tasks,
 so audio keeps flowing through the VAD while the assistant talks (that is how barge-in works).
+
+Speculation (server VAD): when a pause's early transcript is in and the user is still quiet,
+the answer starts at once, held back; if the silence window closes on that same speech, the
+committed turn's response takes the held outputs over, else they are discarded unheard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -40,11 +45,12 @@ from omnilive.server.realtime.conversation import (
     truncate_spoken,
 )
 from omnilive.server.realtime.events import Dialect, RealtimeError, new_id
-from omnilive.server.realtime.response import ResponsePlan, ResponseRun
+from omnilive.server.realtime.response import ResponsePlan, ResponseRun, Speculation
 from omnilive.server.realtime.turn import (
     PAUSE_MS,
     InputAudio,
     Paused,
+    Resumed,
     SpeechStarted,
     SpeechStopped,
     TurnDetector,
@@ -89,11 +95,12 @@ class RealtimeSession:
         self.conversation = Conversation()
         self.audio = InputAudio()
         self._tasks: set[asyncio.Task] = set()  # transcriptions in flight
-        self.transcriber = TurnTranscriber(self._transcribe, self._spawn)
+        self.transcriber = TurnTranscriber(self._transcribe, self._spawn, on_guess=self._speculate)
         self.detector: TurnDetector | None = None
         self._turn: tuple[str, int] | None = None  # (item id, audio start ms) of the turn being spoken
         self.response: ResponseRun | None = None
         self._response_task: asyncio.Task | None = None
+        self.speculation: Speculation | None = None  # an answer to the paused turn, not yet given
         self._heard_language: str | None = None
         self._reset_detector()
 
@@ -118,12 +125,15 @@ class RealtimeSession:
             if isinstance(data, dict) and isinstance(data.get("event_id"), str):
                 event_id = data["event_id"]
             event = ev.parse_client_event(data)
+            if event.type != "input_audio_buffer.append":
+                self._drop_speculation()  # the conversation or settings it answers may change
             handler = getattr(self, "_on_" + event.type.replace(".", "_"))
             await handler(event)
         except RealtimeError as error:
             self._send(ev.error_event(error, event_id))
 
     async def close(self) -> None:
+        self._drop_speculation()
         await self._cancel_response("client_cancelled")
         for task in list(self._tasks):
             task.cancel()
@@ -209,6 +219,9 @@ class RealtimeSession:
                 start = self._turn[1]
                 end = turn_event.speech_end_ms
                 self.transcriber.guess(start, end, self.audio.audio(start, end + PAUSE_MS))
+            elif isinstance(turn_event, Resumed):
+                self.transcriber.resumed()
+                self._drop_speculation()
             elif isinstance(turn_event, SpeechStopped) and self._turn is not None:
                 self._speech_stopped(turn_event)
         if self._turn is None:
@@ -228,8 +241,36 @@ class RealtimeSession:
         transcript = self.transcriber.final(start, event.speech_end_ms, speech)
         self.audio.drop_until(event.audio_end_ms)
         self._commit(item_id, transcript)
+        speculation, self.speculation = self.speculation, None
         if self.config.turn_detection.create_response and self.response is None:
-            self._start_response(ev.ResponseIn())
+            request = ev.ResponseIn()
+            history = [item.id for item in self.conversation.items]
+            if speculation is not None and speculation.matches((start, event.speech_end_ms), history,
+                                                               self._plan(request)):
+                self._start_response(request, speculation)
+                return
+            self._start_response(request)
+        if speculation is not None:
+            speculation.discard()
+
+    def _speculate(self, start_ms: int, speech_end_ms: int, transcript: str) -> None:
+        """A pause's transcript is in: answer it now if the user is still quiet, holding the answer back."""
+        td = self.config.turn_detection
+        if (not transcript or td is None or not td.create_response or self.response is not None
+                or self.speculation is not None or self._turn is None or self._turn[1] != start_ms
+                or self.detector is None or self.detector.paused_at != speech_end_ms):
+            return
+        turn = Item(self._turn[0], "user", [Content("input_audio", text=transcript)])
+        history = [*self.conversation.items, turn]  # as the committed turn will leave it
+        plan = self._plan(ev.ResponseIn())
+        response_id = new_id("resp")
+        self.speculation = Speculation(response_id, (start_ms, speech_end_ms), [item.id for item in history], plan,
+                                       self._answer(response_id, plan, history), self.metrics, self._spawn)
+
+    def _drop_speculation(self) -> None:
+        speculation, self.speculation = self.speculation, None
+        if speculation is not None:
+            speculation.discard()
 
     async def _on_input_audio_buffer_commit(self, event: ev.InputAudioBufferCommit) -> None:
         if self.audio.duration_ms < MIN_COMMIT_MS:
@@ -365,40 +406,50 @@ class RealtimeSession:
             raise RealtimeError("Cancellation failed: no active response found.", "response_cancel_not_active")
         await self._cancel_response("client_cancelled")
 
-    def _start_response(self, request: ev.ResponseIn) -> None:
+    def _plan(self, request: ev.ResponseIn) -> ResponsePlan:
         c = self.config
         modalities = request.output_modalities or request.modalities
         out = request.audio.output if request.audio and request.audio.output else None
         if out is not None:
             _check_format(out.format, "response.audio.output.format")
         limit = request.max_output_tokens or request.max_response_output_tokens
-        plan = ResponsePlan(
+        return ResponsePlan(
             audio=c.audio_out if modalities is None else "audio" in modalities,
             voice=request.voice or (out and out.voice) or c.voice,
             instructions=c.instructions if request.instructions is None else request.instructions,
             temperature=c.temperature if request.temperature is None else request.temperature,
             max_output_tokens=c.max_output_tokens if limit is None else (None if limit == "inf" else limit),
         )
+
+    def _start_response(self, request: ev.ResponseIn, speculation: Speculation | None = None) -> None:
+        """Start a response; with a matching `speculation`, it gives that answer, already begun."""
+        self._drop_speculation()
+        plan = self._plan(request)
         item = Item(new_id("item"), "assistant", [], status="in_progress")
-        run = ResponseRun(plan, item, self.emit, self.dialect, self.metrics)
+        response_id = speculation.response_id if speculation is not None else None
+        run = ResponseRun(plan, item, self.emit, self.dialect, self.metrics, response_id)
         history = list(self.conversation.items)  # what this reply answers
         previous = self.conversation.add(item)
         run.start(previous)
-
-        async def outputs():
-            messages = await self.conversation.messages(plan.instructions, history)
-            sampling = SamplingParams(max_tokens=plan.max_output_tokens) if plan.temperature is None else \
-                SamplingParams(temperature=plan.temperature, max_tokens=plan.max_output_tokens)
-            request = EngineRequest(run.id, messages, sampling, ("text", "audio") if plan.audio else ("text",),
-                                    plan.voice)
-            async for out in self.engine.generate(request):
-                yield out
+        outputs = speculation.take() if speculation is not None else lambda: self._answer(run.id, plan, history)
 
         self.response = run
         self._response_task = asyncio.create_task(run.run(outputs))
-        self._response_task.add_done_callback(lambda _: self._response_ended(run))
+        self._response_task.add_done_callback(lambda _: self._response_ended(run, speculation))
 
-    def _response_ended(self, run: ResponseRun) -> None:
+    async def _answer(self, response_id: str, plan: ResponsePlan, history: list[Item]):
+        messages = await self.conversation.messages(plan.instructions, history)
+        sampling = SamplingParams(max_tokens=plan.max_output_tokens) if plan.temperature is None else \
+            SamplingParams(temperature=plan.temperature, max_tokens=plan.max_output_tokens)
+        request = EngineRequest(response_id, messages, sampling, ("text", "audio") if plan.audio else ("text",),
+                                plan.voice)
+        async with contextlib.aclosing(self.engine.generate(request)) as stream:  # closing aborts the request
+            async for out in stream:
+                yield out
+
+    def _response_ended(self, run: ResponseRun, speculation: Speculation | None) -> None:
+        if speculation is not None:
+            speculation.stop()  # in case the response was cancelled before it read a thing
         if self.response is run:
             self.response, self._response_task = None, None
 

@@ -8,6 +8,8 @@ Latency: the client's silence window (500 ms by default) is time the server woul
 spend idle. `TurnDetector` reports a `Paused` event as soon as speech pauses (~100 ms), and the
 session starts transcribing the turn right then; when the window closes with no new speech,
 `SpeechStopped` carries the same speech end and the transcript is usually already there.
+Once that early transcript is in and the user is still quiet, the session may start the
+answer too (held back until the turn really ends; see response.Speculation).
 """
 
 from __future__ import annotations
@@ -124,6 +126,11 @@ class TurnDetector:
     def in_turn(self) -> bool:
         return self._in_turn
 
+    @property
+    def paused_at(self) -> int | None:
+        """The speech end of the pause going on now (session ms), or None while speech goes on."""
+        return self._paused_at
+
     def feed(self, samples: np.ndarray) -> list[TurnEvent]:
         events: list[TurnEvent] = []
         for at in range(0, len(samples), FRAME_SAMPLES):  # frame by frame: the window closes on time
@@ -147,32 +154,52 @@ class TurnDetector:
 
 
 Transcribe = Callable[[np.ndarray], Awaitable[str]]
+GuessReady = Callable[[int, int, str], None]  # (turn start ms, speech end ms, transcript)
 
 
 class TurnTranscriber:
-    """Transcribes a turn at its first pause, so the final transcript is often ready at its end.
+    """Transcribes a turn at each pause, so the final transcript is often ready at its end.
 
     Runs are keyed by the speech end they cover: the same key means the same words (what
-    follows the speech end is quiet). One guess runs at a time; a stale one is left to finish
-    (Whisper cannot be interrupted) and its result ignored."""
+    follows the speech end is quiet). One guess runs at a time (Whisper cannot be interrupted);
+    a pause that comes while one runs is guessed right after it, unless speech resumed. Each
+    finished guess is reported to `on_guess`."""
 
-    def __init__(self, transcribe: Transcribe, spawn: Callable[[Awaitable[str]], asyncio.Task] = asyncio.create_task):
+    def __init__(self, transcribe: Transcribe, spawn: Callable[[Awaitable[str]], asyncio.Task] = asyncio.create_task,
+                 on_guess: GuessReady | None = None):
         self._transcribe, self._spawn = transcribe, spawn  # spawn: the session tracks (and stops) its tasks
+        self._on_guess = on_guess
         self._guess: tuple[int, int, asyncio.Task] | None = None  # (turn start ms, speech end ms, run)
+        self._wanted: tuple[int, int, np.ndarray] | None = None  # the pause to guess once the run ends
 
     def guess(self, start_ms: int, speech_end_ms: int, samples: np.ndarray) -> None:
-        if self._guess is not None and not self._guess[2].done():
-            return
-        task = self._spawn(self._transcribe(samples))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a dropped guess may fail unheard
-        self._guess = (start_ms, speech_end_ms, task)
+        self._wanted = (start_ms, speech_end_ms, samples)
+        if self._guess is None or self._guess[2].done():
+            self._launch()
+
+    def resumed(self) -> None:
+        """Speech goes on: a pause not yet guessed is not worth guessing any more."""
+        self._wanted = None
 
     def final(self, start_ms: int, speech_end_ms: int, samples: np.ndarray) -> asyncio.Task:
         """The transcript of the turn: the guess if it covers the same speech, else a new run."""
-        guess, self._guess = self._guess, None
+        guess, self._guess, self._wanted = self._guess, None, None
         if guess is not None and guess[:2] == (start_ms, speech_end_ms):
             return guess[2]
         return self._spawn(self._transcribe(samples))
 
     def drop(self) -> None:
-        self._guess = None
+        self._guess, self._wanted = None, None
+
+    def _launch(self) -> None:
+        (start_ms, speech_end_ms, samples), self._wanted = self._wanted, None
+        task = self._spawn(self._transcribe(samples))
+        guess = self._guess = (start_ms, speech_end_ms, task)
+        task.add_done_callback(lambda t: self._guessed(guess, t))
+
+    def _guessed(self, guess: tuple[int, int, asyncio.Task], task: asyncio.Task) -> None:
+        failed = task.cancelled() or task.exception() is not None  # a dropped guess may fail unheard
+        if not failed and self._guess is guess and self._on_guess is not None:
+            self._on_guess(guess[0], guess[1], task.result())
+        if self._wanted is not None and (self._guess is None or self._guess[2].done()):
+            self._launch()
