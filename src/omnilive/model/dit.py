@@ -188,9 +188,10 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def block_attention_mask(num_frames: int, block_size: int, look_backward: int, look_ahead: int,
-                         device: torch.device) -> torch.Tensor:
-    """[T, T] bool, True where frame i may attend to frame j (block(j) - block(i) in [-back, ahead])."""
-    block = torch.arange(num_frames, device=device) // block_size
+                         device: torch.device, first_frame: int = 0) -> torch.Tensor:
+    """[T, T] bool, True where frame i may attend to frame j (block(j) - block(i) in [-back, ahead]);
+    frames are numbered from `first_frame` (a window of a longer utterance)."""
+    block = torch.arange(first_frame, first_frame + num_frames, device=device) // block_size
     block_offset = block.unsqueeze(0) - block.unsqueeze(1)
     return (block_offset >= -look_backward) & (block_offset <= look_ahead)
 
@@ -290,19 +291,24 @@ class DiT(nn.Module):
             speaker_embedding.unsqueeze(1).expand(-1, frames, -1),
         ], dim=-1)
 
-    def forward(self, noisy_mel: torch.Tensor, time: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
-        """noisy_mel [B, T, M], time [] or [B], conditioning [B, T, *] → velocity [B, T, M]."""
+    def forward(self, noisy_mel: torch.Tensor, time: torch.Tensor, conditioning: torch.Tensor,
+                first_frame: int = 0) -> torch.Tensor:
+        """noisy_mel [B, T, M], time [] or [B], conditioning [B, T, *] → velocity [B, T, M].
+
+        first_frame: absolute position of frame 0 when the input is a window of a longer
+        utterance (streaming), so RoPE angles and attention blocks equal the whole-utterance ones."""
         batch, frames, _ = noisy_mel.shape
         time_embedding = self.time_embed(time.expand(batch))  # [B, H]
         x = self.input_embed.proj(torch.cat([noisy_mel, conditioning], dim=-1))  # [B, T, H]
 
-        angles = torch.arange(frames, device=x.device).float().unsqueeze(1) * self.inv_freq  # [T, D/2]
+        positions = torch.arange(first_frame, first_frame + frames, device=x.device)
+        angles = positions.float().unsqueeze(1) * self.inv_freq  # [T, D/2]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         masks: dict[tuple[int, int], torch.Tensor] = {}
         for block in self.transformer_blocks:
             window = (block.look_backward, block.look_ahead)
             if window not in masks:
-                masks[window] = block_attention_mask(frames, self.config.block_size, *window, x.device)
+                masks[window] = block_attention_mask(frames, self.config.block_size, *window, x.device, first_frame)
             x = block(x, time_embedding, cos, sin, masks[window])
 
         scale, shift = self.norm_out.modulation(time_embedding)
