@@ -73,19 +73,27 @@ def start_server(llm: str, data_dir: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not become healthy")
 
 
-def spoken_request(wav: bytes) -> dict:
-    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
+LONG_QUESTION = "Explain in five sentences how a bicycle works."  # a reply of several sentences
+
+
+def spoken_request(wav: bytes | str) -> dict:
+    """A spoken question (wav bytes), or a typed one (str); the answer comes as text and speech."""
+    if isinstance(wav, str):
+        content, max_tokens = wav, 200
+    else:
+        content = [{"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}]
+        max_tokens = 80
     return dict(
         model="omnilive-small",
-        messages=[{"role": "user", "content": [part]}],
+        messages=[{"role": "user", "content": content}],
         modalities=["text", "audio"],
         audio={"voice": "heart", "format": "wav"},
         temperature=0,
-        max_tokens=80,
+        max_tokens=max_tokens,
     )
 
 
-def time_streaming(client: OpenAI, wav: bytes) -> dict:
+def time_streaming(client: OpenAI, wav: bytes | str) -> dict:
     t0 = time.perf_counter()
     ttft = ttfa = None
     audio_bytes = 0
@@ -106,7 +114,7 @@ def time_streaming(client: OpenAI, wav: bytes) -> dict:
     return {"ttft": ttft, "ttfa": ttfa, "total": total, "audio_s": audio_bytes / 2 / 24000}
 
 
-def time_whole(client: OpenAI, wav: bytes) -> float:
+def time_whole(client: OpenAI, wav: bytes | str) -> float:
     t0 = time.perf_counter()
     client.chat.completions.create(**spoken_request(wav))
     return time.perf_counter() - t0
@@ -154,6 +162,8 @@ def main() -> None:
             row = time_streaming(client, wav)
             row["whole"] = time_whole(client, other)
             rows.append(row)
+        long_row = time_streaming(client, LONG_QUESTION)
+        long_row["whole"] = time_whole(client, LONG_QUESTION)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -167,6 +177,10 @@ def main() -> None:
     med = lambda k: statistics.median(r[k] for r in rows if r[k] is not None)  # noqa: E731
     print(f"median   TTFT {med('ttft'):.2f} s  TTFA {med('ttfa'):.2f} s  total {med('total'):.2f} s  "
           f"whole-reply {med('whole'):.2f} s  TTFA/whole {med('ttfa') / med('whole'):.2f}")
+    r = long_row
+    print(f"typed, long reply ({LONG_QUESTION!r}): TTFT {r['ttft']:.2f} s  TTFA {r['ttfa']:.2f} s  "
+          f"total {r['total']:.2f} s  whole-reply {r['whole']:.2f} s  TTFA/whole {r['ttfa'] / r['whole']:.2f}  "
+          f"audio {r['audio_s']:.1f} s")
     print(f"ASR real-time factor {asr_rtf:.3f}  TTS real-time factor {tts_rtf:.3f}")
 
 
