@@ -1,0 +1,188 @@
+"""The embedded default under load: latency and throughput at 1, 4 and 8 concurrent clients.
+
+Starts a real `omnilive serve` (OMNILIVE_MAX_BATCH=8, so 8 requests decode in one batch) and
+drives it with the official openai client, one thread per simulated client. Each client sends
+streaming text+audio requests back to back: a typed question asking for two or three
+sentences, greedy, max_tokens 64. Prints, never asserts. Per concurrency level:
+  - TTFT p50/p95: request sent → first text delta
+  - TTFA p50/p95: request sent → first audio delta (the first clause spoken by hibari)
+  - throughput: completion tokens of all requests / wall time of the level
+Then TTFA(c=4)/TTFA(c=1) (what a user waits extra when others talk too) and
+throughput(c=8)/throughput(c=1) (what batching buys).
+
+    python bench/concurrency.py [--levels 1 4 8] [--llm qwen2.5-coder-0.5b|smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import count
+
+import httpx
+import numpy as np
+from openai import OpenAI
+
+MAX_TOKENS = 64
+TOPICS = (  # every request asks about another topic: a repeated prompt would be served from cache
+    "how a bicycle stays upright", "why the sea is salty", "how bees make honey", "why leaves change colour",
+    "how a rainbow forms", "why the moon has phases", "how a refrigerator keeps food cold",
+    "why bread rises", "how volcanoes erupt", "why cats purr", "how airplanes fly", "why we dream",
+    "how a compass works", "why the sky is blue", "how tides work", "why ice floats",
+    "how plants drink water", "why thunder follows lightning", "how a battery stores energy",
+    "why onions make you cry", "how glass is made", "why zebras have stripes", "how a camera works",
+    "why some birds migrate", "how soap cleans", "why the desert is cold at night", "how coral reefs grow",
+    "why we yawn", "how an elevator works", "why rust forms", "how a piano makes sound",
+    "why the earth has seasons", "how paper is recycled", "why owls hunt at night",
+)
+
+
+@dataclass
+class Timing:
+    ttft: float | None
+    ttfa: float | None
+    completion_tokens: int
+    audio_s: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(llm: str, data_dir: str, max_batch: int) -> tuple[subprocess.Popen, str]:
+    from omnilive.server.settings import Settings
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "OMNILIVE_MAX_BATCH": str(max_batch),
+        # share the assembled-model cache of normal use: building it again costs tens of seconds
+        "OMNILIVE_CACHE_DIR": os.environ.get("OMNILIVE_CACHE_DIR") or str(Settings().models_dir),
+    }
+    cmd = [sys.executable, "-m", "omnilive", "serve", "--port", str(port), "--llm", llm, "--data-dir", data_dir]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("server did not become healthy")
+
+
+def timed_request(client: OpenAI, topic: str) -> Timing:
+    t0 = time.perf_counter()
+    ttft = ttfa = None
+    tokens, audio_bytes = 0, 0
+    stream = client.chat.completions.create(
+        model="omnilive-small",
+        messages=[{"role": "user", "content": f"In two or three sentences, explain {topic}."}],
+        modalities=["text", "audio"],
+        audio={"voice": "heart", "format": "pcm16"},
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        if ttft is None and delta.content:
+            ttft = time.perf_counter() - t0
+        if delta.audio and delta.audio.data:
+            audio_bytes += len(base64.b64decode(delta.audio.data))
+            if ttfa is None:
+                ttfa = time.perf_counter() - t0
+    return Timing(ttft, ttfa, tokens, audio_bytes / 2 / 24_000)
+
+
+def run_level(client: OpenAI, concurrency: int, requests: int, topics) -> tuple[list[Timing], float]:
+    """`concurrency` clients sending `requests` requests in all, each client back to back."""
+    barrier = threading.Barrier(concurrency)
+    lock = threading.Lock()
+
+    def client_loop(share: int) -> list[Timing]:
+        barrier.wait()
+        timings = []
+        for _ in range(share):
+            with lock:
+                topic = next(topics)
+            timings.append(timed_request(client, topic))
+        return timings
+
+    shares = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(client_loop, shares))
+    return [t for timings in results for t in timings], time.perf_counter() - t0
+
+
+def percentiles(values: list[float | None]) -> tuple[float, float]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return float("nan"), float("nan")
+    return float(np.percentile(present, 50)), float(np.percentile(present, 95))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--llm", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--max-batch", type=int, default=8)
+    args = ap.parse_args()
+    if sum(max(4, 2 * c) for c in args.levels) + 1 > len(TOPICS):
+        raise SystemExit(f"not enough distinct topics for levels {args.levels}")
+
+    data_dir = os.environ.get("OMNILIVE_DATA_DIR") or tempfile.mkdtemp(prefix="omnilive-bench-")
+    proc, base = start_server(args.llm, data_dir, args.max_batch)
+    topics = (TOPICS[i] for i in count())
+    rows = {}
+    try:
+        client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
+        timed_request(client, next(topics))  # warm-up: first-use costs are not load
+        for concurrency in args.levels:
+            # at least two requests per client, so later requests meet a busy engine too
+            rows[concurrency] = run_level(client, concurrency, max(4, 2 * concurrency), topics)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; llm={args.llm} max_batch={args.max_batch} "
+          f"max_tokens={MAX_TOKENS}, streaming text+audio, typed questions")
+    print(f"{'clients':>7} {'requests':>8} {'TTFT p50':>8} {'TTFT p95':>8} {'TTFA p50':>8} {'TTFA p95':>8} "
+          f"{'tokens':>6} {'wall s':>7} {'tok/s':>6} {'audio s':>7}")
+    summary = {}
+    for concurrency, (timings, wall) in rows.items():
+        ttft, ttfa = percentiles([t.ttft for t in timings]), percentiles([t.ttfa for t in timings])
+        tokens = sum(t.completion_tokens for t in timings)
+        summary[concurrency] = (ttfa[0], tokens / wall)
+        print(f"{concurrency:>7} {len(timings):>8} {ttft[0]:>8.2f} {ttft[1]:>8.2f} {ttfa[0]:>8.2f} {ttfa[1]:>8.2f} "
+              f"{tokens:>6} {wall:>7.1f} {tokens / wall:>6.1f} {sum(t.audio_s for t in timings):>7.1f}")
+    if 1 in summary and 4 in summary:
+        print(f"TTFA p50 ratio c=4 / c=1: {summary[4][0] / summary[1][0]:.2f}")
+    if 1 in summary and 8 in summary:
+        print(f"throughput ratio c=8 / c=1: {summary[8][1] / summary[1][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
