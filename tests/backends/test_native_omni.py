@@ -143,10 +143,11 @@ def test_speech_length_is_codes_times_upsampling(engine):
     outputs = run(engine, request)
     kinds = [type(out).__name__ for out in outputs]
     assert kinds[-2:] == ["AudioChunk", "Finished"] and "TextDelta" in kinds
-    (chunk,) = [out for out in outputs if isinstance(out, AudioChunk)]
-    assert chunk.transcript == text_of(outputs)
+    chunks = [out for out in outputs if isinstance(out, AudioChunk)]
+    assert "".join(c.transcript for c in chunks) == text_of(outputs)
+    samples = np.concatenate([c.samples for c in chunks])
 
-    # the same seeded request, step by step: thinker → talker codes → token2wav
+    # the same seeded request, step by step: thinker → talker codes → whole-reply token2wav
     runner, voice = engine.runner, engine.model.voices["Ethan"]
     prompt = engine.model.processor.build(IMAGE_QUESTION, speak=True)
     reply = runner.think(prompt, SEEDED, emit=lambda out: None, cancelled=lambda: False, keep_hidden=True)
@@ -154,9 +155,12 @@ def test_speech_length_is_codes_times_upsampling(engine):
     config = engine.model.token2wav.config
     upsampling = config.dit_config.repeats * math.prod(config.bigvgan_config.upsample_rates)
     assert len(codes) > 0
-    assert chunk.samples.dtype == np.float32 and chunk.samples.shape == (len(codes) * upsampling,)
-    assert np.allclose(chunk.samples, runner.waveform(codes, voice, SEEDED.seed), atol=1e-5)
-    assert np.abs(chunk.samples).max() <= 1.0
+    assert samples.dtype == np.float32 and samples.shape == (len(codes) * upsampling,)
+    # streamed with Qwen's windowed schedule, which sees less look-ahead than the whole-reply
+    # solve: close, not bit-equal (measured max 4e-4; the exact schedule is tested equal in
+    # tests/backends/test_native_stream.py)
+    assert np.allclose(samples, runner.waveform(codes, voice, SEEDED.seed), atol=1e-3)
+    assert np.abs(samples).max() <= 1.0
 
 
 def test_voices_by_name_and_unknown_voice(engine):

@@ -6,7 +6,7 @@ Every part runs on our own modules (omnilive.model): the thinker reads text, ima
 and video; its talker and token2wav turn the reply into speech. Requests run one at a time
 on one worker thread (torch never runs on the event loop); outputs reach the caller through
 an asyncio queue, and closing the caller's iterator stops its request at the next step.
-Text streams token by token; the speech of a reply comes whole after its text.
+Text streams token by token; speech streams along with it (SpeechStream in native_generate).
 """
 
 from __future__ import annotations

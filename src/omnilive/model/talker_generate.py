@@ -42,6 +42,7 @@ class TalkerStream:
     cache_position: int  # where the next token's key/value goes
     rope_position: int  # the next token's rotary position (all three axes)
     max_new_tokens: int
+    speech_vocab_size: int | None = None  # codes token2wav can voice; None = any (as the reference)
     codes: list[int] = field(default_factory=list)  # the speech codes so far (no end token)
     num_generated: int = 0  # codes + the end token, once there is one
     finished: bool = False
@@ -90,10 +91,21 @@ def decode_logits(
     return talker.compute_logits(hidden[:, -1])
 
 
-def choose_codec_tokens(talker: Talker, logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
-    """logits [B, V] → one codec token per row (codec BOS never chosen)."""
+def choose_codec_tokens(talker: Talker, logits: torch.Tensor, rows: list[SamplingRow],
+                        speech_vocab_size: int | None = None) -> list[int]:
+    """logits [B, V] → one codec token per row (codec BOS never chosen).
+
+    speech_vocab_size: the codes token2wav can embed (its DiT's code-embedding rows). Given, every token
+    at or above it is never chosen except the ones that end the speech: the talker's other
+    control tokens (mask and the like) carry no sound and token2wav cannot take them. None
+    keeps the reference's choice (its generate does not restrict them)."""
+    config = talker.talker_config
     logits = logits.float().clone()
-    logits[:, talker.talker_config.tts_codec_start_token_id] = float("-inf")
+    if speech_vocab_size is not None and speech_vocab_size < logits.shape[-1]:
+        ends = logits[:, list(config.codec_eos_token_ids)].clone()
+        logits[:, speech_vocab_size:] = float("-inf")
+        logits[:, list(config.codec_eos_token_ids)] = ends
+    logits[:, config.tts_codec_start_token_id] = float("-inf")
     return [choice.token_id for choice in sample(logits, rows)]
 
 
@@ -106,8 +118,10 @@ def start_talker_stream(
     sampling: SamplingParams = TALKER_SAMPLING,
     seed: int | None = None,
     max_new_tokens: int = TALKER_MAX_NEW_TOKENS,
+    speech_vocab_size: int | None = None,
 ) -> TalkerStream:
-    """Prefill a request and pick its first codec token."""
+    """Prefill a request and pick its first codec token (see choose_codec_tokens for
+    speech_vocab_size)."""
     stream = TalkerStream(
         slot=slot,
         text_inputs=text_inputs,
@@ -117,9 +131,10 @@ def start_talker_stream(
         cache_position=prefill.length,
         rope_position=prefill.next_rope_position,
         max_new_tokens=max_new_tokens,
+        speech_vocab_size=speech_vocab_size,
     )
     logits = prefill_logits(talker, prefill, cache, slot)
-    _take(talker, stream, choose_codec_tokens(talker, logits[None], [stream.sampling_row])[0])
+    _take(talker, stream, choose_codec_tokens(talker, logits[None], [stream.sampling_row], speech_vocab_size)[0])
     return stream
 
 
@@ -143,7 +158,10 @@ def talker_step(talker: Talker, streams: list[TalkerStream], cache: KVCache) -> 
     for stream in streams:
         stream.cache_position += 1
         stream.rope_position += 1
-    tokens = choose_codec_tokens(talker, logits, [stream.sampling_row for stream in streams])
+    tokens = [  # per row: streams may differ in what their token2wav can voice
+        choose_codec_tokens(talker, logits[i:i + 1], [stream.sampling_row], stream.speech_vocab_size)[0]
+        for i, stream in enumerate(streams)
+    ]
     return [_take(talker, stream, token) for stream, token in zip(streams, tokens)]
 
 

@@ -1,0 +1,142 @@
+"""Time to first audio: omnilive's streaming Qwen2.5-Omni vs transformers' generate(return_audio=True).
+
+Prints, never asserts. Both run the same random-weight checkpoint (built here with transformers'
+own classes, float32), the same prompt and the same limits, greedy everywhere (so both produce
+the same text and codec tokens). transformers returns the waveform only once thinker, talker and
+token2wav have all finished: its time to audio is its total time. omnilive interleaves the
+three stages and emits AudioChunks as they become final.
+
+Sizes (random weights: timing only; tokenizer and vocabulary are the test checkpoint's tiny ones):
+  thinker   hidden 512, 8 layers, 8 heads (2 kv), MLP 1536
+  talker    Qwen2.5-Omni-7B's shape (hidden 896, 12 heads of 128, 4 kv, MLP 4864, codec vocab 8448)
+            with --talker-layers of its 24 layers
+  token2wav real DiT shape (hidden 1024, 16 heads, block 24) with --dit-layers of its 22 layers,
+            real BigVGAN (1536 channels, 6 upsampling stages); 10 ODE steps as the reference
+The talker's and thinker's stop / control rows of their output heads are zeroed, so neither
+ends early by chance: replies run to the limits.
+
+    python bench/ttfa.py [--text-tokens 32] [--codec-tokens 72] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.model.omni_tiny
+
+from omnilive.backends.native_generate import OmniRunner
+from omnilive.backends.native_omni import load_omni
+from omnilive.engine.types import AudioChunk, Message, SamplingParams, TextDelta
+from omnilive.model.talker_generate import TALKER_GREEDY
+from tests.model import omni_tiny
+
+THINKER = {**omni_tiny.TEXT, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
+           "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+           "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}}
+CODEC_VOCAB, SPEECH_CODES = 8448, 8193
+CODEC_TOKENS = {"tts_codec_pad_token_id": 8292, "tts_codec_start_token_id": 8293, "tts_codec_end_token_id": 8294,
+                "tts_codec_mask_token_id": 8296}
+PROMPT = (Message("user", ("Tell me a long story about the sea, the wind and a small boat.",)),)
+STEPS = 10
+WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS = 4, 8
+
+
+def build_checkpoint(directory: Path, talker_layers: int, dit_layers: int):
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    talker = {**omni_tiny.TALKER, **CODEC_TOKENS, "vocab_size": CODEC_VOCAB, "embedding_size": 512,
+              "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": talker_layers,
+              "num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 128, "max_position_embeddings": 4096,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}}
+    ahead, back = (dit_layers // 2,), (0, dit_layers - 1)  # the real 22 layers look ahead at 10, back at 0 and 20
+    dit = {"num_hidden_layers": dit_layers, "look_ahead_layers": list(ahead), "look_backward_layers": list(back)}
+    thinker = dict(text_config=THINKER, vision_config={**omni_tiny.VISION, "out_hidden_size": 512},
+                   audio_config={**omni_tiny.AUDIO, "output_dim": 512}, **omni_tiny.TOKENS)
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=talker, enable_audio_output=True,
+                               token2wav_config={"dit_config": dit, "bigvgan_config": {}})
+    model = Qwen2_5OmniForConditionalGeneration(config).float().eval()
+    omni_tiny.randomize(model, seed=0)
+    with torch.no_grad():  # zero logits: below the best of thousands of random ones, so never chosen
+        model.talker.codec_head.weight[SPEECH_CODES:] = 0.0
+        stop_ids = [omni_tiny.SPECIAL_TOKENS[t] for t in ("<|im_end|>", "<|endoftext|>")]
+        model.thinker.lm_head.weight[stop_ids] = 0.0
+    model.save_pretrained(directory)
+    generator = torch.Generator().manual_seed(0)
+    voices = {name: {"cond": torch.randn(1, 192, generator=generator),
+                     "ref_mel": torch.randn(1, 300, 80, generator=generator) - 5.0, "bos_token": bos}
+              for name, bos in omni_tiny.VOICE_BOS_TOKENS.items()}
+    torch.save(voices, directory / "spk_dict.pt")
+    omni_tiny.write_tokenizer(directory)
+    model.load_speakers(str(directory / "spk_dict.pt"))
+    return model
+
+
+def run_omnilive(model, text_tokens: int, codec_tokens: int) -> dict:
+    runner = OmniRunner(model, context_length=2048, token2wav_steps=STEPS, talker_sampling=TALKER_GREEDY,
+                        talker_max_new_tokens=codec_tokens)
+    prompt = model.processor.build(PROMPT, speak=True)
+    events: list[tuple[float, object]] = []
+    start = time.perf_counter()
+    runner.run(prompt, SamplingParams(temperature=0.0, max_tokens=text_tokens, seed=0), model.voices["Chelsie"],
+               lambda out: events.append((time.perf_counter() - start, out)))
+    total = time.perf_counter() - start
+    audio = [(t, out) for t, out in events if isinstance(out, AudioChunk)]
+    texts = [t for t, out in events if isinstance(out, TextDelta)]
+    return {"ttfa": audio[0][0], "total": total, "chunks": len(audio), "last_text": texts[-1],
+            "samples": sum(len(out.samples) for _, out in audio), "input_ids": prompt.input_ids}
+
+
+def run_transformers(model, input_ids: list[int], text_tokens: int, codec_tokens: int) -> dict:
+    ids = torch.tensor([input_ids])
+    start = time.perf_counter()
+    with torch.no_grad():
+        sequences, wav = model.generate(ids, attention_mask=torch.ones_like(ids), speaker="Chelsie",
+                                        thinker_max_new_tokens=text_tokens, thinker_do_sample=False,
+                                        talker_max_new_tokens=codec_tokens, talker_do_sample=False,
+                                        token2wav_num_steps=STEPS)
+    total = time.perf_counter() - start
+    return {"total": total, "samples": wav.numel(), "text_tokens": sequences.shape[1] - ids.shape[1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument("--codec-tokens", type=int, default=72, help="talker max new tokens (end token included)")
+    parser.add_argument("--talker-layers", type=int, default=4)
+    parser.add_argument("--dit-layers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        t0 = time.perf_counter()
+        reference = build_checkpoint(directory, args.talker_layers, args.dit_layers)
+        print(f"checkpoint built in {time.perf_counter() - t0:.1f} s: thinker 512x8, talker 896x{args.talker_layers}, "
+              f"DiT 1024x{args.dit_layers}, real BigVGAN; {args.text_tokens} text tokens, "
+              f"{args.codec_tokens} codec tokens max, {STEPS} ODE steps, {args.threads} threads")
+        ours_model = load_omni(directory, "float32")
+        # a short warm-up request each: first calls pay one-off costs (allocations, kernel setup)
+        warm = run_omnilive(ours_model, WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS)
+        run_transformers(reference, warm["input_ids"], WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS)
+        ours = run_omnilive(ours_model, args.text_tokens, args.codec_tokens)
+        theirs = run_transformers(reference, ours["input_ids"], args.text_tokens, args.codec_tokens)
+    seconds = ours["samples"] / 24_000
+    print(f"omnilive (streaming): first audio {ours['ttfa']:.2f} s (last text token at {ours['last_text']:.2f} s), "
+          f"total {ours['total']:.2f} s, {ours['chunks']} chunks, {seconds:.2f} s of audio")
+    print(f"transformers generate(return_audio=True): audio at {theirs['total']:.2f} s (= total), "
+          f"{theirs['samples'] / 24_000:.2f} s of audio, {theirs['text_tokens']} text tokens")
+    print(f"TTFA_ours / time_to_audio_reference = {ours['ttfa'] / theirs['total']:.3f}; "
+          f"total ours / reference = {ours['total'] / theirs['total']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
