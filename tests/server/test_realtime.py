@@ -113,13 +113,15 @@ def rt(server):
 
 @needs_speech_tools
 def test_spoken_question_gets_a_spoken_answer(rt, client):
-    rt.send({"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 40,
+    rt.send({"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 60,
              "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
                                  "turn_detection": {"type": "server_vad", "silence_duration_ms": 400}}}}})
     updated = rt.until("session.updated")[-1]["session"]
     assert updated["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 400
 
-    question = "What is the capital of France?"
+    # espeak's "capital of France" is often heard as "capital and friends", and the 0.5B model
+    # then rambles past the token limit: a question Whisper hears right keeps the answer short
+    question = "How many days are there in a week?"
     rt.speak(with_silence(espeak_wav(question, RATE), RATE, 0.6, 1.0))
     events = rt.until("response.done")
 
