@@ -19,8 +19,6 @@ import argparse
 import base64
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,10 +26,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import count
+from pathlib import Path
 
-import httpx
 import numpy as np
 from openai import OpenAI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
+from tests.server_process import ServerProcess  # noqa: E402
 
 MAX_TOKENS = 64
 TOPICS = (  # every request asks about another topic: a repeated prompt would be served from cache
@@ -53,38 +54,6 @@ class Timing:
     ttfa: float | None
     completion_tokens: int
     audio_s: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(llm: str, data_dir: str, max_batch: int) -> tuple[subprocess.Popen, str]:
-    from omnilive.server.settings import Settings
-
-    port = free_port()
-    env = {
-        **os.environ,
-        "OMNILIVE_MAX_BATCH": str(max_batch),
-        # share the assembled-model cache of normal use: building it again costs tens of seconds
-        "OMNILIVE_CACHE_DIR": os.environ.get("OMNILIVE_CACHE_DIR") or str(Settings().models_dir),
-    }
-    cmd = [sys.executable, "-m", "omnilive", "serve", "--port", str(port), "--llm", llm, "--data-dir", data_dir]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("server did not become healthy")
 
 
 def timed_request(client: OpenAI, topic: str) -> Timing:
@@ -153,19 +122,16 @@ def main() -> None:
     if sum(max(4, 2 * c) for c in args.levels) + 1 > len(TOPICS):
         raise SystemExit(f"not enough distinct topics for levels {args.levels}")
 
-    data_dir = os.environ.get("OMNILIVE_DATA_DIR") or tempfile.mkdtemp(prefix="omnilive-bench-")
-    proc, base = start_server(args.llm, data_dir, args.max_batch)
+    data_dir = Path(os.environ.get("OMNILIVE_DATA_DIR") or tempfile.mkdtemp(prefix="omnilive-bench-"))
     topics = (TOPICS[i] for i in count())
     rows = {}
-    try:
-        client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
+    server = ServerProcess(data_dir, args=["--llm", args.llm], env={"OMNILIVE_MAX_BATCH": str(args.max_batch)})
+    with server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)
         timed_request(client, next(topics))  # warm-up: first-use costs are not load
         for concurrency in args.levels:
             # at least two requests per client, so later requests meet a busy engine too
             rows[concurrency] = run_level(client, concurrency, max(4, 2 * concurrency), topics)
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; llm={args.llm} max_batch={args.max_batch} "
           f"max_tokens={MAX_TOKENS}, streaming text+audio, typed questions")

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-import numpy as np
-import soundfile as sf
 from openai import OpenAI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
+from tests.server_process import ServerProcess  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -47,30 +45,6 @@ def espeak_wav(text: str, words_per_minute: int = 175) -> bytes:
     with tempfile.NamedTemporaryFile(suffix=".wav") as f:
         subprocess.run(["espeak-ng", "-s", str(words_per_minute), "-w", f.name, text], check=True)
         return Path(f.name).read_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(llm: str, data_dir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "omnilive", "serve", "--port", str(port), "--llm", llm, "--data-dir", data_dir]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("server did not become healthy")
 
 
 LONG_QUESTION = "Explain in five sentences how a bicycle works."  # a reply of several sentences
@@ -152,10 +126,9 @@ def main() -> None:
     # the same questions spoken a little slower: the engine caches each clip's transcript, so
     # the whole-reply request must not reuse the streaming request's clip
     other_clips = [espeak_wav(q, 165) for q in QUESTIONS[: args.questions]]
-    data_dir = os.environ.get("OMNILIVE_DATA_DIR") or tempfile.mkdtemp(prefix="omnilive-bench-")
-    proc, base = start_server(args.llm, data_dir)
-    try:
-        client = OpenAI(base_url=base + "/v1", api_key="unused")
+    data_dir = Path(os.environ.get("OMNILIVE_DATA_DIR") or tempfile.mkdtemp(prefix="omnilive-bench-"))
+    with ServerProcess(data_dir, args=["--llm", args.llm]) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused")
         time_streaming(client, espeak_wav("Hello, can you hear me?"))  # warm-up: first-use costs are not latency
         rows = []
         for wav, other in zip(clips, other_clips):
@@ -164,9 +137,6 @@ def main() -> None:
             rows.append(row)
         long_row = time_streaming(client, LONG_QUESTION)
         long_row["whole"] = time_whole(client, LONG_QUESTION)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     asr_rtf, tts_rtf = real_time_factors(clips)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}; llm={args.llm}")

@@ -27,9 +27,7 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +37,9 @@ import httpx
 import numpy as np
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from speech_helpers import espeak_wav, wer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
+from tests.server_process import ServerProcess  # noqa: E402
+from tests.speech_helpers import espeak_wav, wer  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -150,25 +148,6 @@ async def run(url: str, api_key: str, utterances: int) -> None:
         print(f"  {key:12s} {statistics.median(r[key] for r in rows) * 1000:6.0f} ms")
 
 
-def start_server(data_dir: str) -> tuple[subprocess.Popen, str, str]:
-    with socket.socket() as probe:  # a free port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    key = "bench-key"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "omnilive", "serve", "--port", str(port), "--data-dir", data_dir, "--api-key", key]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(840):
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return process, url, key
-        except httpx.TransportError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utterances", type=int, default=5)
@@ -178,13 +157,8 @@ def main() -> None:
     if args.url:
         asyncio.run(run(args.url.rstrip("/"), args.api_key, args.utterances))
         return
-    with tempfile.TemporaryDirectory() as data_dir:
-        process, url, key = start_server(data_dir)
-        try:
-            asyncio.run(run(url, key, args.utterances))
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as data_dir, ServerProcess(Path(data_dir), api_key="bench-key") as server:
+        asyncio.run(run(server.url, server.api_key, args.utterances))
 
 
 if __name__ == "__main__":
