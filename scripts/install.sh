@@ -22,10 +22,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip() { command pip --disable-pip-version-check -q "$@"; }
-# CPU torch first, so nothing below pulls a CUDA build. On machines without a local
-# torch wheel, pip falls back to PyTorch's CPU index.
-python -c "import torch" 2>/dev/null || pip install torch==2.13.0 \
-  || pip install torch --index-url https://download.pytorch.org/whl/cpu
+# torch first and pinned, so nothing below pulls another build (where pip is configured with
+# a local CPU wheel, as on our CI machines, it takes that one)
+python -c "import torch" 2>/dev/null || pip install torch==2.13.0
 extras=embedded
 [ "$want" = test ] && extras=embedded,test
 pip install -e ".[$extras]"
