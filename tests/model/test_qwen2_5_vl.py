@@ -1,0 +1,217 @@
+"""Our Qwen2.5-VL against transformers' (tiny random checkpoint, float32)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from omnilive.media.qwen_preprocess import VisionPatches
+from omnilive.model.qwen2_5_vl import VLConfig, load_qwen2_5_vl
+from omnilive.model.thinker import ThinkerMedia
+from omnilive.model.weights import WeightsMismatchError
+from tests.model.omni_tiny import randomize
+
+transformers = pytest.importorskip("transformers")
+
+TOLERANCE = 1e-4
+PATCH_DIM = 3 * 2 * 14 * 14
+IMAGE, VIDEO, VISION_BOS, VISION_EOS = 141, 142, 145, 146
+TOKENS_PER_SECOND = 2
+
+
+class Prompt:
+    """Token ids plus the media metadata both implementations need."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.images, self.videos, self.seconds = [], [], []
+
+    def text(self, n: int) -> Prompt:
+        seed = len(self.ids) + 1
+        self.ids += torch.randint(0, 100, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+        return self
+
+    def image(self, h: int, w: int) -> Prompt:
+        self.images.append((1, h, w))
+        self.ids += [VISION_BOS] + [IMAGE] * (h * w // 4) + [VISION_EOS]
+        return self
+
+    def video(self, t: int, h: int, w: int, seconds: float) -> Prompt:
+        self.videos.append((t, h, w))
+        self.seconds.append(seconds)
+        self.ids += [VISION_BOS] + [VIDEO] * (t * h * w // 4) + [VISION_EOS]
+        return self
+
+    def media(self, seed: int = 0) -> tuple[ThinkerMedia, dict]:
+        """Random patches fitting the prompt, in our format and as transformers' kwargs."""
+        generator = torch.Generator().manual_seed(seed)
+
+        def patches(grids):
+            if not grids:
+                return None
+            grid_thw = torch.tensor(grids)
+            return VisionPatches(torch.randn(int(grid_thw.prod(-1).sum()), PATCH_DIM, generator=generator), grid_thw)
+
+        images, videos = patches(self.images), patches(self.videos)
+        ids = torch.tensor(self.ids)
+        # transformers reads media positions off these types: text 0, image 1, video 2
+        reference = {"mm_token_type_ids": ((ids == IMAGE).long() + 2 * (ids == VIDEO).long())[None]}
+        if images is not None:
+            reference |= {"pixel_values": images.pixel_values, "image_grid_thw": images.grid_thw}
+        if videos is not None:
+            reference |= {"pixel_values_videos": videos.pixel_values, "video_grid_thw": videos.grid_thw,
+                          "second_per_grid_ts": torch.tensor(self.seconds)}
+        return ThinkerMedia(images=images, videos=videos, video_seconds_per_grid=tuple(self.seconds)), reference
+
+
+PROMPTS = {
+    "text": lambda: Prompt().text(12),
+    "image": lambda: Prompt().text(3).image(8, 12).text(4),
+    "two_images": lambda: Prompt().text(2).image(4, 6).text(3).image(6, 4).text(2),
+    # temporal step 2 x 0.75 = 1.5 ids, truncated: 0, 1, 3 (within the 2 x 4 units' spatial ids)
+    "video": lambda: Prompt().text(2).video(3, 4, 8, seconds=0.75).text(3),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A transformers Qwen2_5_VLForConditionalGeneration with random weights, saved to disk."""
+    config = transformers.Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": 160, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+            "bos_token_id": None, "eos_token_id": None,
+            # head_dim 16: 8 rotary frequencies, 2 for time, 3 for height, 3 for width
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "out_hidden_size": 64,
+            "window_size": 56, "fullatt_block_indexes": [1], "tokens_per_second": TOKENS_PER_SECOND,
+        },
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_BOS, vision_end_token_id=VISION_EOS,
+    )
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
+    randomize(model, seed=5)
+    directory = tmp_path_factory.mktemp("qwen2_5_vl")
+    model.save_pretrained(directory)
+    return directory, model
+
+
+@pytest.fixture(scope="module")
+def ours(tiny):
+    return load_qwen2_5_vl(tiny[0], dtype=torch.float32)
+
+
+def reference_logits(model, prompt: Prompt, reference: dict) -> torch.Tensor:
+    model.model.rope_deltas = None  # transformers caches it across calls
+    ids = torch.tensor([prompt.ids])
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), **reference).logits[0]
+
+
+def prefill(ours, prepared) -> tuple[torch.Tensor, object]:
+    cache = ours.make_cache(1, 512)
+    with torch.no_grad():
+        hidden = ours(cache=cache, slots=torch.tensor([0]), **prepared.prefill_inputs())
+    return ours.compute_logits(hidden)[0], cache
+
+
+@pytest.mark.parametrize("case", sorted(PROMPTS))
+def test_logits_match_transformers(tiny, ours, case):
+    prompt = PROMPTS[case]()
+    media, reference = prompt.media()
+    expected = reference_logits(tiny[1], prompt, reference)
+    got, _ = prefill(ours, ours.prepare_prompt(prompt.ids, media))
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= TOLERANCE
+
+
+def test_greedy_tokens_match_transformers_generate(tiny, ours):
+    prompt = Prompt().text(3).image(8, 8).text(2)
+    media, reference = prompt.media(seed=3)
+    ids = torch.tensor([prompt.ids])
+    tiny[1].model.rope_deltas = None
+    with torch.no_grad():
+        generated = tiny[1].generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                                     min_new_tokens=16, do_sample=False, **reference)
+    expected = generated[0, len(prompt.ids):].tolist()
+
+    prepared = ours.prepare_prompt(prompt.ids, media)
+    logits, cache = prefill(ours, prepared)
+    tokens = [int(logits[-1].argmax())]
+    for step in range(15):
+        position = torch.tensor([[len(prepared) + step]])
+        with torch.no_grad():
+            hidden = ours(torch.tensor([[tokens[-1]]]), position, cache, torch.tensor([0]),
+                          rope_positions=position + prepared.rope_delta)
+        tokens.append(int(ours.compute_logits(hidden[0, -1]).argmax()))
+    assert len(set(expected)) > 3  # a varied sequence, not one token repeated
+    assert tokens == expected
+
+
+def test_text_after_a_long_video_starts_past_its_temporal_ids(ours):
+    # step 2 x 2.0 = 4 ids per temporal patch: the video's ids reach start + 8, past its 2 x 2 units
+    prompt = Prompt().text(2).video(3, 4, 4, seconds=2.0).text(2)
+    positions = ours.prepare_prompt(prompt.ids, prompt.media()[0]).rope.positions
+    video = torch.tensor(prompt.ids) == VIDEO
+    assert positions[0, video].unique().tolist() == [3, 7, 11]
+    after = int(video.nonzero().max()) + 1  # <|vision_end|>
+    assert positions[:, after].tolist() == [12, 12, 12]
+
+
+def test_placeholder_count_must_match_media(ours):
+    prompt = Prompt().text(2).image(4, 4).text(2)
+    media, _ = prompt.media()
+    one_short = list(prompt.ids)
+    one_short.remove(IMAGE)
+    with pytest.raises(ValueError, match="3 placeholder tokens"):
+        ours.prepare_prompt(one_short, media)
+
+
+def _resave(tiny, tmp_path, edit):
+    directory = tmp_path / "edited"
+    shutil.copytree(tiny[0], directory)
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, directory / "model.safetensors")
+    return directory
+
+
+def test_misshaped_fused_qkv_is_a_clear_error(tiny, tmp_path):
+    def shrink(tensors):
+        tensors["visual.blocks.0.attn.qkv.weight"] = tensors["visual.blocks.0.attn.qkv.weight"][:-2]
+
+    with pytest.raises(WeightsMismatchError, match=r"visual\.blocks\.0\.attn\.qkv\.weight.*\(94, 32\) vs model \(96, 32\)"):
+        load_qwen2_5_vl(_resave(tiny, tmp_path, shrink), dtype=torch.float32)
+
+
+def test_misshaped_missing_and_extra_keys_are_named(tiny, tmp_path):
+    def edit(tensors):
+        tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(97, 64)
+        del tensors["visual.merger.ln_q.weight"]
+        tensors["visual.extra.weight"] = torch.zeros(1)
+
+    with pytest.raises(WeightsMismatchError) as error:
+        load_qwen2_5_vl(_resave(tiny, tmp_path, edit), dtype=torch.float32)
+    message = str(error.value)
+    assert "model.layers.1.mlp.up_proj.weight: checkpoint (97, 64) vs model (96, 64)" in message
+    assert "missing keys: visual.merger.ln_q.weight" in message
+    assert "unexpected keys: visual.extra.weight" in message
+
+
+def test_config_reads_older_flat_checkpoints():
+    flat = {
+        "model_type": "qwen2_5_vl", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 160, "rope_theta": 1e6, "tie_word_embeddings": True,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "vision_config": {"hidden_size": 32, "num_heads": 2, "out_hidden_size": 64, "tokens_per_second": 2},
+        "image_token_id": 7,
+    }
+    config = VLConfig.from_dict(flat)
+    assert config.text_config.mrope_section == (2, 3, 3)
+    assert config.text_config.rope_theta == 1e6 and config.text_config.tie_word_embeddings
+    assert config.tokens_per_second == 2 and config.image_token_id == 7
+    assert config.vision_config.out_hidden_size == 64
