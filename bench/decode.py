@@ -1,7 +1,8 @@
 """Decode speed of omnilive's LLM engine vs transformers on the same weights, in one run.
 
 Prints, never asserts. The model is the embedded default's Qwen2.5-Coder-0.5B (dequantised
-from its packaged GGUF) unless --gguf names another file. Measured, each after a warm-up:
+from its packaged GGUF) unless --gguf names another file, or a Qwen2.5-Omni checkpoint
+directory with --model (see below). GGUF mode measures, each after a warm-up:
   - transformers `generate` (greedy, batch 1) on a transformers Qwen2ForCausalLM holding the
     same weights in the same dtype: the reference;
   - omnilive's LLMEngine, batch 1, with the same dtype, and with int8 linear weights;
@@ -9,13 +10,28 @@ from its packaged GGUF) unless --gguf names another file. Measured, each after a
   - the memory-bandwidth bound: weight bytes read per token ÷ measured copy bandwidth.
 
     python bench/decode.py [--threads 2] [--new-tokens 32] [--dtype bfloat16]
+
+--model DIR times a Qwen2.5-Omni thinker, text only, batch 1, greedy: omnilive's OmniThinker
+(load_thinker, prefill + one-token decode steps over our KV cache, as OmniRunner.think runs
+them) against transformers' Qwen2_5OmniThinkerForConditionalGeneration `generate`, same
+dtype, same prompt ids (from DIR/tokenizer.json); prefill time, decode tok/s, the ratio, and
+the fraction of the bandwidth bound. The models are loaded one after the other, never both.
+
+--make-random-3b DIR writes a random-weight checkpoint of the real Qwen2.5-Omni-3B thinker's
+text shape (bf16; --layers N for fewer layers of the real width) with tiny vision and audio
+towers (a text decode never touches them), plus the packaged Qwen2.5 tokenizer.json (the
+Omni models share its vocabulary and chat tokens):
+
+    python bench/decode.py --make-random-3b /tmp/omni3b && python bench/decode.py --model /tmp/omni3b
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -41,9 +57,10 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
-    """Bytes of every weight a decode step reads; the embedding table is only indexed."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    """Bytes of every weight a decode step reads (the decoder `model` and `lm_head`, not an
+    omni model's media towers); the embedding table is only indexed."""
+    tensors = {id(t): t for part in (model.model, model.lm_head) for t in (*part.parameters(), *part.buffers())}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
     embed = model.model.embed_tokens.weight
     tied = model.lm_head.weight is embed if hasattr(model.lm_head, "weight") else False
     return total - (0 if tied else embed.numel() * embed.element_size())
@@ -77,7 +94,7 @@ def transformers_tokens_per_s(model, tokenizer, new_tokens: int) -> float:
     reference.load_state_dict(model.state_dict(), strict=True)
     reference.eval()
     ids = torch.tensor([tokenizer.encode(PROMPT)])
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
     with torch.inference_mode():
         reference.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)  # warm-up
         t0 = time.perf_counter()
@@ -89,15 +106,132 @@ def transformers_tokens_per_s(model, tokenizer, new_tokens: int) -> float:
     return (new_tokens - 1) / (total - prefill)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--dtype", default="auto")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    dtype = resolve_dtype(args.dtype)
+# Qwen2.5-Omni thinker mode (--model, --make-random-3b)
+
+OMNI_3B_TEXT = {  # Qwen2.5-Omni-3B's thinker text_config
+    "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+TINY_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "out_hidden_size": 2048,
+               "fullatt_block_indexes": [0]}
+TINY_AUDIO = {"encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 48, "d_model": 32,
+              "output_dim": 2048}
+
+
+def make_random_omni(directory: Path, layers: int, dtype: torch.dtype) -> None:
+    """A thinker-only Qwen2.5-Omni checkpoint (config.json, sharded safetensors + index) of
+    random weights, built on the meta device (no 3B random init) and saved with save_pretrained."""
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    thinker = {"text_config": {**OMNI_3B_TEXT, "num_hidden_layers": layers},
+               "vision_config": TINY_VISION, "audio_config": TINY_AUDIO,
+               "vision_start_token_id": 151652, "vision_end_token_id": 151653}  # the real config has them
+    config = Qwen2_5OmniConfig(thinker_config=thinker, enable_audio_output=False)
+    with torch.device("meta"):
+        model = Qwen2_5OmniForConditionalGeneration(config)
+    model = model.to(dtype).to_empty(device="cpu").eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and name.endswith("weight"):  # norms near 1
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=generator))
+            else:  # scaled so activations stay O(1) through the layers
+                scale = 0.1 if p.ndim == 1 else 1.0 / p.shape[-1] ** 0.5
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=dtype) * scale)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, max_shard_size="2GB")
+    write_packaged_tokenizer(directory)
+
+
+def write_packaged_tokenizer(directory: Path) -> None:
+    """tokenizer.json of the packaged Qwen2.5-Coder GGUF (read from its metadata only)."""
+    from gguf import GGUFReader
+
+    from omnilive.model.gguf_loader import read_metadata
+    from omnilive.model.tokenizer import Tokenizer
+
+    meta = read_metadata(GGUFReader(str(assets.qwen_coder_gguf(None))))
+    Tokenizer.from_gguf_fields(meta).backend.save(str(directory / "tokenizer.json"))
+
+
+def omni_prompt_ids(directory: Path) -> list[int]:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    return HFTokenizer.from_file(str(directory / "tokenizer.json")).encode(PROMPT, add_special_tokens=False).ids
+
+
+def ours_omni_decode(thinker, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    """(prefill seconds, decode tok/s, greedy tokens): the prompt in one forward pass, then one
+    decode step per token with TMRoPE ids = cache position + the prompt's rope delta."""
+    cache = thinker.make_cache(1, len(ids) + new_tokens + 1)
+    slot = torch.tensor([0])
+    started = time.perf_counter()
+    prepared = thinker.prepare_prompt(ids)
+    hidden = thinker(cache=cache, slots=slot, **prepared.prefill_inputs())[0]  # [T, H]
+    tokens = [int(thinker.compute_logits(hidden[-1]).argmax())]
+    prefill = time.perf_counter() - started
+    started = time.perf_counter()
+    for index in range(new_tokens - 1):
+        position = torch.tensor([[len(ids) + index]])
+        hidden = thinker(torch.tensor([[tokens[-1]]]), position, cache, slot, rope_positions=position + prepared.rope_delta)
+        tokens.append(int(thinker.compute_logits(hidden[0, -1]).argmax()))
+    return prefill, (new_tokens - 1) / (time.perf_counter() - started), tokens
+
+
+def transformers_omni_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int):
+    """(prefill seconds, decode tok/s, greedy tokens) of transformers' thinker `generate`."""
+    from transformers import (
+        Qwen2_5OmniConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+
+    config = Qwen2_5OmniConfig.from_pretrained(directory).thinker_config
+    reference = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(directory, config=config, dtype=dtype).eval()
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    greedy = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    with torch.inference_mode():
+        reference.generate(**inputs, max_new_tokens=2, **greedy)  # warm-up
+        t0 = time.perf_counter()
+        reference.generate(**inputs, max_new_tokens=1, **greedy)
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = reference.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
+        total = time.perf_counter() - t0
+    return prefill, (new_tokens - 1) / (total - prefill), out[0, len(ids):].tolist()
+
+
+def omni_main(args, dtype: torch.dtype) -> None:
+    from omnilive.model.omni_checkpoint import load_thinker
+
+    directory = Path(args.model)
+    ids = omni_prompt_ids(directory)
+    bandwidth = copy_bandwidth_gbs()
+    started = time.perf_counter()
+    thinker = load_thinker(directory, dtype)
+    load_s = time.perf_counter() - started
+    per_token = weight_bytes_per_token(thinker)
+    bound = bandwidth * 1e9 / per_token
+    text = thinker.config
+    with torch.inference_mode():
+        ours_omni_decode(thinker, ids, 2)  # warm-up
+        ours_prefill, ours, ours_tokens = ours_omni_decode(thinker, ids, args.new_tokens)
+    del thinker
+    gc.collect()
+    ref_prefill, reference, ref_tokens = transformers_omni_decode(directory, dtype, ids, args.new_tokens)
+    same = next((i for i, (a, b) in enumerate(zip(ours_tokens, ref_tokens)) if a != b), len(ours_tokens))
+
+    print(f"thinker {directory.name}: hidden {text.hidden_size}, {text.num_hidden_layers} layers, "
+          f"{text.num_attention_heads}/{text.num_key_value_heads} heads, {dtype}, {args.threads} threads, "
+          f"{os.cpu_count()} cores; omnilive load {load_s:.1f} s")
+    print(f"prompt {len(ids)} tokens, {args.new_tokens} new tokens, greedy; first {same} tokens identical")
+    print(f"copy bandwidth {bandwidth:.1f} GB/s; {per_token / 1e9:.2f} GB of weights read per token → bound {bound:.2f} tok/s")
+    print(f"transformers: prefill {ref_prefill:.2f} s, decode {reference:.2f} tok/s ({reference / bound:.2f} of bound)")
+    print(f"omnilive:     prefill {ours_prefill:.2f} s, decode {ours:.2f} tok/s ({ours / bound:.2f} of bound, "
+          f"{ours / reference:.2f}x transformers)")
+
+
+def gguf_main(args, dtype: torch.dtype) -> None:
     path = args.gguf or assets.qwen_coder_gguf(None)
     model, _, tokenizer = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, dtype=dtype)
     bandwidth = copy_bandwidth_gbs()
@@ -120,6 +254,27 @@ def main() -> None:
     print(f"omnilive int8 weights, batch 1: {ours_int8:.1f} tok/s ({ours_int8 / reference:.2f}x transformers)")
     for b, rate in batched.items():
         print(f"omnilive int8 weights, batch {b}: {rate:.1f} tok/s aggregate ({rate / ours_int8:.2f}x batch 1)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", default=None)
+    ap.add_argument("--model", default=None, help="a Qwen2.5-Omni checkpoint directory: time its thinker")
+    ap.add_argument("--make-random-3b", default=None, metavar="DIR",
+                    help="write a random Qwen2.5-Omni-3B-shaped thinker checkpoint to DIR and exit")
+    ap.add_argument("--layers", type=int, default=36, help="decoder layers for --make-random-3b (real: 36)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--dtype", default="auto")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.make_random_3b:
+        started = time.perf_counter()
+        make_random_omni(Path(args.make_random_3b), args.layers, torch.bfloat16)
+        print(f"wrote {args.make_random_3b} ({args.layers} layers) in {time.perf_counter() - started:.0f} s")
+        return
+    dtype = resolve_dtype(args.dtype)
+    (omni_main if args.model else gguf_main)(args, dtype)
 
 
 if __name__ == "__main__":
