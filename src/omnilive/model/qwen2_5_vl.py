@@ -30,7 +30,7 @@ from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
 from omnilive.model.omni_config import VisionEncoderConfig
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.rope_index import MRopeLayout, mrope_positions
-from omnilive.model.thinker import ThinkerMedia, ThinkerPrompt
+from omnilive.model.thinker import ThinkerMedia, ThinkerPrompt, merge_placeholders
 from omnilive.model.vision import VisionEncoder, VisionRotary
 from omnilive.model.weights import (
     WeightsMismatchError,
@@ -132,17 +132,12 @@ class Qwen2_5_VL(Qwen2ForCausalLM):
         if media.audio_mel is not None:
             raise ValueError("Qwen2.5-VL takes no audio")
         input_ids = input_ids.to(self.device)
-        embeds = self.model.embed_tokens(input_ids)
         c = self.vl_config
-        for token, patches in ((c.image_token_id, media.images), (c.video_token_id, media.videos)):
-            rows = None if patches is None else self.visual(patches.pixel_values.to(self.device), patches.grid_thw)
-            placeholders = input_ids == token
-            wanted, given = int(placeholders.sum()), 0 if rows is None else rows.shape[0]
-            if wanted != given:
-                raise ValueError(f"the prompt has {wanted} placeholder tokens {token} but the media give {given} rows")
-            if rows is not None:
-                embeds[placeholders] = rows.to(embeds.dtype)
-        return embeds
+        rows = {
+            token: None if patches is None else self.visual(patches.pixel_values.to(self.device), patches.grid_thw)
+            for token, patches in ((c.image_token_id, media.images), (c.video_token_id, media.videos))
+        }
+        return merge_placeholders(input_ids, self.model.embed_tokens(input_ids), rows)
 
     @torch.no_grad()
     def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None) -> ThinkerPrompt:

@@ -170,18 +170,10 @@ class OmniThinker(Qwen2ForCausalLM):
         """input_ids [T] → [T, H]: token embeddings with each placeholder run replaced by its
         encoder rows, in order. The count of placeholders of each kind must equal the rows."""
         input_ids = input_ids.to(self.device)
-        embeds = self.model.embed_tokens(input_ids)
         features = self.encode_media(media or ThinkerMedia())
         c = self.thinker_config
-        for token in (c.image_token_index, c.video_token_index, c.audio_token_index):
-            placeholders = input_ids == token
-            rows = features.get(token)
-            wanted, given = int(placeholders.sum()), 0 if rows is None else rows.shape[0]
-            if wanted != given:
-                raise ValueError(f"the prompt has {wanted} placeholder tokens {token} but the media give {given} rows")
-            if rows is not None:
-                embeds[placeholders] = rows.to(embeds.dtype)
-        return embeds
+        tokens = (c.image_token_index, c.video_token_index, c.audio_token_index)
+        return merge_placeholders(input_ids, self.model.embed_tokens(input_ids), {t: features.get(t) for t in tokens})
 
     @torch.no_grad()
     def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None) -> ThinkerPrompt:
@@ -196,6 +188,21 @@ class OmniThinker(Qwen2ForCausalLM):
             video_seconds_per_grid=media.video_seconds_per_grid,
         )
         return ThinkerPrompt(input_ids.to(self.device), self.embed(input_ids, media), rope)
+
+
+def merge_placeholders(
+    input_ids: torch.Tensor, embeds: torch.Tensor, rows_by_token: dict[int, torch.Tensor | None]
+) -> torch.Tensor:
+    """embeds [T, H] with each placeholder token's positions replaced, in order, by that
+    token's encoder rows [n, H]. The count of placeholders of each kind must equal the rows."""
+    for token, rows in rows_by_token.items():
+        placeholders = input_ids == token
+        wanted, given = int(placeholders.sum()), 0 if rows is None else rows.shape[0]
+        if wanted != given:
+            raise ValueError(f"the prompt has {wanted} placeholder tokens {token} but the media give {given} rows")
+        if rows is not None:
+            embeds[placeholders] = rows.to(embeds.dtype)
+    return embeds
 
 
 def audio_placeholder_count(mel_frames: int) -> int:
