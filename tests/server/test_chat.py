@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from tests.metrics import metric, wait_until_idle
+
 QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 
 
@@ -118,14 +120,8 @@ def test_models_list_and_retrieve(client, model_id, http):
     assert {part["role"] for part in card["parts"]} >= {"llm"}
 
 
-def _metric(http, name: str) -> float:
-    text = http.get("/metrics").text
-    lines = [line for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
-    return sum(float(line.split()[-1]) for line in lines)
-
-
 def test_client_disconnect_stops_generation(client, model_id, http):
-    aborted_before = _metric(http, 'omnilive_requests_finished_total{reason="aborted"}')
+    aborted_before = metric(http, 'omnilive_requests_finished_total{reason="aborted"}')
     stream = client.chat.completions.create(
         model=model_id, messages=[{"role": "user", "content": "Write a very long story about the sea."}],
         max_tokens=1500, stream=True,
@@ -137,14 +133,11 @@ def test_client_disconnect_stops_generation(client, model_id, http):
             break
     stream.close()
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _metric(http, "omnilive_requests_running") > 0:
-        time.sleep(0.1)
-    assert _metric(http, "omnilive_requests_running") == 0
-    assert _metric(http, 'omnilive_requests_finished_total{reason="aborted"}') == aborted_before + 1
-    outputs = _metric(http, "omnilive_engine_outputs_total")
+    assert wait_until_idle(http, timeout_s=10) == 0
+    assert metric(http, 'omnilive_requests_finished_total{reason="aborted"}') == aborted_before + 1
+    outputs = metric(http, "omnilive_engine_outputs_total")
     time.sleep(1.0)
-    assert _metric(http, "omnilive_engine_outputs_total") == outputs  # nothing more was generated
+    assert metric(http, "omnilive_engine_outputs_total") == outputs  # nothing more was generated
 
     assert greedy(client, model_id, max_tokens=2).choices[0].finish_reason == "length"
 

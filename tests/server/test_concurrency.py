@@ -27,6 +27,7 @@ import pytest
 
 from omnilive.backends.embedded import MODEL_ID
 from omnilive.engine.speech_chunker import speakable_text
+from tests.metrics import metric, wait_until_idle
 from tests.server_process import ServerProcess
 
 SPEECH_RATE = 24_000  # streamed audio: base64 PCM16, 24 kHz mono
@@ -125,19 +126,6 @@ def most_streaming_at_once(replies: list[Reply]) -> int:
         open_now += change
         most = max(most, open_now)
     return most
-
-
-def metric(http, name: str) -> float:
-    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith((name + " ", name + "{"))]
-    return sum(float(line.split()[-1]) for line in lines)
-
-
-def wait_until_idle(http, timeout_s: float = 15.0) -> float:
-    """The running-requests gauge, once it is 0 or the time is up."""
-    deadline = time.monotonic() + timeout_s
-    while (running := metric(http, "omnilive_requests_running")) > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return running
 
 
 _solo_replies: dict[tuple[str, str], Reply] = {}

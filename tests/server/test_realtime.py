@@ -22,6 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from omnilive.server.realtime.turn import TurnTranscriber
+from tests.metrics import metric, wait_until_idle
 from tests.server.test_files import text_image
 from tests.speech_helpers import espeak_wav, needs_speech_tools, wer, with_silence
 
@@ -156,15 +157,15 @@ def test_spoken_question_gets_a_spoken_answer(rt, client):
 def test_a_brief_pause_then_more_speech_answers_the_whole_turn(rt, http):
     """The first half's early transcript starts an answer that must be discarded unheard."""
     aborted = 'omnilive_requests_finished_total{reason="aborted"}'
-    aborted_before = _metric(http, aborted)
+    aborted_before = metric(http, aborted)
     first, rest = "How many days are there", "in a week?"
     spoken = espeak_wav(first, RATE)
     spoken = spoken[: np.nonzero(np.abs(spoken) > 0.01)[0][-1] + RATE // 20]  # espeak's own trailing ~350 ms off
     rt.speak(with_silence(spoken, RATE, 0.6, 0.25))  # a ~300 ms pause: under the 500 ms window
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _metric(http, "omnilive_requests_running") == 0:
+    while time.monotonic() < deadline and metric(http, "omnilive_requests_running") == 0:
         time.sleep(0.05)  # the pause's transcript is in and the answer to "How many days are there" began
-    assert _metric(http, "omnilive_requests_running") == 1
+    assert metric(http, "omnilive_requests_running") == 1
     time.sleep(1.0)  # long enough for that answer to have audio
     rt.speak(with_silence(espeak_wav(rest, RATE), RATE, 0.0, 1.0))
     events = rt.until("response.done")
@@ -181,8 +182,8 @@ def test_a_brief_pause_then_more_speech_answers_the_whole_turn(rt, http):
     done = events[-1]["response"]
     answer = done["output"][0]["content"][0]["transcript"].lower()
     assert done["status"] == "completed" and ("7" in answer or "seven" in answer), answer
-    assert _metric(http, aborted) == aborted_before + 1  # the first answer, thrown away
-    assert _metric(http, "omnilive_requests_running") == 0
+    assert metric(http, aborted) == aborted_before + 1  # the first answer, thrown away
+    assert metric(http, "omnilive_requests_running") == 0
 
 
 def test_the_transcriber_guesses_the_latest_pause_once_the_running_guess_ends():
@@ -341,13 +342,8 @@ def test_a_browser_style_key_and_a_wrong_key(server):
         connect(server.url.replace("http", "ws", 1) + "/v1/realtime", additional_headers={"Authorization": "Bearer no"})
 
 
-def _metric(http, name: str) -> float:
-    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith((name + " ", name + "{"))]
-    return sum(float(line.split()[-1]) for line in lines)
-
-
 def test_disconnect_leaves_no_work_running(server, http):
-    aborted_before = _metric(http, 'omnilive_requests_finished_total{reason="aborted"}')
+    aborted_before = metric(http, 'omnilive_requests_finished_total{reason="aborted"}')
     session = Realtime(server)
     session.recv()
     session.send({"type": "session.update", "session": {"output_modalities": ["text"]}})
@@ -357,11 +353,8 @@ def test_disconnect_leaves_no_work_running(server, http):
     session.until("response.output_text.delta")
     session.close()
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _metric(http, "omnilive_requests_running") > 0:
-        time.sleep(0.1)
-    assert _metric(http, "omnilive_requests_running") == 0
-    assert _metric(http, 'omnilive_requests_finished_total{reason="aborted"}') == aborted_before + 1
-    outputs = _metric(http, "omnilive_engine_outputs_total")
+    assert wait_until_idle(http, timeout_s=10) == 0
+    assert metric(http, 'omnilive_requests_finished_total{reason="aborted"}') == aborted_before + 1
+    outputs = metric(http, "omnilive_engine_outputs_total")
     time.sleep(1.0)
-    assert _metric(http, "omnilive_engine_outputs_total") == outputs
+    assert metric(http, "omnilive_engine_outputs_total") == outputs
