@@ -259,14 +259,14 @@ def test_text_and_image_items_with_the_official_client(server, model_id):
         connection.conversation.item.create(item={"type": "message", "role": "user", "content": [
             {"type": "input_text", "text": "What is the capital of France?"}]})
         assert [connection.recv().type for _ in range(2)] == ["conversation.item.added", "conversation.item.done"]
-        connection.response.create(response={"max_output_tokens": 20})
+        connection.response.create(response={"max_output_tokens": 20, "temperature": 0})
         first = _text_reply(connection)
         assert "paris" in first.lower()
 
         connection.conversation.item.create(item={"type": "message", "role": "user", "content": [
             {"type": "input_image", "image_url": image},
             {"type": "input_text", "text": "What text is written in this image? Reply with the text only."}]})
-        connection.response.create(response={"max_output_tokens": 20})
+        connection.response.create(response={"max_output_tokens": 20, "temperature": 0})
         assert "3852" in _text_reply(connection)
 
 

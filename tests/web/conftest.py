@@ -7,6 +7,8 @@ question as a 48 kHz WAV (with silence after it, so the server's VAD ends the tu
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -107,7 +109,7 @@ class Browser:
     page_errors: list[str] = field(default_factory=list)
 
     def open(self, *, microphone_wav: Path | None = None, camera_y4m: Path | None = None,
-             viewport: dict | None = None, api_key: str | None = WEB_API_KEY):
+             viewport: dict | None = None, api_key: str | None = WEB_API_KEY, settings: dict | None = None):
         flags = list(CHROMIUM_FLAGS)
         if microphone_wav is not None:
             flags.append(f"--use-file-for-fake-audio-capture={microphone_wav}%noloop")
@@ -121,6 +123,8 @@ class Browser:
         self.contexts.append(context)
         if api_key:
             context.add_init_script(f"localStorage.setItem('omnilive.apiKey', {api_key!r})")
+        if settings:  # as if saved in the settings dialog
+            context.add_init_script(f"localStorage.setItem('omnilive.settings', {json.dumps(json.dumps(settings))})")
         page = context.pages[0] if context.pages else context.new_page()
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
         page.goto(self.server.url + "/")

@@ -56,6 +56,7 @@ export class LiveController {
         model: this.app.model(),
         voice: settings.voice,
         instructions: settings.systemPrompt,
+        temperature: settings.temperature,
         video: this.video,
         player: this.app.player,
         videoElement: this.camera,

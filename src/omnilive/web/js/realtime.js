@@ -16,8 +16,8 @@ export class LiveSession {
   // callbacks: onState(state), onUserSpeech(itemId), onUserTranscript(itemId, text),
   // onAssistantDelta(itemId, text), onAssistantDone(itemId, text), onBargeIn({ itemId, playedMs }),
   // onFrame(count), onError(message)
-  constructor({ model, voice, instructions, video, player, videoElement, callbacks }) {
-    Object.assign(this, { model, voice, instructions, video, player, videoElement });
+  constructor({ model, voice, instructions, temperature, video, player, videoElement, callbacks }) {
+    Object.assign(this, { model, voice, instructions, temperature, video, player, videoElement });
     this.on = callbacks;
     this.muted = false;
     this.framesSent = 0;
@@ -84,6 +84,7 @@ export class LiveSession {
       type: "realtime",
       model: this.model,
       instructions: this.instructions || undefined,
+      temperature: this.temperature,
       output_modalities: ["audio"],
       audio: {
         input: {
