@@ -288,7 +288,8 @@ def test_barge_in_cancels_the_answer_at_once(rt):
     rt.until("session.updated")
     rt.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
         {"type": "input_text", "text": "Tell me a long story about a dragon who loves tea."}]}})
-    rt.send({"type": "response.create", "response": {"max_output_tokens": 300}})
+    # greedy: a sampled "long story" was once over before the interruption was heard
+    rt.send({"type": "response.create", "response": {"max_output_tokens": 300, "temperature": 0}})
     events = rt.until("response.output_audio.delta")
     assistant_id = events[-1]["item_id"]
 
