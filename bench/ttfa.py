@@ -15,7 +15,12 @@ Sizes (random weights: timing only; tokenizer and vocabulary are the test checkp
 The talker's and thinker's stop / control rows of their output heads are zeroed, so neither
 ends early by chance: replies run to the limits.
 
-    python bench/ttfa.py [--text-tokens 32] [--codec-tokens 72] [--threads 2]
+    python bench/ttfa.py [--text-tokens 32] [--codec-tokens 72] [--threads 2] [--schedule 3,2,1]
+
+--schedule: token2wav's streaming windows in DiT blocks, chunk,past,future[,first chunk]
+(default: the engine's SPEECH_SCHEDULE, Qwen's 3,2,1 after a 2-block first chunk). The first
+audio needs (first chunk + future) blocks of codes solved, then the vocoder's right context
+(vocoder_receptive_field frames) of final mel.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.model.omni_tiny
 
-from omnilive.backends.native_generate import OmniRunner
+from omnilive.backends.native_batch import OmniBatch, OmniJob
+from omnilive.backends.native_generate import SPEECH_SCHEDULE, OmniRunner
+from omnilive.backends.native_speech import QuickStartSchedule
 from omnilive.backends.native_omni import load_omni
 from omnilive.engine.types import AudioChunk, Message, SamplingParams, TextDelta
 from omnilive.model.talker_generate import TALKER_GREEDY
+from omnilive.model.token2wav_stream import StreamingSchedule
 from tests.model import omni_tiny
 
 THINKER = {**omni_tiny.TEXT, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
@@ -77,14 +85,16 @@ def build_checkpoint(directory: Path, talker_layers: int, dit_layers: int):
     return model
 
 
-def run_omnilive(model, text_tokens: int, codec_tokens: int) -> dict:
+def run_omnilive(model, text_tokens: int, codec_tokens: int, schedule: StreamingSchedule = SPEECH_SCHEDULE) -> dict:
     runner = OmniRunner(model, context_length=2048, token2wav_steps=STEPS, talker_sampling=TALKER_GREEDY,
-                        talker_max_new_tokens=codec_tokens)
+                        talker_max_new_tokens=codec_tokens, speech_schedule=schedule)
     prompt = model.processor.build(PROMPT, speak=True)
+    batch = OmniBatch(runner, max_batch=1)  # the served engine's step loop, one request
     events: list[tuple[float, object]] = []
     start = time.perf_counter()
-    runner.run(prompt, SamplingParams(temperature=0.0, max_tokens=text_tokens, seed=0), model.voices["Chelsie"],
-               lambda out: events.append((time.perf_counter() - start, out)))
+    batch.add(OmniJob(prompt, SamplingParams(temperature=0.0, max_tokens=text_tokens, seed=0), model.voices["Chelsie"],
+                      lambda out: events.append((time.perf_counter() - start, out))))
+    batch.run_until_idle()
     total = time.perf_counter() - start
     audio = [(t, out) for t, out in events if isinstance(out, AudioChunk)]
     texts = [t for t, out in events if isinstance(out, TextDelta)]
@@ -111,7 +121,13 @@ def main() -> None:
     parser.add_argument("--talker-layers", type=int, default=4)
     parser.add_argument("--dit-layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--schedule", help="token2wav streaming windows in DiT blocks: chunk,past,future "
+                        "(3,2,1 = Qwen's own), or chunk,past,future,first for a smaller first chunk; "
+                        "default: the engine's (3,2,1,2)")
     args = parser.parse_args()
+    blocks = [int(n) for n in args.schedule.split(",")] if args.schedule else None
+    schedule = (SPEECH_SCHEDULE if blocks is None else StreamingSchedule(*blocks) if len(blocks) == 3
+                else QuickStartSchedule(*blocks))
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as transformers_logging
 
@@ -122,12 +138,12 @@ def main() -> None:
         reference = build_checkpoint(directory, args.talker_layers, args.dit_layers)
         print(f"checkpoint built in {time.perf_counter() - t0:.1f} s: thinker 512x8, talker 896x{args.talker_layers}, "
               f"DiT 1024x{args.dit_layers}, real BigVGAN; {args.text_tokens} text tokens, "
-              f"{args.codec_tokens} codec tokens max, {STEPS} ODE steps, {args.threads} threads")
+              f"{args.codec_tokens} codec tokens max, {STEPS} ODE steps, {args.threads} threads, schedule {schedule}")
         ours_model = load_omni(directory, "float32")
         # a short warm-up request each: first calls pay one-off costs (allocations, kernel setup)
         warm = run_omnilive(ours_model, WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS)
         run_transformers(reference, warm["input_ids"], WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS)
-        ours = run_omnilive(ours_model, args.text_tokens, args.codec_tokens)
+        ours = run_omnilive(ours_model, args.text_tokens, args.codec_tokens, schedule)
         theirs = run_transformers(reference, ours["input_ids"], args.text_tokens, args.codec_tokens)
     seconds = ours["samples"] / 24_000
     print(f"omnilive (streaming): first audio {ours['ttfa']:.2f} s (last text token at {ours['last_text']:.2f} s), "

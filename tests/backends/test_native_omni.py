@@ -190,7 +190,7 @@ def test_closing_the_stream_stops_the_request(engine):
             if isinstance(out, TextDelta):
                 break
         await stream.aclose()
-        # one request at a time: this one runs once the abandoned one has stopped
+        # the abandoned request leaves the batch at the engine's next step; this one runs on
         return [out async for out in engine.generate(EngineRequest("after", IMAGE_QUESTION, GREEDY))]
 
     try:

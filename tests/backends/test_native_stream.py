@@ -1,5 +1,6 @@
 """Streaming speech of the native Qwen2.5-Omni engine (tiny random checkpoint, float32):
-thinker tokens → talker codec tokens → token2wav chunks, interleaved, against the whole-reply path."""
+thinker tokens → talker codec tokens → token2wav chunks, interleaved in the batched step loop
+(one request here; tests/backends/test_native_batching.py runs many), against the whole-reply path."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from omnilive.backends.native_generate import OmniRunner, SpeechStream
+from omnilive.backends.native_batch import OmniBatch, OmniJob
+from omnilive.backends.native_generate import OmniRunner
 from omnilive.backends.native_omni import load_omni
 from omnilive.engine.sampling import SamplingRow, make_generator
 from omnilive.engine.types import (
@@ -48,11 +50,26 @@ def runner_of(model, **options) -> OmniRunner:
     return OmniRunner(model, context_length=512, prefill_chunk_tokens=16, token2wav_steps=STEPS, **options)
 
 
-def streamed(runner: OmniRunner, prompt, voice, cancel_when=lambda outputs: False):
-    """Run one spoken request; its outputs in emission order."""
+def streamed_job(runner: OmniRunner, prompt, voice, cancel_when=lambda outputs: False) -> tuple[OmniJob, list]:
+    """Run one spoken request through the step loop; the job and its outputs in emission order.
+    cancel_when(outputs) is asked after each output, as a caller closing its stream would."""
     outputs: list = []
-    runner.run(prompt, REPLY, voice, outputs.append, cancelled=lambda: cancel_when(outputs))
-    return outputs
+    batch = OmniBatch(runner, max_batch=1)
+
+    def emit(output) -> None:
+        outputs.append(output)
+        if cancel_when(outputs):
+            batch.abort(job)
+
+    job = OmniJob(prompt, REPLY, voice, emit)
+    batch.add(job)
+    batch.run_until_idle()
+    assert not any(isinstance(out, BaseException) for out in outputs), outputs
+    return job, outputs
+
+
+def streamed(runner: OmniRunner, prompt, voice, cancel_when=lambda outputs: False) -> list:
+    return streamed_job(runner, prompt, voice, cancel_when)[1]
 
 
 def audio_of(outputs) -> np.ndarray:
@@ -62,13 +79,13 @@ def audio_of(outputs) -> np.ndarray:
 @pytest.mark.parametrize("talker_sampling", [TALKER_GREEDY, TALKER_SAMPLING], ids=["greedy", "sampled"])
 def test_streamed_codes_equal_whole_reply_codes(model, prompt, talker_sampling):
     runner, voice = runner_of(model, talker_sampling=talker_sampling), model.voices["Chelsie"]
-    outputs: list = []
-    speech = SpeechStream(runner, voice, REPLY.seed, outputs.append, lambda: False)
-    reply = runner.think(prompt, REPLY, speech.relay, lambda: False, keep_hidden=True, speech=speech)
-    speech.finish()
+    job, outputs = streamed_job(runner, prompt, voice)
+    reply = runner.think(prompt, REPLY, lambda out: None, lambda: False, keep_hidden=True)
     whole = runner.codec_tokens(reply, voice, REPLY.seed)
     assert len(reply.token_ids) == REPLY.max_tokens  # the tiny thinker talks to the limit
-    assert len(whole) >= 20 and speech.codes == whole
+    assert job.token_ids == reply.token_ids
+    assert "".join(out.text for out in outputs if isinstance(out, TextDelta)) == reply.text
+    assert len(whole) >= 20 and job.speech.codes == whole
     assert max(whole) < runner.speech_vocab_size  # no control token reached token2wav
 
 
@@ -117,6 +134,19 @@ def test_first_audio_leaves_before_the_last_text_token(model, prompt):
             since = ""
 
 
+def test_quick_start_speaks_sooner_than_qwens_first_window(model, prompt):
+    voice = model.voices["Ethan"]
+    quick = streamed(runner_of(model, talker_sampling=TALKER_GREEDY), prompt, voice)  # the default schedule
+    qwen = streamed(runner_of(model, talker_sampling=TALKER_GREEDY, speech_schedule=StreamingSchedule()), prompt, voice)
+
+    def texts_before_first_audio(outputs) -> int:
+        return [type(out) for out in outputs].index(AudioChunk)
+
+    assert texts_before_first_audio(quick) < texts_before_first_audio(qwen)
+    assert audio_of(quick).shape == audio_of(qwen).shape
+    assert np.abs(audio_of(quick) - audio_of(qwen)).max() < 0.01 * np.abs(audio_of(qwen)).max()
+
+
 def test_cancel_mid_speech_stops_within_a_step(model, prompt):
     runner = runner_of(model)
     forwards: list[str] = []
@@ -125,9 +155,10 @@ def test_cancel_mid_speech_stops_within_a_step(model, prompt):
     marks: dict[str, int] = {}
 
     def cancel_after_first_chunk(outputs) -> bool:
-        if "at" not in marks and any(isinstance(out, AudioChunk) for out in outputs):
+        if "at" not in marks and isinstance(outputs[-1], AudioChunk):
             marks["at"], marks["outputs"] = len(forwards), len(outputs)
-        return "at" in marks
+            return True
+        return False
 
     try:
         outputs = streamed(runner, prompt, model.voices["Chelsie"], cancel_when=cancel_after_first_chunk)

@@ -12,14 +12,12 @@ from omnilive.media.qwen_preprocess import VisionPatches
 from omnilive.model.qwen2_5_vl import VLConfig, load_qwen2_5_vl
 from omnilive.model.thinker import ThinkerMedia
 from omnilive.model.weights import WeightsMismatchError
-from tests.model.omni_tiny import randomize
+from tests.model.vl_tiny import IMAGE, VIDEO, VISION_BOS, VISION_EOS, build_tiny_vl
 
 transformers = pytest.importorskip("transformers")
 
 TOLERANCE = 1e-4
 PATCH_DIM = 3 * 2 * 14 * 14
-IMAGE, VIDEO, VISION_BOS, VISION_EOS = 141, 142, 145, 146
-TOKENS_PER_SECOND = 2
 
 
 class Prompt:
@@ -79,25 +77,8 @@ PROMPTS = {
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A transformers Qwen2_5_VLForConditionalGeneration with random weights, saved to disk."""
-    config = transformers.Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": 160, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-            "bos_token_id": None, "eos_token_id": None,
-            # head_dim 16: 8 rotary frequencies, 2 for time, 3 for height, 3 for width
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        },
-        vision_config={
-            "depth": 2, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "out_hidden_size": 64,
-            "window_size": 56, "fullatt_block_indexes": [1], "tokens_per_second": TOKENS_PER_SECOND,
-        },
-        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_BOS, vision_end_token_id=VISION_EOS,
-    )
-    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
-    randomize(model, seed=5)
-    directory = tmp_path_factory.mktemp("qwen2_5_vl")
-    model.save_pretrained(directory)
-    return directory, model
+    built = build_tiny_vl(tmp_path_factory.mktemp("qwen2_5_vl"), seed=5, with_tokenizer=False)
+    return built.directory, built.model
 
 
 @pytest.fixture(scope="module")

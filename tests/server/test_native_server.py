@@ -2,14 +2,17 @@
 
 A real server subprocess serves the native engine; requests carry an image, an audio clip and a
 video with its own audio track. Random weights answer gibberish, so the checks are about
-structure: text comes back, speech comes back as a 24 kHz wav, usage counts the media.
+structure: text comes back, speech comes back as a 24 kHz wav, usage counts the media, and
+concurrent requests (batched by the engine) each get what they would get alone.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import threading
 import wave
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -110,3 +113,49 @@ def test_unknown_voice_is_a_400(client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
                                        modalities=["text", "audio"], audio={"voice": "nobody", "format": "wav"})
+
+
+def stream_chat(client, model: str, question: str, voice: str | None, max_tokens: int) -> dict:
+    """One streaming request read to its end: its text, 24 kHz PCM16 speech, transcript, finish, usage."""
+    extra = {"modalities": ["text", "audio"], "audio": {"voice": voice, "format": "pcm16"}} if voice else {}
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], temperature=0.8, seed=5, max_tokens=max_tokens,
+        stream=True, stream_options={"include_usage": True}, **extra,
+    )
+    reply = {"text": "", "pcm": b"", "transcript": "", "finish": None, "usage": None}
+    with stream:
+        for chunk in stream:
+            reply["usage"] = chunk.usage or reply["usage"]
+            for choice in chunk.choices:
+                reply["text"] += choice.delta.content or ""
+                reply["finish"] = choice.finish_reason or reply["finish"]
+                if choice.delta.audio:
+                    reply["pcm"] += base64.b64decode(choice.delta.audio.data)
+                    reply["transcript"] += choice.delta.audio.transcript or ""
+    return reply
+
+
+def test_four_concurrent_streams_two_spoken_equal_each_alone(client):
+    model = client.models.list().data[0].id
+    asks = [("Tell me a long story about the sea.", None, 16), ("Say something kind.", "Chelsie", 12),
+            ("What is the weather like?", None, 8), ("Describe a small boat.", "Ethan", 10)]
+    alone = [stream_chat(client, model, *ask) for ask in asks]
+    barrier = threading.Barrier(len(asks))
+
+    def together(ask):
+        barrier.wait()  # all four arrive at once: the engine steps them in one batch (max_batch 4)
+        return stream_chat(client, model, *ask)
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        replies = list(pool.map(together, asks))
+    for (question, voice, max_tokens), reply, single in zip(asks, replies, alone):
+        assert reply["finish"] in ("stop", "length") and reply["text"]
+        assert reply["usage"].completion_tokens <= max_tokens
+        assert reply["text"] == single["text"] and reply["usage"].completion_tokens == single["usage"].completion_tokens
+        if voice:
+            assert len(reply["pcm"]) > 0 and len(reply["pcm"]) == len(single["pcm"])
+            assert reply["transcript"] == reply["text"]
+            difference = np.abs(np.frombuffer(reply["pcm"], "<i2").astype(int) - np.frombuffer(single["pcm"], "<i2"))
+            assert difference.max() <= 4  # the same speech, up to PCM16 rounding of float noise
+        else:
+            assert reply["pcm"] == b""

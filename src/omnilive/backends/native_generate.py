@@ -1,61 +1,55 @@
-"""One Qwen2.5-Omni request, start to end, on the calling thread: thinker → talker → token2wav.
+"""One Qwen2.5-Omni reply start to end on the calling thread, whole: thinker → talker → token2wav.
 
     prompt ids + media ──thinker prefill (chunks)──▶ first token
     each token ──sample, detokenise, emit TextDelta──▶ fed back (decode step, rotary id
                  = cache position + the prompt's rope delta) until a stop token or the limit
-    speech, interleaved with the thinker (SpeechStream): each reply token fed back
-            ──its hidden state + embedding──▶ talker (prefill at reply token 0, then one
-            decode step per token) ──codec token──▶ StreamingToken2Wav ──▶ AudioChunk as soon
-            as a waveform chunk is final; after the thinker ends the talker runs on to its end
+    speech of the finished reply (`speak`): its hidden states ──talker──▶ codec tokens
+            ──token2wav (one solve over the whole utterance)──▶ 24 kHz waveform
 
-Requests run one at a time over a single-slot KV cache (the engine serialises them); the
-thinker's cache is allocated once, the talker's per spoken reply. `cancelled()` is polled
-between forward passes, so an abandoned request stops within one step.
+Served requests stream through the batched loop (native_batch.OmniBatch), which reads its
+settings and token helpers from an OmniRunner; this whole-reply path is what /v1/audio/speech
+(`speak_text`) uses and what the streamed output is tested against. Its single-slot thinker
+cache is allocated on first use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from omnilive.backends.native_prompt import OmniProcessor, OmniPrompt
+from omnilive.backends.native_speech import QuickStartSchedule, SpeechSettings
 from omnilive.engine.detokenizer import Detokenizer
+from omnilive.engine.kv_cache import KVCache
 from omnilive.engine.sampling import SamplingRow, TokenSample, make_generator, sample
 from omnilive.engine.types import (
-    AudioChunk,
     EngineError,
     EngineOutput,
-    Finished,
     FinishReason,
     SamplingParams,
     TextDelta,
     TokenLogprob,
-    Usage,
 )
 from omnilive.model.rope_index import PromptPositions
-from omnilive.model.talker import (
-    Talker,
-    build_talker_inputs,
-    build_talker_prefill,
-    new_talker_text_inputs,
-)
+from omnilive.model.talker import Talker, build_talker_inputs
 from omnilive.model.talker_generate import (
     TALKER_MAX_NEW_TOKENS,
     TALKER_SAMPLING,
-    TalkerStream,
     start_talker_stream,
     talker_step,
 )
 from omnilive.model.thinker import OmniThinker, ThinkerPrompt
 from omnilive.model.token2wav import Token2Wav, Voice
-from omnilive.model.token2wav_stream import StreamingSchedule, StreamingToken2Wav
+from omnilive.model.token2wav_stream import StreamingSchedule
 from omnilive.model.tokenizer import Tokenizer
 
 TOKEN2WAV_STEPS = 10  # the reference's ODE steps
-SPEECH_SCHEDULE = StreamingSchedule()  # Qwen's own streaming windows: 3 blocks, 2 back, 1 ahead
+# Qwen's own streaming windows (3 blocks, 2 back, 1 ahead) after a 2-block first one
+SPEECH_SCHEDULE = QuickStartSchedule(first_chunk_blocks=2)
 
 
 @dataclass
@@ -68,6 +62,7 @@ class OmniModel:
     talker: Talker | None = None  # None: the checkpoint cannot speak
     token2wav: Token2Wav | None = None
     voices: dict[str, Voice] = field(default_factory=dict)
+    family: str = "Qwen2.5-Omni"  # what the model card calls it
 
 
 @dataclass
@@ -98,44 +93,31 @@ class OmniRunner:
         self.talker_sampling = talker_sampling
         self.speech_schedule = speech_schedule
         self._talker_max_new_tokens = talker_max_new_tokens
-        self.cache = model.thinker.make_cache(1, self.context_length)
         self._slot = torch.tensor([0], device=model.thinker.device)
 
-    def run(self, prompt: OmniPrompt, sampling: SamplingParams, voice: Voice | None,
-            emit: Callable[[EngineOutput], None], cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Generate one reply, emitting TextDeltas as tokens come and (with a voice) AudioChunks
-        of its speech as soon as they are final, interleaved with the text; then Finished."""
-        speech = SpeechStream(self, voice, sampling.seed, emit, cancelled) if voice is not None else None
-        reply = self.think(prompt, sampling, speech.relay if speech else emit, cancelled, speech=speech)
-        if speech is not None and reply.finish_reason != "abort":
-            speech.finish()
-        finish = "abort" if cancelled() else reply.finish_reason
-        emit(Finished(finish, Usage(prompt_tokens=len(prompt), completion_tokens=len(reply.token_ids),
-                                    audio_prompt_tokens=prompt.audio_tokens, image_prompt_tokens=prompt.image_tokens)))
+    @cached_property
+    def cache(self) -> KVCache:
+        return self.model.thinker.make_cache(1, self.context_length)
 
     # the thinker
 
     @torch.inference_mode()
     def think(self, prompt: OmniPrompt, sampling: SamplingParams, emit: Callable[[EngineOutput], None],
-              cancelled: Callable[[], bool], keep_hidden: bool = False,
-              speech: SpeechStream | None = None) -> ThinkerReply:
+              cancelled: Callable[[], bool], keep_hidden: bool = False) -> ThinkerReply:
         """The thinker's reply, its TextDeltas emitted as they come. keep_hidden: keep what the
-        talker needs in the reply (whole-reply speech); speech: hand it to a SpeechStream as
-        each reply token is fed back instead."""
+        talker needs in the reply (whole-reply speech)."""
         thinker, tokenizer = self.model.thinker, self.model.tokenizer
         prepared = thinker.prepare_prompt(prompt.input_ids, prompt.media)
         max_new = min(sampling.max_tokens or self.context_length, self.context_length - len(prepared))
         reply = ThinkerReply([], "", "length", prepared, None, [], [])
-        hidden = self._prefill(prepared, keep_hidden or speech is not None, cancelled)
+        hidden = self._prefill(prepared, keep_hidden, cancelled)
         if hidden is None:
             reply.finish_reason = "abort"
             return reply
         reply.prompt_hidden = hidden if keep_hidden else None
-        if speech is not None:
-            speech.start(prepared, hidden)
         logits = thinker.compute_logits(hidden[None, -1])  # [1, V]
         row = SamplingRow(sampling, make_generator(sampling.seed), list(prompt.input_ids))
-        detokenizer = Detokenizer(self._text_bytes, sampling.stop)
+        detokenizer = Detokenizer(self.text_bytes, sampling.stop)
         while True:
             choice = sample(logits, [row])[0]
             token = choice.token_id
@@ -145,7 +127,7 @@ class OmniRunner:
                 reply.finish_reason = "stop"
                 break
             text = detokenizer.add_token(token, reasoning=False).content
-            logprobs = (self._logprob(token, choice),) if choice.logprob is not None else ()
+            logprobs = (self.logprob(token, choice),) if choice.logprob is not None else ()
             if text or logprobs:
                 reply.text += text
                 emit(TextDelta(text, logprobs))
@@ -153,13 +135,9 @@ class OmniRunner:
                 reply.finish_reason = "abort" if cancelled() else "stop" if detokenizer.stopped else "length"
                 break
             last = self._feed_back(prepared, token, len(reply.token_ids) - 1)  # [H]
-            if keep_hidden or speech is not None:
-                embed = thinker.model.embed_tokens(torch.tensor(token, device=thinker.device))  # [H]
-                if keep_hidden:
-                    reply.reply_hidden.append(last)
-                    reply.reply_embeds.append(embed)
-                if speech is not None:
-                    speech.add_reply_token(last, embed)
+            if keep_hidden:
+                reply.reply_hidden.append(last)
+                reply.reply_embeds.append(thinker.model.embed_tokens(torch.tensor(token, device=thinker.device)))
             logits = thinker.compute_logits(last[None])
         if reply.finish_reason != "abort" and (tail := detokenizer.finish().content):
             reply.text += tail
@@ -187,11 +165,11 @@ class OmniRunner:
                                     rope_positions=position + prepared.rope_delta)
         return hidden[0, -1]
 
-    def _text_bytes(self, token_id: int) -> bytes:
+    def text_bytes(self, token_id: int) -> bytes:
         tokenizer = self.model.tokenizer
         return b"" if tokenizer.is_special(token_id) else tokenizer.token_bytes(token_id)
 
-    def _logprob(self, token_id: int, choice: TokenSample) -> TokenLogprob:
+    def logprob(self, token_id: int, choice: TokenSample) -> TokenLogprob:
         def text_and_bytes(t: int) -> tuple[str, bytes]:
             data = self.model.tokenizer.token_bytes(t)
             return data.decode("utf-8", errors="replace"), data
@@ -238,6 +216,12 @@ class OmniRunner:
         fewer where token2wav's DiT cannot place more mel frames."""
         dit = self.model.token2wav.code2wav_dit_model.config
         return min(self._talker_max_new_tokens, dit.max_position_embeddings // dit.repeats)
+
+    @property
+    def speech_settings(self) -> SpeechSettings:
+        """How streamed speech is made (native_batch's SpeechStreams)."""
+        return SpeechSettings(self.token2wav_steps, self.talker_sampling, self.speech_schedule,
+                              self.talker_max_new_tokens, self.speech_vocab_size)
 
     @property
     def speech_vocab_size(self) -> int:
@@ -298,102 +282,3 @@ def seeded_noise(token2wav: Token2Wav, seed: int, frames: int) -> torch.Tensor:
     blocks = [torch.randn(1, config.block_size, config.mel_dim, generator=generator, device=device)
               for _ in range(-(-frames // config.block_size))]
     return torch.cat(blocks, dim=1)[:, :frames] if blocks else torch.zeros(1, 0, config.mel_dim, device=device)
-
-
-class SpeechStream:
-    """The speech of one reply while the thinker writes it: reply tokens in, AudioChunks out.
-
-    `start` with the prompt's hidden states after the thinker's prefill; `add_reply_token` as
-    the thinker feeds back each reply token (the first starts the talker: its prefill ends with
-    reply token 0; each later one is the text input of one talker step, run at once); `relay`
-    the thinker's outputs through it (so chunks carry the text said since the last one);
-    `finish` when the reply ends: the talker runs on to its codec end, token2wav flushes.
-    Each codec token goes into StreamingToken2Wav as it comes; whatever waveform becomes final
-    leaves as one AudioChunk right away.
-    """
-
-    def __init__(self, runner: OmniRunner, voice: Voice, seed: int | None, emit: Callable[[EngineOutput], None],
-                 cancelled: Callable[[], bool]):
-        model = runner.model
-        if model.talker is None or model.token2wav is None:
-            raise RuntimeError("this checkpoint cannot speak: it has no talker or token2wav")
-        self.runner, self.voice, self.seed = runner, voice, seed
-        self._emit, self._cancelled = emit, cancelled
-        self._talker: Talker = model.talker
-        self._thinker_embed = model.thinker.model.embed_tokens
-        self._prompt: ThinkerPrompt | None = None
-        self._prompt_hidden: torch.Tensor | None = None  # [T, H]
-        self._text_inputs = new_talker_text_inputs(self._talker, self._thinker_embed, model.thinker.device)
-        self._stream: TalkerStream | None = None
-        self._cache = None
-        self._token2wav: StreamingToken2Wav | None = None
-        self._untold = ""  # reply text not yet attached to an AudioChunk
-        self.codes: list[int] = []  # every codec token sent to token2wav, in order
-
-    def relay(self, output: EngineOutput) -> None:
-        if isinstance(output, TextDelta):
-            self._untold += output.text
-        self._emit(output)
-
-    def start(self, prompt: ThinkerPrompt, prompt_hidden: torch.Tensor) -> None:
-        self._prompt, self._prompt_hidden = prompt, prompt_hidden
-
-    @torch.inference_mode()
-    def add_reply_token(self, hidden: torch.Tensor, embed: torch.Tensor) -> None:
-        """Reply token k fed back: its final hidden state and thinker embedding, [H] each."""
-        reply_input = hidden + embed
-        if self._stream is None:
-            self._start_talker(reply_input)
-        else:
-            self._text_inputs.push(reply_input)
-        self._advance()
-
-    @torch.inference_mode()
-    def finish(self) -> None:
-        """The thinker's reply ended: the talker speaks on (text EOS, then PAD) to its end."""
-        if self._stream is None:  # no reply token was fed back: nothing to say
-            return
-        self._text_inputs.finish()
-        self._advance()
-        if not self._cancelled():
-            self._send(self._token2wav.finish())
-
-    def _start_talker(self, first_reply_input: torch.Tensor) -> None:
-        talker, voice = self._talker, self.voice
-        bos = voice.bos_token if voice.bos_token is not None else talker.talker_config.tts_text_start_token_id
-        prompt = self._prompt
-        prefill = build_talker_prefill(talker, self._thinker_embed, prompt.input_ids, prompt.embeds,
-                                       self._prompt_hidden, first_reply_input, bos, prompt.rope.positions)
-        max_new_tokens = self.runner.talker_max_new_tokens
-        self._cache = talker.make_cache(max_slots=1, max_len=prefill.length + max_new_tokens)
-        self._stream = start_talker_stream(talker, prefill, self._text_inputs, self._cache, 0,
-                                           self.runner.talker_sampling, self.seed, max_new_tokens,
-                                           self.runner.speech_vocab_size)
-        token2wav = self.runner.model.token2wav
-        generator = None
-        if self.seed is not None:  # the same noise the whole-reply path draws for this seed
-            generator = torch.Generator(device=next(token2wav.parameters()).device).manual_seed(self.seed)
-        self._token2wav = StreamingToken2Wav(token2wav, voice, num_steps=self.runner.token2wav_steps,
-                                             schedule=self.runner.speech_schedule, generator=generator)
-        self._push(self._stream.codes)  # the prefill's code, unless it ended the speech at once
-
-    def _advance(self) -> None:
-        """Talker steps while their text input exists (one per reply token; to the end once
-        the reply is finished), each code into token2wav at once."""
-        stream = self._stream
-        while stream.ready and not self._cancelled():
-            code = talker_step(self._talker, [stream], self._cache)[0]
-            if code is not None:
-                self._push([code])
-
-    def _push(self, codes: list[int]) -> None:
-        if codes:
-            self.codes.extend(codes)
-            self._send(self._token2wav.push(codes))
-
-    def _send(self, chunks: list[torch.Tensor]) -> None:
-        if not chunks:
-            return
-        samples = torch.cat(chunks).float().cpu().numpy().astype(np.float32)
-        self._emit(AudioChunk(samples, self._untold))
-        self._untold = ""

@@ -3,10 +3,13 @@
     omnilive serve --model /models/Qwen2.5-Omni-7B      (or a hub id: Qwen/Qwen2.5-Omni-3B)
 
 Every part runs on our own modules (omnilive.model): the thinker reads text, images, audio
-and video; its talker and token2wav turn the reply into speech. Requests run one at a time
-on one worker thread (torch never runs on the event loop); outputs reach the caller through
-an asyncio queue, and closing the caller's iterator stops its request at the next step.
-Text streams token by token; speech streams along with it (SpeechStream in native_generate).
+and video; its talker and token2wav turn the reply into speech. Requests are batched
+continuously (native_batch.OmniBatch, up to settings.max_batch at once, the rest wait) and
+stepped on one engine thread, so torch never runs on the event loop; coroutines hand it
+commands (add, abort) through a condition variable, as engine.async_engine does. Each
+request's outputs reach its caller through its own asyncio queue; closing the caller's
+iterator frees its slots at the next step. Text streams token by token; speech streams
+along with it (native_speech.SpeechStream).
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from omnilive.backends.native_batch import OmniBatch, OmniJob
 from omnilive.backends.native_generate import TOKEN2WAV_STEPS, OmniModel, OmniRunner
 from omnilive.backends.native_prompt import (
     SPEECH_SYSTEM_PROMPT,
@@ -64,6 +68,10 @@ def load_omni(directory: str | Path, dtype: torch.dtype | str | None = None, dev
     enabled and spk_dict.pt present)."""
     directory = resolve_checkpoint_dir(directory)
     dtype = pick_dtype(device) if dtype in (None, "auto") else resolve_dtype(dtype)
+    if read_config(directory).get("model_type") == "qwen2_5_vl":  # sees and reads; never speaks
+        from omnilive.backends.native_vl import load_vl
+
+        return load_vl(directory, dtype, device)
     thinker = load_thinker(directory, dtype, device)
     tokenizer = load_omni_tokenizer(directory)
     model = OmniModel(thinker, tokenizer, OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config))
@@ -97,8 +105,14 @@ class NativeOmniEngine:
         self.token2wav_steps = token2wav_steps
         self.model: OmniModel | None = None
         self.runner: OmniRunner | None = None
+        self.batch: OmniBatch | None = None
         self._card: ModelCard | None = None
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="omni")  # one request at a time
+        # loading, prompt building and /v1/audio/speech; requests run on the engine thread
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="omni")
+        self._wake = threading.Condition()
+        self._commands: list[Callable[[], None]] = []  # guarded by _wake
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -117,11 +131,15 @@ class NativeOmniEngine:
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
         self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps)
+        self.batch = OmniBatch(self.runner, s.max_batch)
+        self._thread = threading.Thread(target=self._run, name="omni-engine", daemon=True)
+        self._thread.start()
         is_directory = Path(s.model).expanduser().is_dir()
-        parts = [{"role": "thinker", "name": "Qwen2.5-Omni thinker", "source": str(directory)}]
+        family = self.model.family
+        parts = [{"role": "thinker", "name": f"{family} thinker", "source": str(directory)}]
         if self.model.talker is not None:
-            parts += [{"role": "talker", "name": "Qwen2.5-Omni talker", "source": str(directory)},
-                      {"role": "token2wav", "name": "Qwen2.5-Omni token2wav", "source": str(directory)}]
+            parts += [{"role": "talker", "name": f"{family} talker", "source": str(directory)},
+                      {"role": "token2wav", "name": f"{family} token2wav", "source": str(directory)}]
         voices = tuple(sorted(self.model.voices))
         self._card = ModelCard(
             id=directory.name if is_directory else s.model,
@@ -131,11 +149,17 @@ class NativeOmniEngine:
             voices=voices,
             default_voice=pick_voice(self.model.voices, None)[0] if voices else "",
             output_modalities=("text", "audio") if voices else ("text",),
+            input_modalities=self.model.processor.input_modalities,
         )
-        log.info("Qwen2.5-Omni loaded from %s in %.1f s (%s, %s)", directory, time.perf_counter() - t0,
+        log.info("%s loaded from %s in %.1f s (%s, %s)", family, directory, time.perf_counter() - t0,
                  self.model.thinker.dtype, device)
 
     async def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     # requests
@@ -147,19 +171,22 @@ class NativeOmniEngine:
         prompt = await loop.run_in_executor(self._worker, self.model.processor.build, request.messages, speak)
         self._check_length(len(prompt), request.sampling.max_tokens)
         outputs: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
 
         def emit(item) -> None:
-            loop.call_soon_threadsafe(outputs.put_nowait, item)
-
-        def run() -> None:
             try:
-                self.runner.run(prompt, request.sampling, voice, emit, cancel.is_set)
-            except Exception as error:  # a bug or a bad input deep in the model: the caller gets it
-                log.exception("request %s failed", request.request_id)
-                emit(error if isinstance(error, EngineError) else EngineError(f"the engine failed: {error}"))
+                loop.call_soon_threadsafe(outputs.put_nowait, item)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening
+                pass
 
-        loop.run_in_executor(self._worker, run)
+        job = OmniJob(prompt, request.sampling, voice, emit, request.request_id)
+
+        def add() -> None:
+            try:
+                self.batch.add(job)
+            except Exception as error:  # noqa: BLE001 - refused: the caller gets why
+                emit(error)
+
+        self._submit(add)
         try:
             while True:
                 item = await outputs.get()
@@ -169,7 +196,36 @@ class NativeOmniEngine:
                 if isinstance(item, Finished):
                     return
         finally:
-            cancel.set()  # a no-op after Finished; stops the worker at its next step otherwise
+            if not job.done and not self._stopping:  # the caller left early: free its slots next step
+                self._submit(lambda: self.batch.abort(job))
+
+    def _submit(self, command: Callable[[], None]) -> None:
+        with self._wake:
+            if self._stopping:
+                raise EngineError("the engine is shut down")
+            self._commands.append(command)
+            self._wake.notify()
+
+    def _run(self) -> None:
+        """The engine thread: run commands, step while there is work, sleep when there is none."""
+        torch.set_num_threads(self.settings.threads)
+        while True:
+            with self._wake:
+                while not (self._commands or self._stopping or self.batch.has_work()):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                commands, self._commands = self._commands, []
+            for command in commands:
+                command()
+            if not self.batch.has_work():
+                continue
+            try:
+                self.batch.step()
+            except Exception as error:  # a bug outside any one request: fail them all rather than hang
+                log.exception("engine step failed")
+                self.batch.fail_all(error)
+        self.batch.fail_all(EngineError("the engine is shut down"))
 
     def _check_length(self, prompt_tokens: int, max_tokens: int | None) -> None:
         context = self.runner.context_length

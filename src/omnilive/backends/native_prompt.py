@@ -1,14 +1,15 @@
-"""Qwen2.5-Omni's processor step: chat messages with media → thinker prompt ids + encoder inputs.
+"""The Qwen processor step: chat messages with media → prompt ids + encoder inputs.
 
-    messages ──chat template──▶ text with one <|IMAGE|> / <|AUDIO|> / <|VIDEO|> per item
+    messages ──chat template──▶ text with one image / video (/ audio) placeholder per item
              ──tokenizer──▶ ids ──expand each placeholder to its encoder's row count──▶ prompt ids
     media ──qwen_preprocess──▶ patches / log-mel (ThinkerMedia, in prompt order)
 
-As transformers' Qwen2_5OmniProcessor does it: an image or video becomes one placeholder per
-2x2 merge unit, an audio one per 40 ms; a video with its own audio track becomes
-<|audio_bos|> + video and audio placeholders interleaved in 2 s chunks + <|audio_eos|>
-(inside the template's <|vision_bos|> … <|vision_eos|>), and its audio joins the audio
-inputs at that place.
+`QwenProcessor` is the expansion both families share, as transformers' Qwen2_5OmniProcessor
+and Qwen2_5_VLProcessor do it: an image or video becomes one placeholder per 2x2 merge unit,
+an audio one per 40 ms. `OmniProcessor` adds Qwen2.5-Omni's speech system prompt and its
+videos with sound: <|audio_bos|> + video and audio placeholders interleaved in 2 s chunks +
+<|audio_eos|> (inside the template's <|vision_bos|> … <|vision_eos|>), the audio joining the
+audio inputs at that place. Qwen2.5-VL's processor (native_vl) hears nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from omnilive.media.qwen_preprocess import (
     preprocess_image,
     preprocess_video,
 )
-from omnilive.model.rope_index import video_with_audio_placeholders
+from omnilive.model.rope_index import MRopeLayout, video_with_audio_placeholders
 from omnilive.model.thinker import ThinkerConfig, ThinkerMedia, audio_placeholder_count
 from omnilive.model.tokenizer import Tokenizer, TokenizerInfo
 
@@ -73,9 +74,9 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def chat_template_of(directory: Path) -> str:
+def chat_template_of(directory: Path, fallback: str = FALLBACK_CHAT_TEMPLATE) -> str:
     """The checkpoint's chat template: chat_template.jinja, chat_template.json, then
-    tokenizer_config.json; Qwen2.5-Omni's own when none has one."""
+    tokenizer_config.json; `fallback` (Qwen2.5-Omni's own by default) when none has one."""
     jinja = directory / "chat_template.jinja"
     if jinja.exists():
         return jinja.read_text()
@@ -83,10 +84,10 @@ def chat_template_of(directory: Path) -> str:
         template = _read_json(directory / name).get("chat_template")
         if isinstance(template, str) and template:
             return template
-    return FALLBACK_CHAT_TEMPLATE
+    return fallback
 
 
-def load_omni_tokenizer(directory: str | Path) -> Tokenizer:
+def load_omni_tokenizer(directory: str | Path, fallback_template: str = FALLBACK_CHAT_TEMPLATE) -> Tokenizer:
     """The checkpoint's tokenizer.json with its chat template and stop tokens."""
     directory = Path(directory)
     if not (directory / "tokenizer.json").exists():
@@ -95,9 +96,45 @@ def load_omni_tokenizer(directory: str | Path) -> Tokenizer:
     eos = _read_json(directory / "tokenizer_config.json").get("eos_token") or "<|im_end|>"
     eos = eos["content"] if isinstance(eos, dict) else eos
     stops = [token_id for token in STOP_TOKENS if (token_id := backend.token_to_id(token)) is not None]
-    info = TokenizerInfo(chat_template=chat_template_of(directory), eos_token_id=backend.token_to_id(eos),
-                         extra_stop_token_ids=stops)
+    info = TokenizerInfo(chat_template=chat_template_of(directory, fallback_template),
+                         eos_token_id=backend.token_to_id(eos), extra_stop_token_ids=stops)
     return Tokenizer(backend, info)
+
+
+@dataclass(frozen=True)
+class VisualPreprocessing:
+    """How a checkpoint resizes images (preprocessor_config.json) and video frames:
+    video_preprocessor_config.json when there is one, else qwen-vl-utils' / qwen-omni-utils'
+    per-frame range (both 128..768 merge units)."""
+
+    image: ImagePreprocessConfig
+    video_min_pixels: int = VIDEO_MIN_PIXELS
+    video_max_pixels: int = VIDEO_MAX_PIXELS
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path) -> VisualPreprocessing:
+        directory = Path(directory)
+        image = ImagePreprocessConfig.from_dict(_read_json(directory / "preprocessor_config.json"))
+        video = _read_json(directory / "video_preprocessor_config.json")
+        size = video.get("size") or {}
+        return cls(image, video.get("min_pixels", size.get("shortest_edge", VIDEO_MIN_PIXELS)),
+                   video.get("max_pixels", size.get("longest_edge", VIDEO_MAX_PIXELS)))
+
+
+@dataclass(frozen=True)
+class MediaTokens:
+    """The placeholder ids a processor expands; audio ones only for a model that hears."""
+
+    image: int
+    video: int
+    audio: int | None = None  # None: the model takes no audio
+    audio_start: int | None = None
+    audio_end: int | None = None
+    mrope_layout: MRopeLayout | None = None  # where a video's own audio interleaves (Omni)
+
+    @property
+    def hears(self) -> bool:
+        return self.audio is not None
 
 
 @dataclass(frozen=True)
@@ -123,36 +160,29 @@ class _Collected:
     mels: list[torch.Tensor]
 
 
-class OmniProcessor:
-    def __init__(self, tokenizer: Tokenizer, thinker: ThinkerConfig, image: ImagePreprocessConfig,
-                 video_min_pixels: int = VIDEO_MIN_PIXELS, video_max_pixels: int = VIDEO_MAX_PIXELS):
-        self.tokenizer, self.thinker, self.image = tokenizer, thinker, image
-        self.video_min_pixels, self.video_max_pixels = video_min_pixels, video_max_pixels
-        self.audio_bins = thinker.audio_config.num_mel_bins
+class QwenProcessor:
+    """Template, tokenise, expand placeholders, preprocess media: what every Qwen family shares.
+    Subclasses decide the template's input (`chat`)."""
 
-    @classmethod
-    def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, thinker: ThinkerConfig) -> OmniProcessor:
-        """Image settings from preprocessor_config.json; video pixel bounds from
-        video_preprocessor_config.json when there is one, else the Qwen2.5-Omni processor's."""
-        directory = Path(directory)
-        image = ImagePreprocessConfig.from_dict(_read_json(directory / "preprocessor_config.json"))
-        video = _read_json(directory / "video_preprocessor_config.json")
-        size = video.get("size") or {}
-        return cls(tokenizer, thinker, image,
-                   video.get("min_pixels", size.get("shortest_edge", VIDEO_MIN_PIXELS)),
-                   video.get("max_pixels", size.get("longest_edge", VIDEO_MAX_PIXELS)))
+    def __init__(self, tokenizer: Tokenizer, tokens: MediaTokens, visual: VisualPreprocessing,
+                 audio_bins: int = 128, max_prompt_tokens: int | None = None):
+        """max_prompt_tokens: the model's context; media past it are refused before more of
+        them are preprocessed."""
+        self.tokenizer, self.tokens, self.visual, self.audio_bins = tokenizer, tokens, visual, audio_bins
+        self.max_prompt_tokens = max_prompt_tokens
+
+    @property
+    def image(self) -> ImagePreprocessConfig:
+        return self.visual.image
+
+    @property
+    def input_modalities(self) -> tuple[str, ...]:
+        """What a model card lists as this model's inputs."""
+        return ("text", "image", "audio", "video") if self.tokens.hears else ("text", "image", "video")
 
     def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
-        """Template input: content parts as Qwen's processor takes them. Speech needs
-        SPEECH_SYSTEM_PROMPT as the system prompt; the caller's own system text follows it."""
-        chat = [{"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages]
-        if chat and chat[0]["role"] == "system":
-            own = messages[0].text.strip()
-            if speak and not own.startswith(SPEECH_SYSTEM_PROMPT):
-                chat[0]["content"] = [{"type": "text", "text": SPEECH_SYSTEM_PROMPT + (f"\n{own}" if own else "")}]
-        else:
-            chat.insert(0, {"role": "system", "content": [{"type": "text", "text": SPEECH_SYSTEM_PROMPT}]})
-        return chat
+        """Template input: content parts as Qwen's processors take them."""
+        return [{"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages]
 
     def build(self, messages: Sequence[Message], speak: bool = False) -> OmniPrompt:
         chat = self.chat(messages, speak)
@@ -162,11 +192,11 @@ class OmniProcessor:
 
     def _expand(self, ids: list[int], items: list[ImageInput | AudioInput | VideoInput]) -> OmniPrompt:
         """Replace the template's one placeholder per item by its full run, collecting the media."""
-        c = self.thinker
-        kinds = {c.image_token_index: ImageInput, c.audio_token_index: AudioInput, c.video_token_index: VideoInput}
-        if [kinds[t] for t in ids if t in kinds] != [type(item) for item in items]:
+        t = self.tokens
+        kinds = {t.image: ImageInput, t.video: VideoInput} | ({t.audio: AudioInput} if t.hears else {})
+        if [kinds[token] for token in ids if token in kinds] != [type(item) for item in items]:
             raise EngineError("the prompt's media placeholders do not match its media (media token text such "
-                              "as <|IMAGE|> cannot appear in messages)", param="messages")
+                              "as <|IMAGE|> or <|image_pad|> cannot appear in messages)", param="messages")
         collected = _Collected([], [], [], [])
         out: list[int] = []
         image_tokens = audio_tokens = 0
@@ -177,9 +207,7 @@ class OmniProcessor:
                 continue
             item = next(media)
             if isinstance(item, ImageInput):
-                patches = preprocess_image(item.image, self.image)
-                collected.images.append(patches)
-                count = patches.token_counts(self.image.merge_size)[0]
+                count = self._add_image(item, collected)
                 out += [token] * count
                 image_tokens += count
             elif isinstance(item, AudioInput):
@@ -190,7 +218,19 @@ class OmniProcessor:
                 expanded, video_count, audio_count = self._add_video(item, collected)
                 out += expanded
                 image_tokens, audio_tokens = image_tokens + video_count, audio_tokens + audio_count
+            if self.max_prompt_tokens is not None and len(out) >= self.max_prompt_tokens:
+                raise EngineError(f"The prompt's media take more than this model's context of {self.max_prompt_tokens} "
+                                  "tokens; send fewer or smaller images and videos.", param="messages",
+                                  code="context_length_exceeded")
         return OmniPrompt(out, self._media(collected), image_tokens, audio_tokens)
+
+    def _add_image(self, image: ImageInput, collected: _Collected) -> int:
+        try:
+            patches = preprocess_image(image.image, self.image)
+        except ValueError as error:  # e.g. an aspect ratio past 200:1
+            raise EngineError(f"an image cannot be used: {error}", param="messages") from None
+        collected.images.append(patches)
+        return patches.token_counts(self.image.merge_size)[0]
 
     def _add_audio(self, audio: AudioInput, collected: _Collected) -> int:
         if len(audio.samples) == 0:
@@ -200,18 +240,26 @@ class OmniProcessor:
         return audio_placeholder_count(mel.shape[1])
 
     def _add_video(self, video: VideoInput, collected: _Collected) -> tuple[list[int], int, int]:
-        """A video's placeholder ids, its vision token count and its audio token count."""
-        c = self.thinker
-        patches = preprocess_video(video.frames, self.image, self.video_min_pixels, self.video_max_pixels)
-        seconds = self.image.temporal_patch_size / (video.fps or VIDEO_FPS_DEFAULT)
+        """A video's placeholder ids, its vision token count and its audio token count. Its
+        frames are the decoder's, already sampled at `video.fps`; a temporal patch of
+        temporal_patch_size frames spans temporal_patch_size / fps seconds (second_per_grid_ts)."""
+        t, v = self.tokens, self.visual
+        if not video.frames:
+            raise EngineError("a video has no frames", param="messages")
+        try:
+            patches = preprocess_video(video.frames, self.image, v.video_min_pixels, v.video_max_pixels)
+        except ValueError as error:
+            raise EngineError(f"a video cannot be used: {error}", param="messages") from None
+        seconds = self.image.temporal_patch_size / (video.fps if video.fps and video.fps > 0 else VIDEO_FPS_DEFAULT)
         collected.videos.append(patches)
         collected.video_seconds.append(seconds)
         vision_count = patches.token_counts(self.image.merge_size)[0]
-        if video.audio is None or len(video.audio.samples) == 0:
-            return [c.video_token_index] * vision_count, vision_count, 0
+        # a model that cannot hear sees a video's frames only, as Qwen2.5-VL does
+        if not t.hears or video.audio is None or len(video.audio.samples) == 0:
+            return [t.video] * vision_count, vision_count, 0
         audio_count = self._add_audio(video.audio, collected)
-        interleaved = video_with_audio_placeholders(patches.grid_thw[0].tolist(), seconds, audio_count, c.mrope_layout)
-        return [c.audio_start_token_id, *interleaved, c.audio_end_token_id], vision_count, audio_count
+        interleaved = video_with_audio_placeholders(patches.grid_thw[0].tolist(), seconds, audio_count, t.mrope_layout)
+        return [t.audio_start, *interleaved, t.audio_end], vision_count, audio_count
 
     def _media(self, collected: _Collected) -> ThinkerMedia:
         images = VisionPatches.concat(collected.images) if collected.images else None
@@ -224,6 +272,35 @@ class OmniProcessor:
             audio_mel=torch.cat(mels, dim=1) if mels else None,
             audio_frames=torch.tensor([m.shape[1] for m in mels]) if mels else None,
         )
+
+
+class OmniProcessor(QwenProcessor):
+    """Qwen2.5-Omni's processor: hears audio, and speaks only under SPEECH_SYSTEM_PROMPT."""
+
+    def __init__(self, tokenizer: Tokenizer, thinker: ThinkerConfig, image: ImagePreprocessConfig,
+                 video_min_pixels: int = VIDEO_MIN_PIXELS, video_max_pixels: int = VIDEO_MAX_PIXELS):
+        tokens = MediaTokens(thinker.image_token_index, thinker.video_token_index, thinker.audio_token_index,
+                             thinker.audio_start_token_id, thinker.audio_end_token_id, thinker.mrope_layout)
+        super().__init__(tokenizer, tokens, VisualPreprocessing(image, video_min_pixels, video_max_pixels),
+                         thinker.audio_config.num_mel_bins)
+        self.thinker = thinker
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, thinker: ThinkerConfig) -> OmniProcessor:
+        visual = VisualPreprocessing.from_checkpoint(directory)
+        return cls(tokenizer, thinker, visual.image, visual.video_min_pixels, visual.video_max_pixels)
+
+    def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
+        """Speech needs SPEECH_SYSTEM_PROMPT as the system prompt; the caller's own system
+        text follows it."""
+        chat = super().chat(messages, speak)
+        if chat and chat[0]["role"] == "system":
+            own = messages[0].text.strip()
+            if speak and not own.startswith(SPEECH_SYSTEM_PROMPT):
+                chat[0]["content"] = [{"type": "text", "text": SPEECH_SYSTEM_PROMPT + (f"\n{own}" if own else "")}]
+        else:
+            chat.insert(0, {"role": "system", "content": [{"type": "text", "text": SPEECH_SYSTEM_PROMPT}]})
+        return chat
 
 
 def _part_dict(part) -> dict:

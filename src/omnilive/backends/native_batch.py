@@ -1,0 +1,313 @@
+"""Continuous batching for the native Qwen2.5-Omni engine: many requests, one step loop.
+
+    add(job) ──waiting──▶ admitted between steps when a thinker slot (and, to speak, a talker
+                          slot) is free: media encoded, prompt prepared
+    step():  drop aborted jobs (slots free at once)
+             prefill chunks within `prefill_chunk_tokens`, one job per forward (media differ)
+             ONE thinker decode forward for every job feeding back its last token: rows of a
+                 multi-slot cache, per-row positions and M-RoPE ids (position + its rope delta)
+             ONE sampling call for every job whose next token is due; detokenise, stop, limits
+             ONE talker decode forward for every speech stream whose text input is there;
+                 each code into that job's own StreamingToken2Wav ──▶ AudioChunks
+    A job's outputs go to its own `emit`; a job that fails (bad media) fails alone.
+
+A job's thinker slot is freed when its reply ends; its talker slot when its speech ends.
+Not thread-safe: NativeOmniEngine steps it from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from omnilive.backends.native_generate import OmniRunner
+from omnilive.backends.native_prompt import OmniPrompt
+from omnilive.backends.native_speech import SpeechStream
+from omnilive.engine.detokenizer import Detokenizer
+from omnilive.engine.sampling import SamplingRow, TokenSample, make_generator, sample
+from omnilive.engine.types import (
+    EngineError,
+    EngineOutput,
+    Finished,
+    FinishReason,
+    SamplingParams,
+    TextDelta,
+    Usage,
+)
+from omnilive.model.talker_generate import talker_step
+from omnilive.model.thinker import ThinkerPrompt
+from omnilive.model.token2wav import Voice
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[EngineOutput | BaseException], None]
+
+
+@dataclass(eq=False)
+class OmniJob:
+    """One request in the loop: what was asked, and how far it got."""
+
+    prompt: OmniPrompt
+    sampling: SamplingParams
+    voice: Voice | None  # None: text only
+    emit: Emit  # its outputs, then Finished; or one exception
+    request_id: str = ""
+    prepared: ThinkerPrompt | None = None  # after admission
+    slot: int | None = None  # thinker cache slot, while the reply is being written
+    talker_slot: int | None = None  # while it speaks
+    computed: int = 0  # prompt tokens in the cache
+    prompt_hidden: list[torch.Tensor] = field(default_factory=list)  # [chunk, H] each, kept to speak
+    token_ids: list[int] = field(default_factory=list)
+    feed_back: int | None = None  # the sampled token the next decode step feeds back
+    max_new: int = 0
+    row: SamplingRow | None = None
+    detokenizer: Detokenizer | None = None
+    speech: SpeechStream | None = None
+    finish_reason: FinishReason | None = None  # set when the reply ends
+    aborted: bool = False
+    done: bool = False  # Finished (or an error) was emitted
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prepared is not None and self.computed < len(self.prepared)
+
+
+class OmniBatch:
+    def __init__(self, runner: OmniRunner, max_batch: int = 4):
+        model = runner.model
+        self.runner, self.thinker, self.max_batch = runner, model.thinker, max_batch
+        self.cache = self.thinker.make_cache(max_batch, runner.context_length)
+        self.can_speak = model.talker is not None and model.token2wav is not None
+        if self.can_speak:  # a talker row holds the prompt, 2 more inputs and every codec token
+            self.speech_settings = runner.speech_settings
+            self.talker_cache = model.talker.make_cache(
+                max_batch, runner.context_length + 2 + self.speech_settings.talker_max_new_tokens)
+        self.waiting: deque[OmniJob] = deque()
+        self.running: list[OmniJob] = []  # admitted, in admission order
+
+    def add(self, job: OmniJob) -> None:
+        if job.voice is not None and not self.can_speak:
+            raise EngineError("this model cannot speak: its checkpoint has no talker", param="modalities")
+        self.waiting.append(job)
+
+    def abort(self, job: OmniJob) -> None:
+        """Stop a job; its slots are freed at the start of the next step."""
+        job.aborted = True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def run_until_idle(self) -> None:
+        """Step until every job added so far has finished (tests, benchmarks)."""
+        while self.has_work():
+            self.step()
+
+    def fail_all(self, error: BaseException) -> None:
+        """A step failed outside any one job (a bug): every job gets the error."""
+        for job in [*self.running, *self.waiting]:
+            self._fail(job, error)
+
+    # the step
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        for job in [*self.running, *self.waiting]:
+            if job.aborted:
+                self._end(job, "abort")
+        self._admit()
+        self.running = [job for job in self.running if not job.done]
+        due: list[OmniJob] = []  # jobs whose next token is sampled this step
+        logits: list[torch.Tensor] = []  # [rows, V] each, rows in the order of `due`
+        decoding = [job for job in self.running if job.feed_back is not None]
+        if decoding:
+            logits.append(self._decode(decoding))
+            due.extend(decoding)
+        budget = self.runner.prefill_chunk_tokens
+        for job in [job for job in self.running if job.prefilling]:
+            if budget <= 0:
+                break
+            size = min(len(job.prepared) - job.computed, budget)
+            budget -= size
+            last = self._guarded(job, self._prefill_chunk, job, size)
+            if last is not None:
+                due.append(job)
+                logits.append(last)
+        if due:
+            samples = sample(torch.cat(logits), [job.row for job in due])
+            for job, choice in zip(due, samples):
+                self._guarded(job, self._take_token, job, choice)
+        self._speak()
+        self.running = [job for job in self.running if not job.done]
+
+    def _admit(self) -> None:
+        while self.waiting and self.cache.num_free:
+            job = self.waiting[0]
+            if job.voice is not None and not self.talker_cache.num_free:
+                return  # it waits for a talker slot; the jobs behind it keep their order
+            self.waiting.popleft()
+            job.slot = self.cache.allocate()
+            if job.voice is not None:
+                job.talker_slot = self.talker_cache.allocate()
+            self.running.append(job)
+            self._guarded(job, self._prepare, job)
+
+    def _prepare(self, job: OmniJob) -> None:
+        """Encode the media and set the job up for its prefill."""
+        runner, sampling = self.runner, job.sampling
+        job.prepared = self.thinker.prepare_prompt(job.prompt.input_ids, job.prompt.media)
+        job.max_new = min(sampling.max_tokens or runner.context_length, runner.context_length - len(job.prepared))
+        job.row = SamplingRow(sampling, make_generator(sampling.seed), list(job.prompt.input_ids))
+        job.detokenizer = Detokenizer(runner.text_bytes, sampling.stop)
+        if job.voice is not None:
+            model = runner.model
+            job.speech = SpeechStream(model.talker, model.token2wav, self.thinker.model.embed_tokens,
+                                      self.speech_settings, job.voice, sampling.seed, self.talker_cache,
+                                      job.talker_slot)
+
+    def _prefill_chunk(self, job: OmniJob, size: int) -> torch.Tensor | None:
+        """The next `size` prompt tokens into the job's slot; logits [1, V] once the prompt is in."""
+        start, end = job.computed, job.computed + size
+        slots = torch.tensor([job.slot], device=self.thinker.device)
+        hidden = self.thinker(cache=self.cache, slots=slots, **job.prepared.prefill_inputs(start, end))[0]  # [n, H]
+        job.computed = end
+        if job.speech is not None:
+            job.prompt_hidden.append(hidden)
+        if end < len(job.prepared):
+            return None
+        if job.speech is not None:
+            job.speech.start(job.prepared, torch.cat(job.prompt_hidden))
+            job.prompt_hidden = []
+        return self.thinker.compute_logits(hidden[None, -1])
+
+    def _decode(self, jobs: list[OmniJob]) -> torch.Tensor:
+        """One forward feeding back each job's last token: reply token k of a job sits at cache
+        position len(prompt) + k, its three rotary ids there + the prompt's delta. [B, V] logits."""
+        device = self.thinker.device
+        tokens = torch.tensor([[job.feed_back] for job in jobs], device=device)  # [B, 1]
+        positions = torch.tensor([[len(job.prepared) + len(job.token_ids) - 1] for job in jobs], device=device)
+        deltas = torch.tensor([[job.prepared.rope_delta] for job in jobs], device=device)
+        rope_positions = (positions + deltas)[None].expand(3, -1, -1)  # [3, B, 1]: text
+        slots = torch.tensor([job.slot for job in jobs], device=device)
+        hidden = self.thinker(tokens, positions, self.cache, slots, rope_positions=rope_positions)[:, -1]  # [B, H]
+        speaking = [i for i, job in enumerate(jobs) if job.speech is not None]
+        if speaking:
+            embeds = self.thinker.model.embed_tokens(tokens[speaking, 0])  # [S, H]
+            for row, i in enumerate(speaking):
+                self._guarded(jobs[i], self._reply_token_to_speech, jobs[i], hidden[i], embeds[row])
+        for job in jobs:
+            job.feed_back = None
+        return self.thinker.compute_logits(hidden)
+
+    def _reply_token_to_speech(self, job: OmniJob, hidden: torch.Tensor, embed: torch.Tensor) -> None:
+        if (chunk := job.speech.add_reply_token(hidden, embed)) is not None:
+            job.emit(chunk)
+
+    def _take_token(self, job: OmniJob, choice: TokenSample) -> None:
+        """A sampled token: stop token, text, stop string, limit; else fed back next step."""
+        if job.done or job.finish_reason is not None:
+            return  # it failed earlier in this step
+        token = choice.token_id
+        job.token_ids.append(token)
+        job.row.seen_token_ids.append(token)
+        if token in self.runner.model.tokenizer.stop_token_ids:
+            return self._end_reply(job, "stop")
+        text = job.detokenizer.add_token(token, reasoning=False).content
+        logprobs = (self.runner.logprob(token, choice),) if choice.logprob is not None else ()
+        if text or logprobs:
+            self._tell(job, TextDelta(text, logprobs))
+        if job.detokenizer.stopped:
+            return self._end_reply(job, "stop")
+        if len(job.token_ids) >= job.max_new:
+            return self._end_reply(job, "length")
+        job.feed_back = token
+
+    def _tell(self, job: OmniJob, delta: TextDelta) -> None:
+        if job.speech is not None:
+            job.speech.tell(delta.text)
+        job.emit(delta)
+
+    def _end_reply(self, job: OmniJob, reason: FinishReason) -> None:
+        """The thinker is done with this job: free its row; the speech (if any) goes on."""
+        job.finish_reason = reason
+        if tail := job.detokenizer.finish().content:
+            self._tell(job, TextDelta(tail))
+        self._free_thinker_slot(job)
+        if job.speech is None:
+            self._end(job, reason)
+        else:
+            job.speech.finish_text()
+
+    def _speak(self) -> None:
+        """One talker step for every ready stream, together; finished streams flush and end."""
+        ready = [job for job in self.running if not job.done and job.speech is not None and job.speech.ready]
+        if ready:
+            try:
+                codes = talker_step(self.runner.model.talker, [job.speech.talker_stream for job in ready],
+                                    self.talker_cache)
+            except Exception as error:  # noqa: BLE001 - a bug: the streams in this step fail
+                for job in ready:
+                    self._fail(job, error)
+                return
+            for job, code in zip(ready, codes):
+                self._guarded(job, self._take_code, job, code)
+        for job in self.running:
+            if not job.done and job.finish_reason is not None and job.speech is not None and job.speech.done:
+                self._guarded(job, self._end_speech, job)
+
+    def _take_code(self, job: OmniJob, code: int | None) -> None:
+        if (chunk := job.speech.take(code)) is not None:
+            job.emit(chunk)
+
+    def _end_speech(self, job: OmniJob) -> None:
+        if (chunk := job.speech.flush()) is not None:
+            job.emit(chunk)
+        self._end(job, job.finish_reason)
+
+    # endings
+
+    def _end(self, job: OmniJob, reason: FinishReason) -> None:
+        """Free every slot the job holds and send its Finished."""
+        if job.done:
+            return
+        self._release(job)
+        prompt = job.prompt
+        job.emit(Finished(reason, Usage(prompt_tokens=len(prompt), completion_tokens=len(job.token_ids),
+                                        audio_prompt_tokens=prompt.audio_tokens,
+                                        image_prompt_tokens=prompt.image_tokens)))
+
+    def _fail(self, job: OmniJob, error: BaseException) -> None:
+        if job.done:
+            return
+        self._release(job)
+        job.emit(error if isinstance(error, EngineError) else EngineError(f"the engine failed: {error}"))
+
+    def _guarded(self, job: OmniJob, work: Callable, *args):
+        """Run one job's own work; an error there (a bad media item, a bug) fails that job alone."""
+        try:
+            return work(*args)
+        except Exception as error:  # noqa: BLE001 - reported to the job's caller
+            log.exception("request %s failed", job.request_id or id(job))
+            self._fail(job, error)
+            return None
+
+    def _release(self, job: OmniJob) -> None:
+        job.done = True
+        job.feed_back = None
+        self._free_thinker_slot(job)
+        if job.talker_slot is not None:
+            self.talker_cache.free(job.talker_slot)
+            job.talker_slot = None
+        if job in self.waiting:
+            self.waiting.remove(job)
+
+    def _free_thinker_slot(self, job: OmniJob) -> None:
+        if job.slot is not None:
+            self.cache.free(job.slot)
+            job.slot = None
+
+
+__all__ = ["OmniBatch", "OmniJob"]

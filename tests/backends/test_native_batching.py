@@ -1,0 +1,209 @@
+"""Continuous batching of the native Qwen2.5-Omni engine (tiny random checkpoint, float32):
+requests stepped together give what each gives alone: text tokens, codec tokens, audio."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omnilive.backends.native_batch import OmniBatch, OmniJob
+from omnilive.backends.native_generate import OmniRunner
+from omnilive.backends.native_omni import load_omni
+from omnilive.engine.types import (
+    AudioChunk,
+    AudioInput,
+    EngineError,
+    Finished,
+    ImageInput,
+    Message,
+    SamplingParams,
+    TextDelta,
+)
+from tests.model.omni_tiny import build_tiny_omni
+
+pytest.importorskip("transformers")
+
+STEPS = 3  # token2wav ODE steps: cheap on the tiny DiT
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.set_num_threads(1)
+    tiny = build_tiny_omni(tmp_path_factory.mktemp("omni"), seed=1)
+    return load_omni(tiny.directory, "float32")
+
+
+@pytest.fixture(scope="module")
+def runner(model):
+    return OmniRunner(model, context_length=512, prefill_chunk_tokens=64, token2wav_steps=STEPS)
+
+
+def picture() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
+
+
+def tone(seconds: float) -> AudioInput:
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    return AudioInput((0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ask:
+    content: tuple
+    sampling: SamplingParams
+    voice: str | None = None
+
+    def job(self, model, outputs: list) -> OmniJob:
+        prompt = model.processor.build((Message("user", self.content),), speak=self.voice is not None)
+        voice = model.voices[self.voice] if self.voice else None
+        return OmniJob(prompt, self.sampling, voice, outputs.append)
+
+
+# text only, spoken in two voices and seeds, an image, an audio clip, different lengths and settings
+ASKS = {
+    "text": Ask(("Tell me a long story about the sea.",), SamplingParams(temperature=0.0, max_tokens=14)),
+    "spoken": Ask(("Tell me a long story about the sea.",), SamplingParams(temperature=0.0, max_tokens=30, seed=3),
+                  "Chelsie"),
+    "image": Ask(("What is in this picture?", ImageInput(picture())),
+                 SamplingParams(temperature=0.7, top_k=20, max_tokens=9, seed=5, logprobs=True), "Ethan"),
+    "audio": Ask((tone(0.6), "What did you hear?"),
+                 SamplingParams(temperature=0.9, top_p=0.9, max_tokens=11, seed=9, logprobs=True, top_logprobs=2)),
+    "late": Ask(("A short poem, please.",), SamplingParams(temperature=0.6, max_tokens=12, seed=7), "Ethan"),
+}
+
+
+@dataclasses.dataclass
+class Result:
+    job: OmniJob
+    outputs: list
+
+    @property
+    def text(self) -> str:
+        return "".join(out.text for out in self.outputs if isinstance(out, TextDelta))
+
+    @property
+    def logprobs(self) -> list:
+        return [lp for out in self.outputs if isinstance(out, TextDelta) for lp in out.logprobs]
+
+    @property
+    def audio(self) -> np.ndarray:
+        chunks = [out.samples for out in self.outputs if isinstance(out, AudioChunk)]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    @property
+    def finished(self) -> Finished:
+        assert isinstance(self.outputs[-1], Finished), self.outputs[-1:]
+        return self.outputs[-1]
+
+
+def fresh(model, name: str) -> Result:
+    outputs: list = []
+    return Result(ASKS[name].job(model, outputs), outputs)
+
+
+def alone(model, runner, name: str) -> Result:
+    result, batch = fresh(model, name), OmniBatch(runner, max_batch=1)
+    batch.add(result.job)
+    batch.run_until_idle()
+    return result
+
+
+@pytest.fixture(scope="module")
+def alone_results(model, runner):
+    return {name: alone(model, runner, name) for name in ASKS}
+
+
+def assert_same(together: Result, by_itself: Result) -> None:
+    assert together.job.token_ids == by_itself.job.token_ids
+    assert together.text == by_itself.text
+    # other prefill chunk boundaries and batch rows move logprobs in the last float bits only
+    assert [(lp.token, [t for t, _, _ in lp.top]) for lp in together.logprobs] == \
+        [(lp.token, [t for t, _, _ in lp.top]) for lp in by_itself.logprobs]
+    assert np.allclose([lp.logprob for lp in together.logprobs], [lp.logprob for lp in by_itself.logprobs], atol=1e-4)
+    assert together.finished == by_itself.finished
+    if by_itself.job.speech is not None:
+        assert together.job.speech.codes == by_itself.job.speech.codes and by_itself.job.speech.codes
+        assert together.audio.shape == by_itself.audio.shape
+        assert np.abs(together.audio - by_itself.audio).max() <= 1e-4
+
+
+def test_requests_stepped_together_equal_each_alone(model, runner, alone_results):
+    batch = OmniBatch(runner, max_batch=4)
+    together = {name: fresh(model, name) for name in ASKS}
+    for name in ("text", "spoken", "image", "audio"):
+        batch.add(together[name].job)
+    decode_rows: list[int] = []
+    hook = model.thinker.register_forward_hook(
+        lambda module, args, out: decode_rows.append(len(args[3])) if args else None)  # decode calls are positional
+    try:
+        while not all(together[name].job.token_ids for name in ("text", "spoken", "image", "audio")):
+            batch.step()  # the last one joins while the others decode
+        batch.add(together["late"].job)
+        batch.run_until_idle()
+    finally:
+        hook.remove()
+    assert max(decode_rows) == 4  # one thinker forward decoded four requests at once
+    for name, result in together.items():
+        assert_same(result, alone_results[name])
+    assert alone_results["text"].job.speech is None and not alone_results["text"].audio.size
+    assert len(alone_results["audio"].logprobs) == alone_results["audio"].finished.usage.completion_tokens
+    assert alone_results["image"].finished.usage.image_prompt_tokens > 0
+
+
+def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runner, alone_results):
+    batch = OmniBatch(runner, max_batch=3)
+    results = {name: fresh(model, name) for name in ("text", "spoken", "late")}
+    for result in results.values():
+        batch.add(result.job)
+    victim = results["spoken"]
+    while not any(isinstance(out, AudioChunk) for out in victim.outputs):  # it is speaking
+        batch.step()
+    emitted = len(victim.outputs)
+    assert victim.job.slot is not None and victim.job.talker_slot is not None  # still writing its reply
+    batch.abort(victim.job)
+    batch.step()
+    assert victim.job.slot is None and victim.job.talker_slot is None and victim.job not in batch.running
+    assert batch.cache.num_free == 3 - sum(job.slot is not None for job in batch.running)
+    assert batch.talker_cache.num_free == 3 - sum(job.talker_slot is not None for job in batch.running)
+    assert victim.outputs[emitted:] == [victim.finished] and victim.finished.finish_reason == "abort"
+    batch.run_until_idle()
+    assert victim.outputs[-1] is victim.finished  # nothing after its end
+    assert_same(results["text"], alone_results["text"])
+    assert_same(results["late"], alone_results["late"])
+
+
+def test_more_requests_than_slots_queue_and_all_finish(model, runner, alone_results):
+    batch = OmniBatch(runner, max_batch=2)
+    names = ["text", "spoken", "audio", "late", "image"]
+    results = {name: fresh(model, name) for name in names}
+    for result in results.values():
+        batch.add(result.job)
+    most_running = 0
+    while batch.has_work():
+        batch.step()
+        most_running = max(most_running, len(batch.running))
+        assert len([job for job in batch.running if job.slot is not None]) <= 2
+    assert most_running == 2 and not batch.waiting
+    for name in names:
+        assert_same(results[name], alone_results[name])
+
+
+def test_a_request_with_bad_media_fails_alone(model, runner, alone_results):
+    batch = OmniBatch(runner, max_batch=3)
+    good = {name: fresh(model, name) for name in ("text", "spoken")}
+    bad_outputs: list = []
+    bad = ASKS["image"].job(model, bad_outputs)
+    audio_media = fresh(model, "audio").job.prompt.media
+    bad.prompt = dataclasses.replace(bad.prompt, media=audio_media)  # its image placeholders get an audio clip
+    for job in (good["text"].job, bad, good["spoken"].job):
+        batch.add(job)
+    batch.run_until_idle()
+    assert len(bad_outputs) == 1 and isinstance(bad_outputs[0], EngineError)
+    assert bad.slot is None and bad.talker_slot is None
+    for name, result in good.items():
+        assert_same(result, alone_results[name])
+    assert batch.cache.num_free == 3 and batch.talker_cache.num_free == 3
