@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from tests.server_process import ServerProcess  # noqa: E402
 
 MAX_TOKENS = 64
+TTFA_RATIO_TARGET = 1.5  # TTFA(c=4) / TTFA(c=1) at most
+THROUGHPUT_RATIO_TARGET = 4.0  # tokens/s(c=8) / tokens/s(c=1) at least
 TOPICS = (  # every request asks about another topic: a repeated prompt would be served from cache
     "how a bicycle stays upright", "why the sea is salty", "how bees make honey", "why leaves change colour",
     "how a rainbow forms", "why the moon has phases", "how a refrigerator keeps food cold",
@@ -144,10 +146,19 @@ def main() -> None:
         summary[concurrency] = (ttfa[0], tokens / wall)
         print(f"{concurrency:>7} {len(timings):>8} {ttft[0]:>8.2f} {ttft[1]:>8.2f} {ttfa[0]:>8.2f} {ttfa[1]:>8.2f} "
               f"{tokens:>6} {wall:>7.1f} {tokens / wall:>6.1f} {sum(t.audio_s for t in timings):>7.1f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (the clients run on this machine too)")
+    print("issue targets:")
     if 1 in summary and 4 in summary:
-        print(f"TTFA p50 ratio c=4 / c=1: {summary[4][0] / summary[1][0]:.2f}")
+        ratio = summary[4][0] / summary[1][0]
+        print(f"  TTFA p50 c=4 / c=1       = {ratio:.2f}  (target <= {TTFA_RATIO_TARGET}: {_verdict(ratio <= TTFA_RATIO_TARGET)})")
     if 1 in summary and 8 in summary:
-        print(f"throughput ratio c=8 / c=1: {summary[8][1] / summary[1][1]:.2f}")
+        ratio = summary[8][1] / summary[1][1]
+        print(f"  throughput c=8 / c=1     = {ratio:.2f}  (target >= {THROUGHPUT_RATIO_TARGET}: "
+              f"{_verdict(ratio >= THROUGHPUT_RATIO_TARGET)})")
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """hibari speech: format, voices, speed, streaming, and a round trip through Whisper."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from omnilive.backends.asr import WhisperASR
 from omnilive.backends.assets import whisper_base_dir
-from omnilive.backends.tts import OPENAI_VOICES, HibariTTS
+from omnilive.backends.tts import OPENAI_VOICES, HibariTTS, SynthesisQueue
 from omnilive.engine.types import ASR_SAMPLE_RATE, SPEECH_SAMPLE_RATE, AudioInput, EngineError
 from tests.speech_helpers import needs_speech_tools, resample, wer
 
@@ -78,3 +80,33 @@ def test_whisper_hears_what_hibari_says(tts):
         speech = resample(tts.synthesize(text), SPEECH_SAMPLE_RATE, ASR_SAMPLE_RATE)
         heard = asr.transcribe(AudioInput(speech), language="en").text
         assert wer(text, heard) <= 0.1, heard
+
+
+def test_synthesis_queue_speaks_first_clauses_before_later_ones(tts):
+    queue = SynthesisQueue()
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def speak(name: str, text: str) -> np.ndarray:
+        if name == "busy":
+            started.set()
+            release.wait(10)
+        order.append(name)
+        return tts.synthesize(text)
+
+    try:
+        busy = queue.submit(SynthesisQueue.LATER, speak, "busy", "One moment.")
+        assert started.wait(10)  # the worker is busy: everything below queues behind it
+        later = [queue.submit(SynthesisQueue.LATER, speak, f"later {i}", "And then more.") for i in range(2)]
+        first = queue.submit(SynthesisQueue.FIRST, speak, "first", "Hello there.")
+        dropped = queue.submit(SynthesisQueue.LATER, speak, "dropped", "Nobody waits for this.")
+        assert dropped.cancel()  # a reply that went away: its clause is never synthesised
+        release.set()
+        audio = first.result(30)
+        assert [f.result(30).size > 0 for f in later] == [True, True] and busy.result(30).size > 0
+        assert order == ["busy", "first", "later 0", "later 1"]
+        assert np.array_equal(audio, tts.synthesize("Hello there."))  # the job's own result, unchanged
+    finally:
+        queue.shutdown()
+    with pytest.raises(RuntimeError):
+        queue.submit(SynthesisQueue.FIRST, speak, "late", "Too late.")
+

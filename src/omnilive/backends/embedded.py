@@ -24,6 +24,7 @@ from typing import AsyncIterator, Sequence
 import numpy as np
 import torch
 
+from omnilive.backends.tts import SynthesisQueue
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.engine.types import (
     ASR_SAMPLE_RATE,
@@ -74,7 +75,7 @@ class EmbeddedEngine:
         # One thread each: Whisper and hibari are not re-entrant, and two threads per stage
         # would only fight the LLM thread for the machine's few cores.
         self._asr_pool = ThreadPoolExecutor(1, thread_name_prefix="asr")
-        self._tts_pool = ThreadPoolExecutor(1, thread_name_prefix="tts")
+        self._speech = SynthesisQueue()  # first clauses of replies before later ones
         self._vision_pool = ThreadPoolExecutor(1, thread_name_prefix="vision")
         self._media_text: OrderedDict[str, str] = OrderedDict()  # media digest → its text
         self._card: ModelCard | None = None
@@ -144,8 +145,9 @@ class EmbeddedEngine:
     async def stop(self) -> None:
         if self._llm is not None:
             await asyncio.to_thread(self._llm.shutdown)
-        for pool in (self._asr_pool, self._tts_pool, self._vision_pool):
+        for pool in (self._asr_pool, self._vision_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        self._speech.shutdown()
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -209,9 +211,10 @@ class EmbeddedEngine:
                 await merged.put(out)
 
         async def speak():
-            loop = asyncio.get_running_loop()
+            priority = SynthesisQueue.FIRST
             while (piece := await to_speak.get()) is not None:
-                samples = await loop.run_in_executor(self._tts_pool, self._tts.synthesize, piece, voice)
+                samples = await self._synthesize(priority, piece, voice)
+                priority = SynthesisQueue.LATER
                 await merged.put(AudioChunk(np.asarray(samples, dtype=np.float32), piece))
 
         finished: list[Finished] = []
@@ -220,8 +223,16 @@ class EmbeddedEngine:
         both = asyncio.gather(reader, speaker)
         both.add_done_callback(lambda _: merged.put_nowait(done_marker))
         try:
-            while (item := await merged.get()) is not done_marker:
-                yield item
+            ended = False
+            while not ended:
+                ready = [await merged.get()]
+                while not merged.empty():  # a reader that fell behind catches up in one delta
+                    ready.append(merged.get_nowait())
+                for item in _text_runs_joined(ready):
+                    if item is done_marker:
+                        ended = True
+                        break
+                    yield item
             await both  # re-raise a failure of either stage
             yield finished[0]
         finally:
@@ -242,9 +253,15 @@ class EmbeddedEngine:
     async def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> AsyncIterator[np.ndarray]:
         voice = self._check_voice(voice)
         chunker = SpeechChunker()
-        loop = asyncio.get_running_loop()
-        for piece in chunker.feed(text) + chunker.flush():
-            yield await loop.run_in_executor(self._tts_pool, self._tts.synthesize, piece, voice, speed)
+        for i, piece in enumerate(chunker.feed(text) + chunker.flush()):
+            yield await self._synthesize(SynthesisQueue.LATER if i else SynthesisQueue.FIRST, piece, voice, speed)
+
+    async def _synthesize(self, priority: int, text: str, voice: str, speed: float = 1.0) -> np.ndarray:
+        future = self._speech.submit(priority, self._tts.synthesize, text, voice, speed)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            future.cancel()  # a reply that is gone does not need its clause (no-op once running)
 
     def _check_voice(self, voice: str | None) -> str:
         return self._tts.resolve_voice(voice)  # EngineError for a voice it cannot speak
@@ -317,6 +334,18 @@ class EmbeddedEngine:
             said = t.text.strip()
             parts.append(f'Its audio track, by speech recognition: "{said}".' if said else "No speech recognised in its audio track.")
         return f"[Video {{n}}, machine-extracted description (the video itself was not seen): {' '.join(parts)}]"
+
+
+def _text_runs_joined(items: list) -> list:
+    """Adjacent TextDeltas as one (text and logprobs concatenated); everything else in order."""
+    joined: list = []
+    for item in items:
+        if isinstance(item, TextDelta) and joined and isinstance(joined[-1], TextDelta):
+            item = TextDelta(joined[-1].text + item.text, joined[-1].logprobs + item.logprobs)
+            joined[-1] = item
+        else:
+            joined.append(item)
+    return joined
 
 
 def _digest(part) -> str:

@@ -18,8 +18,11 @@ above ~2 the model stops speeding up (4.0 gives ~2.2x, measured), so values outs
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
-from typing import Iterator
+from concurrent.futures import Future
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -121,6 +124,60 @@ class HibariTTS:
                 model.g2p.oov  # noqa: B018 - the out-of-vocabulary net loads on first unknown word
                 self._models[voice] = model
             return model
+
+
+class SynthesisQueue:
+    """One worker thread that runs synthesis jobs most urgent first (FIFO among equals).
+
+    With several replies speaking at once, a reply's first clause is what its user is waiting
+    for, while a later clause has the audio already sent ahead of it to play meanwhile; so
+    first clauses (priority 0) overtake later ones (priority 1) instead of queueing behind
+    them. One thread: hibari is cheap per clause, and more threads would only take cores from
+    the LLM.
+    """
+
+    FIRST, LATER = 0, 1
+
+    def __init__(self, name: str = "tts"):
+        self._jobs: list[tuple[int, int, Future, Callable, tuple]] = []  # a heap
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, priority: int, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the synthesis queue is shut down")
+            heapq.heappush(self._jobs, (priority, next(self._order), future, fn, args))
+            self._wake.notify()
+        return future
+
+    def shutdown(self) -> None:
+        """Stop after the running job; queued jobs are cancelled."""
+        with self._wake:
+            self._closed = True
+            jobs, self._jobs = self._jobs, []
+            self._wake.notify()
+        for job in jobs:
+            job[2].cancel()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._jobs or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    return
+                _, _, future, fn, args = heapq.heappop(self._jobs)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as error:  # the caller gets it
+                future.set_exception(error)
 
 
 def _on_disk(voice_path, name: str) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import LLMOutput
@@ -77,14 +77,21 @@ class AsyncLLM:
         finished = False
         try:
             while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
+                ready = [await stream.queue.get()]
+                # A consumer that fell behind (many streams on one busy event loop) takes every
+                # output already queued as one: one event per catch-up, not one per token.
+                while isinstance(ready[-1], LLMOutput) and not ready[-1].finished and not stream.queue.empty():
+                    ready.append(stream.queue.get_nowait())
+                error = ready.pop() if isinstance(ready[-1], BaseException) else None
+                if ready:
+                    output = _joined(ready)
+                    finished = output.finished
+                    yield output
+                    if finished:
+                        return
+                if error is not None:
                     finished = True  # the engine never took it, or dropped it
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
+                    raise error
         finally:
             with self._wake:
                 self._streams.pop(request_id, None)
@@ -149,3 +156,16 @@ class AsyncLLM:
         for request_id, stream in streams.items():
             self.engine.abort(request_id)
             stream.put(LLMOutput(request_id=request_id, finish_reason="abort"))
+
+
+def _joined(outputs: list[LLMOutput]) -> LLMOutput:
+    """Consecutive outputs of one request as one: deltas concatenated, running totals the latest."""
+    if len(outputs) == 1:
+        return outputs[0]
+    return replace(
+        outputs[-1],
+        text="".join(o.text for o in outputs),
+        reasoning="".join(o.reasoning for o in outputs),
+        logprobs=tuple(lp for o in outputs for lp in o.logprobs),
+        token_ids=tuple(t for o in outputs for t in o.token_ids),
+    )
