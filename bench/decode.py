@@ -17,6 +17,12 @@ them) against transformers' Qwen2_5OmniThinkerForConditionalGeneration `generate
 dtype, same prompt ids (from DIR/tokenizer.json); prefill time, decode tok/s, the ratio, and
 the fraction of the bandwidth bound. The models are loaded one after the other, never both.
 
+--kv-compare (GGUF model, int8 weights unless float32, as the embedded server runs it) times
+the same greedy decode (model forward + argmax, batch 1 and 4) over the slot cache (KVCache)
+and the engine's paged cache (PagedKVCache, rows on scattered blocks), one step of each in
+turn, and prints the ratio of their median step times (paged speed / slot speed; 1.0 =
+equal), and the time of the cache's own stores and reads per step.
+
 --make-random-3b DIR writes a random-weight checkpoint of the real Qwen2.5-Omni-3B thinker's
 text shape (bf16; --layers N for fewer layers of the real width) with tiny vision and audio
 towers (a text decode never touches them), plus the packaged Qwen2.5 tokenizer.json (the
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -104,6 +111,72 @@ def transformers_tokens_per_s(model, tokenizer, new_tokens: int) -> float:
         reference.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0)
         prefill = time.perf_counter() - t0
     return (new_tokens - 1) / (total - prefill)
+
+
+def lockstep_decode_step_s(model, caches: dict, rows: torch.Tensor, prompt_ids: list[int], new_tokens: int):
+    """Greedy decode of len(rows) copies of the prompt through every cache in lockstep (each
+    step runs once per cache, back to back, so load from other processes hits them alike).
+    Returns per cache the seconds of each decode step and the tokens it produced."""
+    B, L = len(rows), len(prompt_ids)
+    positions = torch.arange(L).expand(B, L)
+    tokens, seconds, produced = {}, {name: [] for name in caches}, {name: [] for name in caches}
+    for name, cache in caches.items():
+        hidden = model(torch.tensor([prompt_ids] * B), positions, cache, rows)
+        tokens[name] = model.compute_logits(hidden[:, -1]).argmax(-1)
+    for step in range(new_tokens):
+        for name, cache in caches.items():
+            started = time.perf_counter()
+            hidden = model(tokens[name][:, None], torch.full((B, 1), L + step), cache, rows)
+            tokens[name] = model.compute_logits(hidden[:, -1]).argmax(-1)
+            seconds[name].append(time.perf_counter() - started)
+            produced[name].append(tokens[name].tolist())
+    return seconds, produced
+
+
+def cache_ops_ms(model, cache, rows: torch.Tensor, key_len: int, repeats: int = 20) -> float:
+    """Milliseconds per decode step spent in the cache alone: building the step's writer, then
+    every layer's key and value store and read (what differs between the two caches)."""
+    c = model.config
+    B = len(rows)
+    new = torch.randn(B, c.num_key_value_heads, 1, c.attention_head_dim).to(cache.k.dtype)
+    positions = torch.full((B, 1), key_len - 1)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        write = cache.writer(rows, positions)
+        for layer in range(c.num_hidden_layers):
+            for part in (cache.k[layer], cache.v[layer]):
+                write.store(part, new)
+                write.read(part)
+    return (time.perf_counter() - started) / repeats * 1e3
+
+
+def kv_compare_main(args, dtype: torch.dtype) -> None:
+    path = args.gguf or assets.qwen_coder_gguf(None)
+    int8 = dtype != torch.float32  # as the embedded server runs it
+    model, _, tokenizer = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, dtype=dtype, int8_weights=int8)
+    ids = tokenizer.encode(PROMPT)
+    max_len = len(ids) + args.new_tokens + 1
+    print(f"model {os.path.basename(str(path))}, {dtype}{' int8 weights' if int8 else ''}, {args.threads} threads; "
+          f"prompt {len(ids)} tokens, {args.new_tokens} new tokens, slot and paged steps interleaved")
+    with torch.inference_mode():
+        for batch in (1, 4):
+            rows = torch.arange(batch)
+            slot = model.make_cache(batch, max_len)
+            paged = model.make_paged_cache(batch, max_len, block_size=16)
+            scattered = torch.randperm(paged.num_blocks, generator=torch.Generator().manual_seed(0)).tolist()
+            per_row = paged.max_blocks_per_row
+            for row in range(batch):  # rows on scattered blocks, as after some churn
+                paged.set_blocks(row, 0, scattered[row * per_row : (row + 1) * per_row])
+            caches = {"slot": slot, "paged": paged}
+            lockstep_decode_step_s(model, caches, rows, ids, 2)  # warm-up
+            seconds, produced = lockstep_decode_step_s(model, caches, rows, ids, args.new_tokens)
+            median = {name: statistics.median(steps) for name, steps in seconds.items()}
+            total = {name: sum(steps) for name, steps in seconds.items()}
+            ops = {name: min(cache_ops_ms(model, cache, rows, max_len - 1) for _ in range(3)) for name, cache in caches.items()}
+            print(f"batch {batch}: median step slot {1e3 * median['slot']:.1f} ms, paged {1e3 * median['paged']:.1f} ms "
+                  f"(paged speed / slot speed {median['slot'] / median['paged']:.3f}; from total times {total['slot'] / total['paged']:.3f}); "
+                  f"same tokens: {produced['slot'] == produced['paged']}; cache store+read per step at "
+                  f"{max_len - 1} keys: slot {ops['slot']:.2f} ms, paged {ops['paged']:.2f} ms")
 
 
 # Qwen2.5-Omni thinker mode (--model, --make-random-3b)
@@ -262,6 +335,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a Qwen2.5-Omni checkpoint directory: time its thinker")
     ap.add_argument("--make-random-3b", default=None, metavar="DIR",
                     help="write a random Qwen2.5-Omni-3B-shaped thinker checkpoint to DIR and exit")
+    ap.add_argument("--kv-compare", action="store_true", help="time decode over the slot vs the paged KV cache")
     ap.add_argument("--layers", type=int, default=36, help="decoder layers for --make-random-3b (real: 36)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -274,6 +348,9 @@ def main() -> None:
         print(f"wrote {args.make_random_3b} ({args.layers} layers) in {time.perf_counter() - started:.0f} s")
         return
     dtype = resolve_dtype(args.dtype)
+    if args.kv_compare:
+        kv_compare_main(args, dtype)
+        return
     (omni_main if args.model else gguf_main)(args, dtype)
 
 

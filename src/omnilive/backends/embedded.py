@@ -119,7 +119,7 @@ class EmbeddedEngine:
             prefill_chunk_tokens=s.prefill_chunk_tokens,
         )
         # Warm-ups, so the first voice turn costs what later ones do: the spoken system prompt's
-        # keys/values stay in an idle slot for prefix reuse; silence makes Whisper run both
+        # keys/values stay in cached KV blocks for prefix reuse; silence makes Whisper run both
         # encoder windows; the default voice's G2P and ONNX sessions load.
         warm_chat = [{"role": "system", "content": SYSTEM_PROMPT + SPOKEN_STYLE}, {"role": "user", "content": "Hi"}]
         engine.add_request("warm-up", tokenizer.apply_chat_template(warm_chat, add_generation_prompt=True),

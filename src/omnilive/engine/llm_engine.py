@@ -1,8 +1,14 @@
 """The synchronous LLM engine: add requests, call `step()` until `has_work()` is False.
 
-One step = schedule (admit waiting requests, pick decodes and prefill chunks) → one batched
-decode forward + the prefill chunk forwards → one batched sampling call for every request
-whose next token is due → detokenise, check stop conditions, free finished slots.
+One step = schedule (pick decodes and prefill chunks, grow block tables, admit waiting
+requests) → one batched decode forward + the prefill chunk forwards → one batched sampling
+call for every request whose next token is due → detokenise, check stop conditions, free
+finished requests' blocks.
+
+The KV cache is paged (see block_manager.py): requests whose prompts share a prefix with a
+running or finished request (a system prompt, the earlier turns of a chat) reference its
+blocks instead of computing them again. Its memory is that of `max_slots` rows of
+`context_length` tokens unless `num_kv_blocks` says otherwise.
 
 Not thread-safe: `AsyncLLM` calls it from a single thread.
 """
@@ -24,7 +30,7 @@ from omnilive.engine.request import (
     ThinkMarkers,
 )
 from omnilive.engine.sampling import make_generator, sample
-from omnilive.engine.scheduler import PrefillChunk, Scheduler, SlotPool
+from omnilive.engine.scheduler import PrefillChunk, Scheduler
 from omnilive.engine.types import EngineError, SamplingParams
 from omnilive.model.qwen2 import Qwen2ForCausalLM
 
@@ -53,17 +59,22 @@ class LLMEngine:
         max_slots: int = 4,
         context_length: int = 4096,
         prefill_chunk_tokens: int = 256,
+        kv_block_size: int = 16,
+        num_kv_blocks: int | None = None,  # None: max_slots × context_length worth of blocks
         think_start: str | None = "<think>",  # None: not a thinking model
         think_end: str | None = "</think>",
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.context_length = min(context_length, model.config.max_position_embeddings)
-        self.cache = model.make_cache(max_slots, self.context_length)
-        self.scheduler = Scheduler(SlotPool(self.cache), prefill_chunk_tokens)
+        self.cache = model.make_paged_cache(max_slots, self.context_length, kv_block_size, num_kv_blocks)
+        self.scheduler = Scheduler(self.cache, prefill_chunk_tokens)
+        # what one request can hold: the context, or every block when there are fewer
+        self.max_request_tokens = min(self.context_length, self.cache.num_blocks * kv_block_size)
         self.think_markers = self._find_think_markers(think_start, think_end)
         self._ready: list[LLMOutput] = []  # outputs decided outside a step (abort), sent by the next
         self.steps_run = 0
+        self.num_computed_tokens = 0  # tokens run through the model, all requests together
         self._token_text_cache: dict[int, tuple[str, bytes]] = {}
 
     # requests
@@ -81,9 +92,9 @@ class LLMEngine:
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise EngineError("the prompt is empty", param="messages")
-        if len(prompt) >= self.context_length:
+        if len(prompt) >= self.max_request_tokens:
             raise EngineError(
-                f"the prompt has {len(prompt)} tokens; this model's context is {self.context_length} tokens, "
+                f"the prompt has {len(prompt)} tokens; this engine's context is {self.max_request_tokens} tokens, "
                 "prompt and completion included",
                 param="messages",
                 code="context_length_exceeded",
@@ -92,7 +103,7 @@ class LLMEngine:
             raise EngineError("max_tokens must be at least 1", param="max_tokens")
         if thinking_budget is not None and thinking_budget < 0:
             raise EngineError("the thinking budget must be >= 0", param="max_thinking_tokens")
-        room = self.context_length - len(prompt)
+        room = self.max_request_tokens - len(prompt)
         request = Request(
             request_id=request_id,
             prompt_ids=prompt,
@@ -111,7 +122,7 @@ class LLMEngine:
         self.scheduler.add(request)
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request now; its slot is free for the next step, which reports finish "abort"."""
+        """Stop a request now; its row and blocks are free at once, the next step reports finish "abort"."""
         request = self.scheduler.find(request_id)
         if request is None:
             return False
@@ -125,7 +136,8 @@ class LLMEngine:
 
     @property
     def num_free_slots(self) -> int:
-        return self.scheduler.pool.num_available
+        """How many more requests could run now (block-table rows not taken by running ones)."""
+        return self.scheduler.num_free_rows
 
     # the step
 
@@ -162,10 +174,11 @@ class LLMEngine:
         device = self.model.device
         input_ids = torch.tensor([[r.token_ids[-1]] for r in requests], dtype=torch.long, device=device)
         positions = torch.tensor([[r.num_computed] for r in requests], dtype=torch.long, device=device)
-        slots = torch.tensor([r.slot for r in requests], dtype=torch.long, device=device)
-        hidden = self.model(input_ids, positions, self.cache, slots)  # [B, 1, H]
+        rows = torch.tensor([r.row for r in requests], dtype=torch.long, device=device)
+        hidden = self.model(input_ids, positions, self.cache, rows)  # [B, 1, H]
         for request in requests:
-            request.num_computed += 1
+            self.scheduler.computed(request, request.num_computed + 1)
+        self.num_computed_tokens += len(requests)
         return self.model.compute_logits(hidden[:, -1])
 
     def _run_prefill_chunk(self, chunk: PrefillChunk) -> torch.Tensor | None:
@@ -173,9 +186,10 @@ class LLMEngine:
         request, device = chunk.request, self.model.device
         input_ids = torch.tensor([request.token_ids[chunk.start : chunk.end]], dtype=torch.long, device=device)
         positions = torch.arange(chunk.start, chunk.end, device=device).unsqueeze(0)
-        slots = torch.tensor([request.slot], dtype=torch.long, device=device)
-        hidden = self.model(input_ids, positions, self.cache, slots)  # [1, T, H]
-        request.num_computed = chunk.end
+        rows = torch.tensor([request.row], dtype=torch.long, device=device)
+        hidden = self.model(input_ids, positions, self.cache, rows)  # [1, T, H]
+        self.scheduler.computed(request, chunk.end)
+        self.num_computed_tokens += chunk.end - chunk.start
         if not chunk.completes:
             return None
         return self.model.compute_logits(hidden[:, -1])

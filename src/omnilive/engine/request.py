@@ -1,7 +1,8 @@
 """The state of one generation request inside the engine, and what a step reports about it.
 
 A request's tokens are `token_ids` = prompt + output. `num_computed` of them have their keys
-and values in the request's KV slot; the rest are computed by the next step(s) (a prefill
+and values in the request's KV cache blocks (`blocks`, read through block-table `row`
+while it runs); the rest are computed by the next step(s) (a prefill
 chunk when several are missing, a decode when one is), and the logits of the last one give
 the next token. Forced tokens (thinking budget) are appended as output without sampling, so
 they are computed like a short prefill.
@@ -15,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from omnilive.engine.block_manager import BlockTable
 from omnilive.engine.detokenizer import Detokenizer, TextDeltas
 from omnilive.engine.sampling import SamplingRow, TokenSample
 from omnilive.engine.types import FinishReason, SamplingParams, TokenLogprob
@@ -108,8 +110,9 @@ class Request:
     thinking: ThinkingTracker | None = None
     token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
-    num_cached: int = 0
-    slot: int | None = None
+    num_cached: int | None = None  # prompt tokens found in the cache at (first) admission
+    row: int | None = None  # the cache's block-table row while running
+    blocks: BlockTable = field(default_factory=BlockTable)
     reasoning_tokens: int = 0
     finish_reason: FinishReason | None = None
     # what this step produced, handed out (and reset) by take_output()
@@ -165,7 +168,7 @@ class Request:
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=self.num_output,
             reasoning_tokens=self.reasoning_tokens,
-            cached_prompt_tokens=self.num_cached,
+            cached_prompt_tokens=self.num_cached or 0,
         )
         self._deltas, self._logprobs, self._new_token_ids = TextDeltas(), [], []
         return output

@@ -1,81 +1,26 @@
-"""Continuous batching: which requests get a KV slot, and what each computes this step.
+"""Continuous batching over a paged KV cache: who runs, what each computes this step.
 
 Every step runs one batched decode for all requests that miss exactly one token, plus
 prefill chunks (a prompt, or forced tokens) within a token budget shared by the prefilling
 requests, oldest first, so a long prompt never stalls the streams already decoding.
 
-Prefix reuse: a finished request's slot keeps its keys/values and the tokens they belong
-to. A new request takes the idle slot sharing the longest token prefix with its prompt and
-skips computing that prefix; when the best prefix sits in a running request's slot, its
-keys/values are copied into the new slot instead. Stale entries past the reused prefix
-need no clearing: a query only attends to positions <= its own, and those are rewritten first.
+A running request holds a block-table row of the cache and blocks for every token it has
+or is about to compute (the BlockManager shares cached prefix blocks between requests). A
+waiting request is admitted, oldest first, when a row is free and blocks for all its tokens
+are; it then skips computing its cached prefix. When a running request needs a new block
+and none is free, the newest running request is preempted: it gives its blocks back and
+waits at the front of the queue to be recomputed (mostly from its own blocks, which stay
+cached unless evicted meanwhile).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections import deque
 from dataclasses import dataclass, field
 
-from omnilive.engine.kv_cache import KVCache
+from omnilive.engine.block_manager import BlockManager
+from omnilive.engine.kv_cache import PagedKVCache
 from omnilive.engine.request import Request
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-class SlotPool:
-    """Owns the cache slots: running ones, idle ones that still hold a prefix, fresh ones."""
-
-    def __init__(self, cache: KVCache):
-        self.cache = cache
-        self._idle: OrderedDict[int, list[int]] = OrderedDict()  # slot → tokens it holds, LRU first
-
-    @property
-    def num_available(self) -> int:
-        return self.cache.num_free + len(self._idle)
-
-    def acquire(self, prompt_ids: Sequence[int], running: Iterable[Request]) -> tuple[int, int] | None:
-        """(slot, number of prompt tokens already in it), or None when every slot is busy."""
-        # Keep at least the last prompt token to compute: its logits give the first output token.
-        usable = len(prompt_ids) - 1
-        best_idle, idle_len = None, 0
-        for slot, tokens in self._idle.items():
-            n = min(common_prefix_length(tokens, prompt_ids), usable)
-            if n > idle_len:
-                best_idle, idle_len = slot, n
-        source, source_len = None, 0
-        for request in running:
-            n = min(common_prefix_length(request.token_ids[: request.num_computed], prompt_ids), usable)
-            if n > source_len:
-                source, source_len = request.slot, n
-        if best_idle is not None and idle_len >= source_len:
-            del self._idle[best_idle]
-            return best_idle, idle_len
-        if self.cache.num_free:
-            slot = self.cache.allocate()
-        elif self._idle:
-            slot, _ = self._idle.popitem(last=False)  # evict the least recently used prefix
-        else:
-            return None
-        if source is not None and source_len:
-            self._copy_prefix(source, slot, source_len)
-            return slot, source_len
-        return slot, 0
-
-    def release(self, slot: int, computed_token_ids: list[int]) -> None:
-        self._idle[slot] = computed_token_ids
-        self._idle.move_to_end(slot)
-
-    def _copy_prefix(self, source: int, target: int, length: int) -> None:
-        # k, v: [layers, slots, kv_heads, max_len, head_dim]
-        self.cache.k[:, target, :, :length].copy_(self.cache.k[:, source, :, :length])
-        self.cache.v[:, target, :, :length].copy_(self.cache.v[:, source, :, :length])
 
 
 @dataclass(frozen=True)
@@ -100,11 +45,17 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, pool: SlotPool, prefill_chunk_tokens: int = 256):
-        self.pool = pool
+    def __init__(self, cache: PagedKVCache, prefill_chunk_tokens: int = 256):
+        self.cache = cache
+        self.blocks = BlockManager(cache.num_blocks, cache.block_size)
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
+        self.num_preemptions = 0
+
+    @property
+    def num_free_rows(self) -> int:
+        return self.cache.num_free_rows
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -119,36 +70,98 @@ class Scheduler:
         return None
 
     def schedule(self) -> StepPlan:
-        self._admit_waiting()
         plan = StepPlan()
         budget = self.prefill_chunk_tokens
-        for request in self.running:
-            missing = request.num_uncomputed
-            if missing == 1:
-                plan.decodes.append(request)
-            elif missing > 1 and budget > 0:
-                size = min(missing, budget)
-                plan.prefills.append(PrefillChunk(request, request.num_computed, request.num_computed + size))
-                budget -= size
+        preempted = False
+        for request in list(self.running):
+            if request.row is None:
+                continue  # preempted earlier in this loop
+            size = self._tokens_to_compute(request, budget)
+            if not size:
+                continue
+            if not self._grow(request, request.num_computed + size):
+                preempted = True
+                continue
+            budget -= self._plan(plan, request, size)
+        if preempted:
+            return plan  # admitting now would only take blocks the running requests need
+        for request in self._admit_waiting():
+            size = self._tokens_to_compute(request, budget)
+            if size:
+                budget -= self._plan(plan, request, size)
         return plan
 
+    def computed(self, request: Request, num_computed: int) -> None:
+        """The model has computed the request's tokens up to `num_computed`."""
+        request.num_computed = num_computed
+        self.blocks.commit(request.blocks, request.token_ids, num_computed)
+
     def remove(self, request: Request) -> None:
-        """Take a finished or aborted request out; its slot becomes reusable at once."""
+        """Take a finished or aborted request out; its blocks and row are free at once."""
         if request in self.waiting:
             self.waiting.remove(request)
             return
         self.running.remove(request)
-        if request.slot is not None:
-            self.pool.release(request.slot, request.token_ids[: request.num_computed])
-            request.slot = None
+        self._release(request)
 
-    def _admit_waiting(self) -> None:
-        while self.waiting:
+    # internals
+
+    def _tokens_to_compute(self, request: Request, budget: int) -> int:
+        missing = request.num_uncomputed
+        if missing == 1:
+            return 1
+        return min(missing, budget) if missing > 1 and budget > 0 else 0
+
+    def _plan(self, plan: StepPlan, request: Request, size: int) -> int:
+        """Add the request's work to the plan; returns the prefill budget it used."""
+        if request.num_uncomputed == 1:
+            plan.decodes.append(request)
+            return 0
+        plan.prefills.append(PrefillChunk(request, request.num_computed, request.num_computed + size))
+        return size
+
+    def _grow(self, request: Request, num_tokens: int) -> bool:
+        """Blocks for the request's positions < num_tokens, preempting newer requests if
+        needed; False when the request itself had to be preempted."""
+        table = request.blocks
+        while True:
+            before = len(table.block_ids)
+            if self.blocks.grow(table, num_tokens):
+                self.cache.set_blocks(request.row, before, table.block_ids[before:])
+                return True
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is request:
+                return False
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self._release(request)
+        request.num_computed = 0
+        self.waiting.appendleft(request)
+        self.num_preemptions += 1
+
+    def _release(self, request: Request) -> None:
+        if request.row is None:
+            return
+        self.blocks.release(request.blocks)
+        self.cache.free_row(request.row)
+        request.row = None
+
+    def _admit_waiting(self) -> list[Request]:
+        admitted = []
+        while self.waiting and self.cache.num_free_rows:
             request = self.waiting[0]
-            acquired = self.pool.acquire(request.prompt_ids, self.running)
-            if acquired is None:
-                return
+            # one block to spare per running request, so they can grow without preempting it at once
+            cached = self.blocks.admit(request.blocks, request.token_ids, keep_free=len(self.running))
+            if cached is None:
+                break
             self.waiting.popleft()
-            request.slot, request.num_cached = acquired
-            request.num_computed = request.num_cached
+            request.row = self.cache.allocate_row()
+            self.cache.set_blocks(request.row, 0, request.blocks.block_ids)
+            request.num_computed = cached
+            if request.num_cached is None:  # the first admission; a recompute after preemption is not reuse
+                request.num_cached = cached
             self.running.append(request)
+            admitted.append(request)
+        return admitted

@@ -79,9 +79,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads that reads and writes a KV cache.
 
-    The cache layer tensors are [slots, nkv, max_len, D]. New keys/values of the valid tokens
-    (position >= 0) are written at (slot, position) first; then every query reads the keys
-    0..L-1 of its row, and `mask` keeps only those at positions <= its own.
+    New keys/values of the valid tokens (position >= 0) are stored at their (row, position)
+    first; then every query reads the keys 0..L-1 of its row, and `mask` keeps only those at
+    positions <= its own. `write` knows the cache layout: a slot cache's layer tensors are
+    [slots, nkv, max_len, D] (CacheWrite), a paged cache's [num_blocks, nkv, block_size, D]
+    (PagedCacheWrite).
     """
 
     def __init__(
@@ -105,9 +107,9 @@ class Attention(nn.Module):
         x: torch.Tensor,  # [B, T, H]
         cos: torch.Tensor,  # [B, T, D]
         sin: torch.Tensor,
-        k_cache: torch.Tensor,  # [slots, nkv, max_len, D]
+        k_cache: torch.Tensor,  # one layer of the cache (layout: see `write`)
         v_cache: torch.Tensor,
-        write: CacheWrite,
+        write: CacheWrite | PagedCacheWrite,
         mask: torch.Tensor,  # [B, 1, T, L] bool, True = attend
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -127,9 +129,10 @@ class Attention(nn.Module):
 
 
 class CacheWrite:
-    """Where one model step's tokens go in the KV cache, worked out once for all layers.
+    """Where one model step's tokens go in a slot cache, worked out once for all layers.
 
-    rows = cache slots of the batch rows [B]; positions [B, T] with -1 for right padding.
+    Layer tensors are [slots, nkv, max_len, D]; slots = the cache slots of the batch rows [B];
+    positions [B, T] with -1 for right padding.
     """
 
     def __init__(self, slots: torch.Tensor, positions: torch.Tensor):
@@ -161,6 +164,56 @@ class CacheWrite:
         return cache[self.slots, :, : self.key_len]
 
 
+class PagedCacheWrite:
+    """Where one model step's tokens go in a paged cache, worked out once for all layers.
+
+    Layer tensors are [num_blocks, nkv, block_size, D]; a row's position p lives in block
+    block_tables[row, p // block_size] at offset p % block_size. Every layer reads through
+    the same flat index: row i's keys 0..L-1 of head h are flat entries
+    (block * nkv + h) * block_size + offset of the layer viewed as [num_blocks * nkv * block_size, D],
+    so a read is one index_select straight into the [B, nkv, L, D] that attention takes.
+    """
+
+    def __init__(
+        self,
+        block_tables: torch.Tensor,  # [rows, max_blocks] long: block ids of each row
+        block_size: int,
+        num_kv_heads: int,
+        rows: torch.Tensor,  # [B] long: the block-table row of each batch row
+        positions: torch.Tensor,  # [B, T] long, -1 = right padding
+    ):
+        self.key_len = int(positions.max()) + 1
+        B = positions.shape[0]
+        device = positions.device
+        tables = block_tables[rows]  # [B, max_blocks]
+        heads = torch.arange(num_kv_heads, device=device) * block_size  # [nkv]
+        keys = torch.arange(self.key_len, device=device)  # [L]
+        key_start = tables[:, keys // block_size] * (num_kv_heads * block_size) + keys % block_size  # [B, L]
+        self.read_index = (key_start[:, None, :] + heads[None, :, None]).reshape(-1)  # [B * nkv * L]
+        self.read_shape = (B, num_kv_heads, self.key_len)
+        valid = positions >= 0
+        self.valid = None if bool(valid.all()) else valid
+        token_rows = torch.arange(B, device=device)[:, None].expand_as(positions)
+        if self.valid is not None:
+            token_rows, positions = token_rows[valid], positions[valid]
+        token_rows, token_positions = token_rows.reshape(-1), positions.reshape(-1)
+        token_start = (
+            tables[token_rows, token_positions // block_size] * (num_kv_heads * block_size)
+            + token_positions % block_size
+        )  # [N]
+        self.write_index = (token_start[:, None] + heads[None, :]).reshape(-1)  # [N * nkv]
+
+    def store(self, cache: torch.Tensor, new: torch.Tensor) -> None:
+        """new [B, nkv, T, D] → the cache entries of every valid token's (row, position)."""
+        tokens = new.transpose(1, 2)  # [B, T, nkv, D]
+        tokens = (tokens if self.valid is None else tokens[self.valid]).reshape(-1, tokens.shape[-1])  # [N * nkv, D]
+        cache.view(-1, cache.shape[-1]).index_copy_(0, self.write_index, tokens.to(cache.dtype))
+
+    def read(self, cache: torch.Tensor) -> torch.Tensor:
+        flat = cache.view(-1, cache.shape[-1])
+        return flat.index_select(0, self.read_index).view(*self.read_shape, cache.shape[-1])
+
+
 def causal_mask(positions: torch.Tensor, key_len: int) -> torch.Tensor:
     """[B, 1, T, L] bool: a query at position p sees keys at positions 0..p of its row.
 
@@ -185,17 +238,22 @@ class Int8Linear(nn.Module):
     """Weight-only int8 linear (one scale per output row) for memory-bound CPU decode.
 
     A decode step reads every weight once, so halving the bytes of a bf16 model nearly halves
-    its time. torch's int8 kernel is fast for a few rows but slow for many, so prefill-sized
-    inputs run a plain matmul on the weights cast back to the compute dtype instead.
+    its time. But torch's int8 kernel costs in proportion to its rows (it does not reuse a
+    weight across rows): 1-4 rows run about twice as fast as a bf16 matmul, 8 rows 1.6x slower
+    (Xeon with AMX, measured). Batches above `max_rows_for_int8_kernel` (batched decode,
+    prefill) therefore run a bf16 matmul on the same int8 values held in bf16 - exact, as
+    |q| <= 127 fits bf16's mantissa - so a reply does not depend on how many requests share
+    its batch beyond rounding. That copy costs the bf16 weights' memory once more.
     """
 
-    max_rows_for_int8_kernel = 16
+    max_rows_for_int8_kernel = 4
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
         self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("weight_int8_as_float", self.weight_int8.to(linear.weight.dtype), persistent=False)
         self.register_buffer("scale", scale.to(linear.weight.dtype))
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -205,7 +263,7 @@ class Int8Linear(nn.Module):
         if rows.shape[0] <= self.max_rows_for_int8_kernel:
             y = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)
         else:
-            y = F.linear(rows, self.weight_int8.to(x.dtype)) * self.scale
+            y = F.linear(rows, self.weight_int8_as_float.to(x.dtype)) * self.scale
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)

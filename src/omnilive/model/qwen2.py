@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnilive.engine.kv_cache import KVCache
+from omnilive.engine.kv_cache import KVCache, PagedKVCache
 from omnilive.model.layers import (
     Attention,
     CacheWrite,
+    PagedCacheWrite,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
@@ -95,7 +96,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, write: CacheWrite, mask) -> torch.Tensor:
+    def forward(self, x, cos, sin, k_cache, v_cache, write: CacheWrite | PagedCacheWrite, mask) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, write, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -134,8 +135,8 @@ class Qwen2ForCausalLM(nn.Module):
         self,
         input_ids: torch.Tensor,  # [B, T] long
         positions: torch.Tensor,  # [B, T] long, -1 = right padding
-        cache: KVCache,
-        slots: torch.Tensor,  # [B] long: the cache slot of each row
+        cache: KVCache | PagedKVCache,
+        slots: torch.Tensor,  # [B] long: the cache slot (paged: block-table row) of each row
         *,
         inputs_embeds: torch.Tensor | None = None,  # [B, T, H]: used instead of embedding input_ids
         rope_positions: torch.Tensor | None = None,  # [B, T] or [3, B, T] (M-RoPE); default positions
@@ -150,7 +151,7 @@ class Qwen2ForCausalLM(nn.Module):
         `rope_positions` what the rotary embedding sees. They differ only for multimodal
         prompts, whose media tokens share M-RoPE ids (see model.rope_index).
         """
-        write = CacheWrite(slots, positions)
+        write = cache.writer(slots, positions)  # where each token's key/value goes, for all layers
         mask = causal_mask(positions, write.key_len)
         if inputs_embeds is None:
             x = self.model.embed_tokens(input_ids.clamp(min=0))
@@ -177,6 +178,30 @@ class Qwen2ForCausalLM(nn.Module):
             c.num_key_value_heads,
             max_len,
             c.attention_head_dim,
+            dtype or self.dtype,
+            device=self.device,
+        )
+
+    def make_paged_cache(
+        self,
+        max_rows: int,
+        max_len: int,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> PagedKVCache:
+        """A paged cache for `max_rows` running rows of up to `max_len` positions; by default
+        as many blocks as `max_rows` full-length rows need (the slot cache's memory)."""
+        c = self.config
+        blocks_per_row = -(-max_len // block_size)
+        return PagedKVCache(
+            c.num_hidden_layers,
+            num_blocks or max_rows * blocks_per_row,
+            c.num_key_value_heads,
+            block_size,
+            c.attention_head_dim,
+            max_rows,
+            max_len,
             dtype or self.dtype,
             device=self.device,
         )
