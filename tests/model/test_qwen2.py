@@ -161,7 +161,7 @@ def test_int8_weights_stay_close_and_both_kernels_agree(model):
     torch.manual_seed(4)
     linear = torch.nn.Linear(64, 96).to(torch.bfloat16)
     quantized = Int8Linear(linear)
-    rows = torch.randn(Int8Linear.max_rows_for_int8_kernel + 4, 64, dtype=torch.bfloat16)
+    rows = torch.randn(quantized.max_rows_for_int8_kernel + 4, 64, dtype=torch.bfloat16)
     many = quantized(rows)  # the dequantise-then-matmul path
     one_by_one = torch.cat([quantized(row[None]) for row in rows])  # the int8 kernel
     assert torch.allclose(many.float(), one_by_one.float(), atol=2e-2)

@@ -22,6 +22,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from omnilive.model.layers import quantize_linears_int8
+from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import Tokenizer
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -142,6 +143,8 @@ def load_gguf(
         model.to(device)
     if int8_weights:
         quantize_linears_int8(model)
+    else:
+        pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
     return model, config, tokenizer
 
 

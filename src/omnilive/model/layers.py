@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnilive.model.packed import can_pack, pack_weight, packed_linear
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6):
@@ -243,7 +245,9 @@ class Int8Linear(nn.Module):
     (Xeon with AMX, measured). Batches above `max_rows_for_int8_kernel` (batched decode,
     prefill) therefore run a bf16 matmul on the same int8 values held in bf16 - exact, as
     |q| <= 127 fits bf16's mantissa - so a reply does not depend on how many requests share
-    its batch beyond rounding. That copy costs the bf16 weights' memory once more.
+    its batch beyond rounding. That copy costs the bf16 weights' memory once more; where
+    oneDNN runs bf16 natively it is kept packed (model/packed.py), which also moves the
+    crossover down to 3 rows.
     """
 
     max_rows_for_int8_kernel = 4
@@ -253,7 +257,12 @@ class Int8Linear(nn.Module):
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
         self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).to(torch.int8))
-        self.register_buffer("weight_int8_as_float", self.weight_int8.to(linear.weight.dtype), persistent=False)
+        as_float = self.weight_int8.to(linear.weight.dtype)
+        self.packed = can_pack(as_float.dtype, as_float.device)  # oneDNN's layout streams faster
+        if self.packed:  # packed bf16 beats the int8 kernel from 3 rows on (AMX Xeon, 1-2 threads)
+            self.max_rows_for_int8_kernel = 2
+        self.register_buffer("weight_int8_as_float", pack_weight(as_float) if self.packed else as_float,
+                             persistent=False)
         self.register_buffer("scale", scale.to(linear.weight.dtype))
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -262,6 +271,8 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] <= self.max_rows_for_int8_kernel:
             y = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)
+        elif self.packed:
+            y = packed_linear(rows.to(torch.bfloat16), self.weight_int8_as_float) * self.scale
         else:
             y = F.linear(rows, self.weight_int8_as_float.to(x.dtype)) * self.scale
         if self.bias is not None:

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from omnilive.model.audio import sinusoid_positions
 from omnilive.model.thinker import OmniThinker, ThinkerConfig
 from omnilive.model.vision import VisionRotary
+from omnilive.model.packed import pack_decoder
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
 
 THINKER_PREFIX = "thinker."
@@ -84,7 +85,9 @@ def load_thinker(
     model = empty_model(OmniThinker, config, resolve_dtype(dtype), device)
     _rebuild_fixed_tables(model)
     load_state_dict_strict(model, load_prefixed_tensors(directory, THINKER_PREFIX), assign=True)
-    return model.to(device)
+    model = model.to(device)
+    pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
+    return model
 
 
 def _rebuild_fixed_tables(model: OmniThinker) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
 from omnilive.model.omni_config import VisionEncoderConfig
+from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.rope_index import MRopeLayout, mrope_positions
 from omnilive.model.thinker import ThinkerMedia, ThinkerPrompt, merge_placeholders
@@ -191,4 +192,6 @@ def load_qwen2_5_vl(directory: str | Path, dtype: torch.dtype | str | None = Non
     with torch.device("cpu"):
         model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
     load_state_dict_strict(model, checkpoint_to_ours(load_prefixed_tensors(directory, ""), vision), assign=True)
-    return model.to(device)
+    model = model.to(device)
+    pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
+    return model

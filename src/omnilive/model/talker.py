@@ -37,6 +37,7 @@ from safetensors import safe_open
 from torch import nn
 
 from omnilive.engine.kv_cache import KVCache
+from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
 
@@ -315,6 +316,7 @@ def load_talker(model_dir: str | Path, dtype: torch.dtype | str | None = None, d
             tensors.update({key: f.get_tensor(key) for key in names})
     model = empty_model(Talker, config, resolve_dtype(dtype), device)  # None = what this machine computes fastest
     load_state_dict_strict(model, talker_weights(tensors))
+    pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
     return model
 
 

@@ -1,0 +1,82 @@
+"""Linear layers whose weights are pre-packed for oneDNN's CPU matmul (bf16 inference).
+
+A decode step is a matrix-vector product per weight, bound by how fast the weights stream
+from memory. `F.linear` on a plain [out, in] bf16 weight reaches about 0.8 of the machine's
+copy bandwidth; the same weight reordered once into oneDNN's blocked layout streams about
+1.25x faster for 1-64 rows, and prefill-sized batches gain too (Xeon with AMX, 2 threads:
+docs/benchmarks.md). Up to 16 rows the result is bitwise that of `F.linear`; larger batches
+sum in another order (bf16 rounding).
+
+The packed weight replaces the plain one (no extra memory), so a packed model cannot be
+saved or cast any more: pack after loading, as the last step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# oneDNN picks its blocking for this batch size; any batch runs, and 64 serves 1-row decode
+# as well as 8-row batches and prefill chunks (measured)
+PACKING_BATCH_HINT = 64
+
+
+def can_pack(dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether this machine runs packed bf16 linears natively (CPU with AVX512-BF16 / AMX)."""
+    if torch.device(device).type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[out, in] bf16 weight → the same values in oneDNN's layout (an opaque mkldnn tensor)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACKING_BATCH_HINT)
+
+
+def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] → [..., out] with a weight from `pack_weight`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # not part of any checkpoint: the loaded weight was consumed before packing
+        self.register_buffer("packed_weight", pack_weight(linear.weight), persistent=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return packed_linear(x, self.packed_weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def pack_linears(module: nn.Module) -> int:
+    """Replace every bf16 nn.Linear inside `module` (itself included when called through a
+    parent) by a PackedLinear, in place; returns how many were packed."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear) and child.weight.dtype == torch.bfloat16:
+            setattr(module, name, PackedLinear(child))
+            count += 1
+        else:
+            count += pack_linears(child)
+    return count
+
+
+def pack_decoder(model: nn.Module) -> int:
+    """Pack what a decode step reads in a Qwen2-style decoder (`model.layers`, and its output
+    head `lm_head` / `codec_head`) when the machine supports it; media towers and small
+    projections stay as they are. Returns how many linears were packed (0: not supported)."""
+    if not can_pack(model.dtype, model.device):
+        return 0
+    count = pack_linears(model.model.layers)
+    for head in ("lm_head", "codec_head"):
+        linear = getattr(model, head, None)
+        if isinstance(linear, nn.Linear) and linear.weight.dtype == torch.bfloat16:
+            # a tied head shares the embedding table: its packed copy costs that memory again
+            setattr(model, head, PackedLinear(linear))
+            count += 1
+    return count

@@ -1,0 +1,86 @@
+"""Pre-packed bf16 linears (oneDNN layout): the same numbers as F.linear, in every place a
+model uses them. Skipped where the CPU has no native bf16 (the packing is not used there)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omnilive.model.layers import Int8Linear
+from omnilive.model.packed import PackedLinear, can_pack, pack_decoder
+from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
+
+pytestmark = pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no native bf16 matmul on this CPU")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 17, 64, 300])
+def test_packed_linear_equals_f_linear(rows):
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(96, 160).to(torch.bfloat16)
+    x = torch.randn(2, rows, 96, dtype=torch.bfloat16)
+    reference = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+    packed = PackedLinear(linear)(x)
+    assert packed.shape == (2, rows, 160) and packed.dtype == torch.bfloat16
+    if rows <= 16:  # decode-sized batches: bitwise F.linear's result
+        assert torch.equal(packed, linear(x))
+    assert (packed.float() - reference).abs().max() < 0.02 * reference.abs().max()
+
+
+def test_packing_is_only_for_bf16_on_cpu():
+    assert not can_pack(torch.float32, "cpu")
+    assert not can_pack(torch.bfloat16, "meta")
+
+
+def test_packed_decoder_decodes_as_the_plain_one():
+    config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    plain = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+    packed = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+    packed.load_state_dict(plain.state_dict())
+    assert pack_decoder(packed) == 2 * 7 + 1  # q k v o gate up down per layer, and the head
+    assert isinstance(packed.lm_head, PackedLinear)
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        outputs = []
+        for model in (plain, packed):
+            cache, slots = model.make_cache(1, 32), torch.tensor([0])
+            hidden = model(ids, torch.arange(12)[None], cache, slots)  # prefill
+            step = model(ids[:, :1], torch.tensor([[12]]), cache, slots)  # one decode step
+            outputs.append(torch.cat([model.compute_logits(hidden[0]), model.compute_logits(step[0])]))
+    # prefill rows sum in another order inside oneDNN: bf16 rounding apart, never more
+    assert (outputs[0] - outputs[1]).abs().max() < 0.05 * outputs[0].abs().max()
+    assert torch.equal(outputs[0][-1], outputs[1][-1])  # the decode step: bitwise
+
+
+def test_int8_linear_runs_batches_on_its_packed_copy():
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    quantized = Int8Linear(linear)
+    assert quantized.packed and quantized.max_rows_for_int8_kernel == 2
+    rows = torch.randn(8, 64, dtype=torch.bfloat16)
+    dequantized = (quantized.weight_int8.float() * quantized.scale.float()[:, None])
+    reference = rows.float() @ dequantized.T + linear.bias.float()
+    assert (quantized(rows).float() - reference).abs().max() < 0.02 * reference.abs().max()
+
+
+def test_bf16_omni_checkpoint_loads_packed_and_computes_as_float32(tmp_path):
+    pytest.importorskip("transformers")
+    from omnilive.model.omni_checkpoint import load_thinker
+    from omnilive.model.talker import load_talker
+    from tests.model.omni_tiny import build_tiny_omni
+
+    directory = build_tiny_omni(tmp_path / "omni", seed=2).directory
+    bf16, fp32 = load_thinker(directory, "bfloat16"), load_thinker(directory, "float32")
+    assert isinstance(bf16.lm_head, PackedLinear) and isinstance(bf16.model.layers[0].mlp.up_proj, PackedLinear)
+    assert not isinstance(fp32.lm_head, PackedLinear)  # float32 (the parity tests) stays plain
+    assert isinstance(load_talker(directory, "bfloat16").codec_head, PackedLinear)
+    ids = torch.randint(0, 100, (10,), generator=torch.Generator().manual_seed(3)).tolist()
+    logits = []
+    with torch.inference_mode():
+        for model in (bf16, fp32):
+            prepared = model.prepare_prompt(ids)
+            hidden = model(cache=model.make_cache(1, 16), slots=torch.tensor([0]), **prepared.prefill_inputs())
+            logits.append(model.compute_logits(hidden[0]))
+    assert (logits[0] - logits[1]).abs().max() < 0.05 * logits[1].abs().max()
