@@ -18,7 +18,9 @@ ends early by chance: replies run to the limits.
     python bench/ttfa.py [--text-tokens 32] [--codec-tokens 72] [--threads 2] [--schedule 3,2,1]
 
 --schedule: token2wav's streaming windows in DiT blocks, chunk,past,future[,first chunk]
-(default: the engine's SPEECH_SCHEDULE, Qwen's 3,2,1 after a 2-block first chunk). The first
+(default: the engine's SPEECH_SCHEDULE, Qwen's 3,2,1 after a 2-block first chunk);
+--first-chunk-steps N and --speech-dtype bfloat16: the engine's lossy speech options
+(bench/speech_quality.py prints their log-mel cost). The first
 audio needs (first chunk + future) blocks of codes solved, then the vocoder's right context
 (vocoder_receptive_field frames) of final mel.
 """
@@ -85,9 +87,11 @@ def build_checkpoint(directory: Path, talker_layers: int, dit_layers: int):
     return model
 
 
-def run_omnilive(model, text_tokens: int, codec_tokens: int, schedule: StreamingSchedule = SPEECH_SCHEDULE) -> dict:
+def run_omnilive(model, text_tokens: int, codec_tokens: int, schedule: StreamingSchedule = SPEECH_SCHEDULE,
+                 first_chunk_steps: int | None = None, speech_dtype: torch.dtype = torch.float32) -> dict:
     runner = OmniRunner(model, context_length=2048, token2wav_steps=STEPS, talker_sampling=TALKER_GREEDY,
-                        talker_max_new_tokens=codec_tokens, speech_schedule=schedule)
+                        talker_max_new_tokens=codec_tokens, speech_schedule=schedule,
+                        first_chunk_steps=first_chunk_steps, speech_dtype=speech_dtype)
     prompt = model.processor.build(PROMPT, speak=True)
     batch = OmniBatch(runner, max_batch=1)  # the served engine's step loop, one request
     events: list[tuple[float, object]] = []
@@ -124,7 +128,12 @@ def main() -> None:
     parser.add_argument("--schedule", help="token2wav streaming windows in DiT blocks: chunk,past,future "
                         "(3,2,1 = Qwen's own), or chunk,past,future,first for a smaller first chunk; "
                         "default: the engine's (3,2,1,2)")
+    parser.add_argument("--first-chunk-steps", type=int, help="ODE steps of the first streamed window "
+                        "(default: 10, as every window; OMNILIVE_TOKEN2WAV_FIRST_CHUNK_STEPS)")
+    parser.add_argument("--speech-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the streamed DiT solves' dtype (OMNILIVE_SPEECH_DTYPE)")
     args = parser.parse_args()
+    speech_dtype = getattr(torch, args.speech_dtype)
     blocks = [int(n) for n in args.schedule.split(",")] if args.schedule else None
     schedule = (SPEECH_SCHEDULE if blocks is None else StreamingSchedule(*blocks) if len(blocks) == 3
                 else QuickStartSchedule(*blocks))
@@ -138,12 +147,15 @@ def main() -> None:
         reference = build_checkpoint(directory, args.talker_layers, args.dit_layers)
         print(f"checkpoint built in {time.perf_counter() - t0:.1f} s: thinker 512x8, talker 896x{args.talker_layers}, "
               f"DiT 1024x{args.dit_layers}, real BigVGAN; {args.text_tokens} text tokens, "
-              f"{args.codec_tokens} codec tokens max, {STEPS} ODE steps, {args.threads} threads, schedule {schedule}")
+              f"{args.codec_tokens} codec tokens max, {STEPS} ODE steps (first window {args.first_chunk_steps or STEPS}), "
+              f"DiT {args.speech_dtype}, {args.threads} threads, schedule {schedule}")
         ours_model = load_omni(directory, "float32")
         # a short warm-up request each: first calls pay one-off costs (allocations, kernel setup)
-        warm = run_omnilive(ours_model, WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS)
+        warm = run_omnilive(ours_model, WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS, schedule, args.first_chunk_steps,
+                            speech_dtype)
         run_transformers(reference, warm["input_ids"], WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS)
-        ours = run_omnilive(ours_model, args.text_tokens, args.codec_tokens, schedule)
+        ours = run_omnilive(ours_model, args.text_tokens, args.codec_tokens, schedule, args.first_chunk_steps,
+                            speech_dtype)
         theirs = run_transformers(reference, ours["input_ids"], args.text_tokens, args.codec_tokens)
     seconds = ours["samples"] / 24_000
     print(f"omnilive (streaming): first audio {ours['ttfa']:.2f} s (last text token at {ours['last_text']:.2f} s), "

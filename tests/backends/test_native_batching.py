@@ -207,3 +207,20 @@ def test_a_request_with_bad_media_fails_alone(model, runner, alone_results):
     for name, result in good.items():
         assert_same(result, alone_results[name])
     assert batch.cache.num_free == 3 and batch.talker_cache.num_free == 3
+
+
+def test_a_spoken_request_waiting_for_a_talker_slot_does_not_hold_up_text(model, runner, alone_results):
+    batch = OmniBatch(runner, max_batch=1)
+    results = {name: fresh(model, name) for name in ("spoken", "late", "text")}
+    batch.add(results["spoken"].job)
+    speaker = results["spoken"].job
+    while batch.has_work() and not (speaker.finish_reason is not None and not speaker.done):
+        batch.step()
+    assert speaker.slot is None and speaker.talker_slot is not None  # reply written, still speaking
+    batch.add(results["late"].job)  # spoken: needs the talker slot
+    batch.add(results["text"].job)  # text only: the free thinker slot is enough
+    batch.step()
+    assert results["text"].job in batch.running and results["late"].job in batch.waiting
+    batch.run_until_idle()
+    for name in results:
+        assert_same(results[name], alone_results[name])

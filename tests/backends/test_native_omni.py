@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import math
 
 import numpy as np
@@ -200,3 +201,53 @@ def test_closing_the_stream_stops_the_request(engine):
     assert isinstance(outputs[-1], Finished) and outputs[-1].finish_reason in ("stop", "length")
     prefill_chunks = 2 * math.ceil(outputs[-1].usage.prompt_tokens / engine.runner.prefill_chunk_tokens)
     assert len(forwards) < prefill_chunks + GREEDY.max_tokens + 20  # far from the 800 tokens asked for
+
+
+def test_media_are_encoded_off_the_step_loop_while_others_stream(engine):
+    """A request with a large image joins one that is streaming: the vision tower runs on the
+    prompt worker, never on the engine thread every stream waits on, and both replies are
+    what each gives alone."""
+    streaming = EngineRequest("streaming", (Message("user", ("Tell me a long story about the sea.",)),),
+                              SamplingParams(temperature=0.0, max_tokens=60))
+    joining = EngineRequest("joining", (Message("user", ("What is in this picture?",
+                                                         ImageInput(picture(3, (448, 336))))),), GREEDY)
+    encoded_on: list[str] = []
+    hooks = [tower.register_forward_hook(lambda *_: encoded_on.append(threading.current_thread().name))
+             for tower in (engine.model.thinker.visual, engine.model.thinker.audio_tower)]
+
+    async def together():
+        first: list = []
+        stream = engine.generate(streaming)
+        async for out in stream:
+            first.append(out)
+            if sum(isinstance(o, TextDelta) for o in first) == 2:  # it streams: now the image joins
+                second = asyncio.create_task(collect(engine, joining))
+                break
+        first += [out async for out in stream]
+        return first, await second
+
+    try:
+        first, second = asyncio.run(together())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert encoded_on and "omni-engine" not in encoded_on  # the image was encoded, off the loop
+    assert text_of(first) == text_of(run(engine, streaming)) and first[-1].usage.completion_tokens == 60
+    assert text_of(second) == text_of(run(engine, joining)) and second[-1].usage.image_prompt_tokens > 0
+
+
+async def collect(engine, request: EngineRequest) -> list:
+    return [out async for out in engine.generate(request)]
+
+
+def test_speech_options_come_from_the_settings(tiny):
+    settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=256,
+                        token2wav_steps=6, token2wav_first_chunk_steps=3, speech_dtype="bfloat16")
+    engine = NativeOmniEngine(settings)
+    asyncio.run(engine.start())
+    try:
+        speech = engine.runner.speech_settings
+        assert (speech.token2wav_steps, speech.first_chunk_steps, speech.dit_dtype) == (6, 3, torch.bfloat16)
+    finally:
+        asyncio.run(engine.stop())
+    assert Settings(model=str(tiny.directory)).speech_dtype == "auto"  # float32 model: float32 DiT (the fixture)

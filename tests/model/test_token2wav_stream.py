@@ -178,7 +178,9 @@ def test_bounded_look_ahead_error_shrinks_with_context(model, voice, codes):
         streamed, first_chunk_after, _ = stream_one_code_at_a_time(stream, codes)
         assert first_chunk_after < NUM_CODES
         errors.append((streamed - whole).abs().max().item())
-    assert 0 < errors[2] < errors[1] < errors[0] < 1e-3  # tiny random model; see the report for sizes
+    # tiny random model: (2, 1) differs ~1e-4; (4, 2) already reaches float32 rounding (~3e-6), where
+    # (8, 4) stays; which of the two is smaller there depends on the thread count's summation order
+    assert 0 < errors[0] < 1e-3 and errors[1] < errors[0] / 10 and errors[2] < errors[0] / 10
 
 
 def test_bfloat16_and_fewer_steps_stay_close(model, voice, codes):
@@ -209,3 +211,24 @@ def test_guidance_pair_is_one_forward_per_evaluation(model, voice, codes):
     finally:
         hook.remove()
     assert batches == [2] * (2 * ode_evaluations(10))  # conditional + unconditional rows together
+
+
+def test_fewer_steps_for_the_first_chunk_change_only_its_own_audio(model, voice, codes):
+    """The first window solved with 2 of 4 steps: its audio moves a little; from the next
+    window on (which re-solves those frames as past context with 4 steps) the mel is the
+    default stream's, so past the vocoder's reach of the first chunk the waveform is too."""
+    noise = torch.randn(1, NUM_CODES * 2, 8, generator=torch.Generator().manual_seed(11))
+    schedule = StreamingSchedule(chunk_blocks=3, past_blocks=2, future_blocks=1)
+    default, _, _ = stream_one_code_at_a_time(
+        StreamingToken2Wav(model, voice, num_steps=4, schedule=schedule, initial_noise=noise), codes)
+    quick, _, _ = stream_one_code_at_a_time(
+        StreamingToken2Wav(model, voice, num_steps=4, schedule=schedule, initial_noise=noise, first_chunk_steps=2),
+        codes)
+    first_chunk_end = 3 * TINY_DIT["block_size"]  # mel frames
+    untouched = (first_chunk_end + vocoder_receptive_field(model.config.bigvgan_config)) * HOP
+    assert default.shape == quick.shape and untouched < default.numel()
+    torch.testing.assert_close(quick[untouched:], default[untouched:], rtol=0, atol=1e-5)
+    moved = (quick[:untouched] - default[:untouched]).abs().mean()
+    assert 0 < moved < 0.1 * default[:untouched].abs().mean()
+    same = StreamingToken2Wav(model, voice, num_steps=4, schedule=schedule, initial_noise=noise, first_chunk_steps=9)
+    torch.testing.assert_close(stream_one_code_at_a_time(same, codes)[0], default, rtol=0, atol=0)  # never more steps

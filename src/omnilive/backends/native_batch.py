@@ -1,7 +1,10 @@
 """Continuous batching for the native Qwen2.5-Omni engine: many requests, one step loop.
 
+    prepare_media(job)    on the caller's thread (NativeOmniEngine's prompt worker): the vision
+                          and audio towers run there, never on the step loop
     add(job) ──waiting──▶ admitted between steps when a thinker slot (and, to speak, a talker
-                          slot) is free: media encoded, prompt prepared
+                          slot) is free; a spoken job waiting for a talker slot lets the
+                          jobs behind it that fit go first
     step():  drop aborted jobs (slots free at once)
              prefill chunks within `prefill_chunk_tokens`, one job per forward (media differ)
              ONE thinker decode forward for every job feeding back its last token: rows of a
@@ -56,7 +59,7 @@ class OmniJob:
     voice: Voice | None  # None: text only
     emit: Emit  # its outputs, then Finished; or one exception
     request_id: str = ""
-    prepared: ThinkerPrompt | None = None  # after admission
+    prepared: ThinkerPrompt | None = None  # media encoded, embeddings merged: before add or at admission
     slot: int | None = None  # thinker cache slot, while the reply is being written
     talker_slot: int | None = None  # while it speaks
     computed: int = 0  # prompt tokens in the cache
@@ -88,6 +91,12 @@ class OmniBatch:
                 max_batch, runner.context_length + 2 + self.speech_settings.talker_max_new_tokens)
         self.waiting: deque[OmniJob] = deque()
         self.running: list[OmniJob] = []  # admitted, in admission order
+
+    def prepare_media(self, job: OmniJob) -> None:
+        """Encode the job's media and merge them into its prompt embeddings (ThinkerPrompt), on
+        the calling thread: a worker does it before `add`, so the step loop, which every
+        running stream waits on, only runs the prefill chunks. Reads weights, holds no state."""
+        job.prepared = self.thinker.prepare_prompt(job.prompt.input_ids, job.prompt.media)
 
     def add(self, job: OmniJob) -> None:
         if job.voice is not None and not self.can_speak:
@@ -144,11 +153,15 @@ class OmniBatch:
         self.running = [job for job in self.running if not job.done]
 
     def _admit(self) -> None:
-        while self.waiting and self.cache.num_free:
-            job = self.waiting[0]
+        """Waiting jobs in order while thinker slots are free. A spoken job that finds no talker
+        slot (those are held until the speech ends, past the reply) stays first in line, but
+        the jobs behind it that fit are admitted: no head-of-line blocking of text replies."""
+        for job in list(self.waiting):
+            if not self.cache.num_free:
+                return
             if job.voice is not None and not self.talker_cache.num_free:
-                return  # it waits for a talker slot; the jobs behind it keep their order
-            self.waiting.popleft()
+                continue
+            self.waiting.remove(job)
             job.slot = self.cache.allocate()
             if job.voice is not None:
                 job.talker_slot = self.talker_cache.allocate()
@@ -156,9 +169,11 @@ class OmniBatch:
             self._guarded(job, self._prepare, job)
 
     def _prepare(self, job: OmniJob) -> None:
-        """Encode the media and set the job up for its prefill."""
+        """Set the job up for its prefill; its media are encoded here only if the caller did not
+        (NativeOmniEngine encodes them on its prompt worker, off this loop: `prepare_media`)."""
         runner, sampling = self.runner, job.sampling
-        job.prepared = self.thinker.prepare_prompt(job.prompt.input_ids, job.prompt.media)
+        if job.prepared is None:
+            job.prepared = self.thinker.prepare_prompt(job.prompt.input_ids, job.prompt.media)
         job.max_new = min(sampling.max_tokens or runner.context_length, runner.context_length - len(job.prepared))
         job.row = SamplingRow(sampling, make_generator(sampling.seed), list(job.prompt.input_ids))
         job.detokenizer = Detokenizer(runner.text_bytes, sampling.stop)

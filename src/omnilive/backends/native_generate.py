@@ -82,10 +82,13 @@ class OmniRunner:
     def __init__(self, model: OmniModel, context_length: int, prefill_chunk_tokens: int = 256,
                  token2wav_steps: int = TOKEN2WAV_STEPS, talker_sampling: SamplingParams = TALKER_SAMPLING,
                  speech_schedule: StreamingSchedule = SPEECH_SCHEDULE,
-                 talker_max_new_tokens: int = TALKER_MAX_NEW_TOKENS):
+                 talker_max_new_tokens: int = TALKER_MAX_NEW_TOKENS, first_chunk_steps: int | None = None,
+                 speech_dtype: torch.dtype = torch.float32):
         """talker_max_new_tokens: codec tokens one reply may have (fewer where token2wav cannot
         place them). speech_schedule: token2wav's streaming windows (StreamingSchedule.exact(...) makes the
-        streamed speech equal the whole-reply synthesis, at the cost of a later first chunk)."""
+        streamed speech equal the whole-reply synthesis, at the cost of a later first chunk).
+        first_chunk_steps, speech_dtype: lossy options of streamed speech only (fewer ODE steps
+        for the first window; bfloat16 DiT); the whole-reply path stays the float32 reference."""
         self.model = model
         self.context_length = min(context_length, model.thinker.config.max_position_embeddings)
         self.prefill_chunk_tokens = prefill_chunk_tokens
@@ -93,6 +96,7 @@ class OmniRunner:
         self.talker_sampling = talker_sampling
         self.speech_schedule = speech_schedule
         self._talker_max_new_tokens = talker_max_new_tokens
+        self.first_chunk_steps, self.speech_dtype = first_chunk_steps, speech_dtype
         self._slot = torch.tensor([0], device=model.thinker.device)
 
     @cached_property
@@ -221,7 +225,8 @@ class OmniRunner:
     def speech_settings(self) -> SpeechSettings:
         """How streamed speech is made (native_batch's SpeechStreams)."""
         return SpeechSettings(self.token2wav_steps, self.talker_sampling, self.speech_schedule,
-                              self.talker_max_new_tokens, self.speech_vocab_size)
+                              self.talker_max_new_tokens, self.speech_vocab_size, self.first_chunk_steps,
+                              self.speech_dtype)
 
     @property
     def speech_vocab_size(self) -> int:

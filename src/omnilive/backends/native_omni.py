@@ -9,7 +9,8 @@ stepped on one engine thread, so torch never runs on the event loop; coroutines 
 commands (add, abort) through a condition variable, as engine.async_engine does. Each
 request's outputs reach its caller through its own asyncio queue; closing the caller's
 iterator frees its slots at the next step. Text streams token by token; speech streams
-along with it (native_speech.SpeechStream).
+along with it (native_speech.SpeechStream). A request's media are encoded on the prompt
+worker before it joins the batch, so the engine thread only runs its prefill chunks.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def pick_voice(voices: dict[str, Voice], name: str | None) -> tuple[str, Voice]:
 class NativeOmniEngine:
     """OmniEngine over a Qwen2.5-Omni checkpoint; loads in `start()`."""
 
-    def __init__(self, settings, token2wav_steps: int = TOKEN2WAV_STEPS):
+    def __init__(self, settings, token2wav_steps: int | None = None):
+        """token2wav_steps: overrides settings.token2wav_steps (tests use few)."""
         self.settings = settings
-        self.token2wav_steps = token2wav_steps
+        self.token2wav_steps = token2wav_steps or getattr(settings, "token2wav_steps", TOKEN2WAV_STEPS)
         self.model: OmniModel | None = None
         self.runner: OmniRunner | None = None
         self.batch: OmniBatch | None = None
@@ -130,7 +132,13 @@ class NativeOmniEngine:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
-        self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps)
+        speech_dtype = getattr(s, "speech_dtype", "float32")
+        if speech_dtype == "auto":  # bfloat16 with a bfloat16 model (never float16: the DiT overflows it)
+            speech_dtype = torch.bfloat16 if self.model.thinker.dtype == torch.bfloat16 else torch.float32
+        speech_dtype = resolve_dtype(speech_dtype)
+        self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps,
+                                 first_chunk_steps=getattr(s, "token2wav_first_chunk_steps", None),
+                                 speech_dtype=speech_dtype)
         self.batch = OmniBatch(self.runner, s.max_batch)
         self._thread = threading.Thread(target=self._run, name="omni-engine", daemon=True)
         self._thread.start()
@@ -179,6 +187,9 @@ class NativeOmniEngine:
                 pass
 
         job = OmniJob(prompt, request.sampling, voice, emit, request.request_id)
+        # the vision and audio towers run here, on the prompt worker: on the engine thread
+        # they would stall every running stream for as long as they take
+        await loop.run_in_executor(self._worker, self._prepare_media, job)
 
         def add() -> None:
             try:
@@ -198,6 +209,15 @@ class NativeOmniEngine:
         finally:
             if not job.done and not self._stopping:  # the caller left early: free its slots next step
                 self._submit(lambda: self.batch.abort(job))
+
+    def _prepare_media(self, job: OmniJob) -> None:
+        try:
+            self.batch.prepare_media(job)
+        except EngineError:
+            raise
+        except Exception as error:  # a media item the towers cannot take: this request fails alone
+            log.exception("request %s: media encoding failed", job.request_id)
+            raise EngineError(f"the engine failed: {error}") from error
 
     def _submit(self, command: Callable[[], None]) -> None:
         with self._wake:

@@ -62,6 +62,8 @@ class SpeechSettings:
     schedule: StreamingSchedule
     talker_max_new_tokens: int
     speech_vocab_size: int
+    first_chunk_steps: int | None = None  # ODE steps of the first window (None: token2wav_steps)
+    dit_dtype: torch.dtype = torch.float32  # the streamed DiT solves' matmuls (autocast)
 
 
 class SpeechStream:
@@ -118,7 +120,8 @@ class SpeechStream:
         if self.seed is not None:  # the same noise the whole-reply path draws for this seed
             generator = torch.Generator(device=next(self.token2wav.parameters()).device).manual_seed(self.seed)
         self._wav = StreamingToken2Wav(self.token2wav, self.voice, num_steps=s.token2wav_steps,
-                                       schedule=s.schedule, generator=generator)
+                                       schedule=s.schedule, generator=generator, compute_dtype=s.dit_dtype,
+                                       first_chunk_steps=s.first_chunk_steps)
         return self.take(self.talker_stream.codes[-1] if self.talker_stream.codes else None)
 
     def finish_text(self) -> None:

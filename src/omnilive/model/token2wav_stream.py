@@ -141,11 +141,15 @@ class StreamingToken2Wav:
     def __init__(self, model: Token2Wav, voice: Voice, *, num_steps: int = 10, guidance_scale: float = 0.5,
                  sway_coefficient: float | None = -1.0, schedule: StreamingSchedule = StreamingSchedule(),
                  initial_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 compute_dtype: torch.dtype = torch.float32, vocoder_dtype: torch.dtype = torch.float32):
+                 compute_dtype: torch.dtype = torch.float32, vocoder_dtype: torch.dtype = torch.float32,
+                 first_chunk_steps: int | None = None):
         """initial_noise [1, ≥ frames, M]: the whole utterance's ODE start; None draws it block by
         block from `generator` (so it depends on the seed only, not on how codes were pushed).
         compute_dtype: the DiT's matmuls (bfloat16 is ~3x faster on CPUs with AVX512-BF16);
-        vocoder_dtype: BigVGAN's convolutions (bfloat16 is slower there on such CPUs)."""
+        vocoder_dtype: BigVGAN's convolutions (bfloat16 is slower there on such CPUs).
+        first_chunk_steps: ODE steps of the first window only (None or ≥ num_steps: num_steps), for an earlier
+        first chunk; later windows re-solve its frames as past context with num_steps, so only
+        the first chunk's own audio carries the cost (bench/speech_quality.py measures it)."""
         self.dit = model.code2wav_dit_model
         config = self.dit.config
         if config.block_size % config.repeats:
@@ -155,6 +159,8 @@ class StreamingToken2Wav:
         self.guidance_scale = guidance_scale
         self.guided = guidance_scale >= 1e-5
         self.times = flow_time_grid(num_steps, sway_coefficient, self.device)
+        self.first_times = (self.times if first_chunk_steps is None or first_chunk_steps >= num_steps
+                            else flow_time_grid(first_chunk_steps, sway_coefficient, self.device))
         self.vocoder = StreamingVocoder(model.code2wav_bigvgan_model, vocoder_dtype)
         self._generator = generator
         self._noise_is_given = initial_noise is not None
@@ -203,12 +209,13 @@ class StreamingToken2Wav:
 
     def _solve_next_chunk(self) -> torch.Tensor:
         solve_start, chunk_start, chunk_end, solve_end = self._window(self._next_chunk)
+        times = self.first_times if self._next_chunk == 0 else self.times
         self._next_chunk += 1
-        mel = self._solve(solve_start, solve_end)[..., chunk_start - solve_start:chunk_end - solve_start]
+        mel = self._solve(solve_start, solve_end, times)[..., chunk_start - solve_start:chunk_end - solve_start]
         return self.vocoder.push(mel, last=self._finished and chunk_end == self.frames)
 
     @torch.no_grad()
-    def _solve(self, start: int, end: int) -> torch.Tensor:
+    def _solve(self, start: int, end: int, times: torch.Tensor) -> torch.Tensor:
         """The ODE on frames [start, end) alone → mel [1, M, end - start] float32."""
         repeats = self.config.repeats
         conditioning = self.frame_conditioning(self._codes[:, start // repeats:end // repeats])
@@ -221,7 +228,7 @@ class StreamingToken2Wav:
             return conditional + (conditional - unconditional) * guidance
 
         with autocast_to(self.compute_dtype, self.device):  # the ODE state itself stays float32
-            mel = rk4_integrate(velocity, self._noise_until(end)[:, start:end], self.times)
+            mel = rk4_integrate(velocity, self._noise_until(end)[:, start:end], times)
         return mel.transpose(1, 2)
 
     def _noise_until(self, end: int) -> torch.Tensor:

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # int8 weights for the LLM's linear layers: ~2x faster decode on CPU (measured top-1
     # agreement with bf16 at every position); "auto" = on when running in bfloat16
     quantize: Literal["auto", "int8", "none"] = "auto"
+    # native Qwen2.5-Omni speech: token2wav's ODE steps (10 = the reference); fewer steps for
+    # the first streamed window only (its 0.12 s of audio; later windows re-solve those frames
+    # with every step), for an earlier first audio chunk; the streamed DiT solves' dtype
+    # ("auto" = bfloat16 when the model runs in bfloat16). bench/speech_quality.py prints the
+    # log-mel cost of each against the 10-step float32 reference.
+    token2wav_steps: int = Field(10, ge=2)
+    token2wav_first_chunk_steps: int = Field(4, ge=2)
+    speech_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     # request and media bounds
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # whole HTTP request body
