@@ -314,7 +314,9 @@ def gguf_main(args, dtype: torch.dtype) -> None:
     with torch.inference_mode():
         ours = ours_tokens_per_s(model, tokenizer, 1, args.new_tokens)
         ours = max(ours, ours_tokens_per_s(model, tokenizer, 1, args.new_tokens))  # second run: warm
-    reference = transformers_tokens_per_s(model, tokenizer, args.new_tokens)
+    plain, _, _ = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, dtype=dtype, pack_weights=False)
+    reference = transformers_tokens_per_s(plain, tokenizer, args.new_tokens)  # the same weights, unpacked
+    del plain
     int8_model, _, _ = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, dtype=dtype, int8_weights=dtype != torch.float32)
     with torch.inference_mode():
         ours_int8 = ours_tokens_per_s(int8_model, tokenizer, 1, args.new_tokens)

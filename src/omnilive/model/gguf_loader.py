@@ -125,12 +125,15 @@ def load_gguf(
     dtype: torch.dtype | str | None = None,
     device: str = "cpu",
     int8_weights: bool = False,
+    pack_weights: bool = True,
 ) -> tuple[Qwen2ForCausalLM, Qwen2Config, Tokenizer]:
     """(model in eval mode, its config, its tokenizer) from a GGUF file.
 
     dtype None/"auto" picks bf16 where the CPU computes it natively, else float32. With a
     cache_dir, the dequantised weights are stored there once and reused. int8_weights
     (bf16/fp16 on CPU only) stores the linear layers as int8: about twice the decode speed.
+    pack_weights=False keeps bf16 linears as plain nn.Linear (e.g. to hand them to another
+    library); by default they are packed for oneDNN where the CPU supports it (model/packed.py).
     """
     path, dtype = Path(path), resolve_dtype(dtype)
     if cache_dir is None:
@@ -143,7 +146,7 @@ def load_gguf(
         model.to(device)
     if int8_weights:
         quantize_linears_int8(model)
-    else:
+    elif pack_weights:
         pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
     return model, config, tokenizer
 
