@@ -44,7 +44,7 @@ async def test_streams_equal_the_sync_engine_and_run_off_the_event_loop(llm):
         assert tokens_of(outputs) == tokens_of(expected[rid])
         assert text_of(outputs) == text_of(expected[rid])
         assert outputs[-1].finish_reason is not None
-    assert engine_threads == {llm._thread} and threading.current_thread() not in engine_threads
+    assert [t.name for t in engine_threads] == ["omnilive-llm-engine"] and threading.current_thread() not in engine_threads
 
 
 async def close_after_two_outputs(llm: AsyncLLM) -> None:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from omnilive.backends.native_prompt import (
     load_omni_tokenizer,
 )
 from omnilive.engine.speech_chunker import SpeechChunker
+from omnilive.engine.step_thread import StepThread
 from omnilive.engine.types import (
     AudioInput,
     EngineError,
@@ -111,10 +111,7 @@ class NativeOmniEngine:
         self._card: ModelCard | None = None
         # loading, prompt building and /v1/audio/speech; requests run on the engine thread
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="omni")
-        self._wake = threading.Condition()
-        self._commands: list[Callable[[], None]] = []  # guarded by _wake
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._thread: StepThread | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -140,8 +137,10 @@ class NativeOmniEngine:
                                  first_chunk_steps=getattr(s, "token2wav_first_chunk_steps", None),
                                  speech_dtype=speech_dtype)
         self.batch = OmniBatch(self.runner, s.max_batch)
-        self._thread = threading.Thread(target=self._run, name="omni-engine", daemon=True)
-        self._thread.start()
+        batch = self.batch
+        self._thread = StepThread("omni-engine", batch.has_work, batch.step, batch.fail_all,
+                                  lambda: batch.fail_all(EngineError("the engine is shut down")),
+                                  on_start=lambda: torch.set_num_threads(s.threads))
         is_directory = Path(s.model).expanduser().is_dir()
         family = self.model.family
         parts = [{"role": "thinker", "name": f"{family} thinker", "source": str(directory)}]
@@ -163,11 +162,8 @@ class NativeOmniEngine:
                  self.model.thinker.dtype, device)
 
     async def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
         if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.stop, 10.0)
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     # requests
@@ -197,7 +193,8 @@ class NativeOmniEngine:
             except Exception as error:  # noqa: BLE001 - refused: the caller gets why
                 emit(error)
 
-        self._submit(add)
+        if not self._thread.submit(add):
+            raise EngineError("the engine is shut down")
         try:
             while True:
                 item = await outputs.get()
@@ -207,8 +204,8 @@ class NativeOmniEngine:
                 if isinstance(item, Finished):
                     return
         finally:
-            if not job.done and not self._stopping:  # the caller left early: free its slots next step
-                self._submit(lambda: self.batch.abort(job))
+            if not job.done:  # the caller left early: free its slots next step
+                self._thread.submit(lambda: self.batch.abort(job))
 
     def _prepare_media(self, job: OmniJob) -> None:
         try:
@@ -218,34 +215,6 @@ class NativeOmniEngine:
         except Exception as error:  # a media item the towers cannot take: this request fails alone
             log.exception("request %s: media encoding failed", job.request_id)
             raise EngineError(f"the engine failed: {error}") from error
-
-    def _submit(self, command: Callable[[], None]) -> None:
-        with self._wake:
-            if self._stopping:
-                raise EngineError("the engine is shut down")
-            self._commands.append(command)
-            self._wake.notify()
-
-    def _run(self) -> None:
-        """The engine thread: run commands, step while there is work, sleep when there is none."""
-        torch.set_num_threads(self.settings.threads)
-        while True:
-            with self._wake:
-                while not (self._commands or self._stopping or self.batch.has_work()):
-                    self._wake.wait()
-                if self._stopping:
-                    break
-                commands, self._commands = self._commands, []
-            for command in commands:
-                command()
-            if not self.batch.has_work():
-                continue
-            try:
-                self.batch.step()
-            except Exception as error:  # a bug outside any one request: fail them all rather than hang
-                log.exception("engine step failed")
-                self.batch.fail_all(error)
-        self.batch.fail_all(EngineError("the engine is shut down"))
 
     def _check_length(self, prompt_tokens: int, max_tokens: int | None) -> None:
         context = self.runner.context_length

@@ -1,8 +1,7 @@
 """The asyncio front of `LLMEngine`: one background thread steps the engine, coroutines stream.
 
-All torch work runs on the engine thread, never on the event loop. Coroutines hand the
-thread commands (add, abort) through a condition variable; the thread sleeps on it when
-there is no work. Each step's outputs go to per-request `asyncio.Queue`s through
+All torch work runs on the engine thread (StepThread), never on the event loop. Coroutines
+hand the thread commands (add, abort), which it runs between steps. Each step's outputs go to per-request `asyncio.Queue`s through
 `loop.call_soon_threadsafe`. A consumer that stops iterating (aclose, task cancelled,
 client gone) aborts its request, which the thread carries out before its next step.
 """
@@ -12,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import LLMOutput
+from omnilive.engine.step_thread import StepThread
 from omnilive.engine.types import EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,10 @@ class _Stream:
 class AsyncLLM:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
-        self._wake = threading.Condition()
-        self._commands: list[Callable[[], None]] = []  # guarded by _wake
-        self._streams: dict[str, _Stream] = {}  # guarded by _wake
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="omnilive-llm-engine", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._streams: dict[str, _Stream] = {}  # guarded by _lock
+        self._thread = StepThread("omnilive-llm-engine", engine.has_work, self._step, self._fail_all,
+                                  self._end_all_streams)
 
     async def generate(
         self,
@@ -60,8 +58,8 @@ class AsyncLLM:
         """
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         prompt = list(prompt_ids)
-        with self._wake:
-            if self._stopping:
+        with self._lock:
+            if self._thread.stopping:
                 raise EngineError("the engine is shut down")
             if request_id in self._streams:
                 raise EngineError(f"request id {request_id!r} is already running", param="request_id")
@@ -73,7 +71,8 @@ class AsyncLLM:
             except Exception as error:  # EngineError (bad request) or a bug: the caller gets it
                 stream.put(error)
 
-        self._submit(add)
+        if not self._thread.submit(add):
+            stream.put(EngineError("the engine is shut down"))
         finished = False
         try:
             while True:
@@ -93,65 +92,40 @@ class AsyncLLM:
                     finished = True  # the engine never took it, or dropped it
                     raise error
         finally:
-            with self._wake:
+            with self._lock:
                 self._streams.pop(request_id, None)
             if not finished:
-                self._submit(lambda: self.engine.abort(request_id))
+                self._thread.submit(lambda: self.engine.abort(request_id))
 
     def abort(self, request_id: str) -> None:
         """Abort from outside the stream; its consumer receives a final output with finish "abort"."""
-        self._submit(lambda: self.engine.abort(request_id))
+        self._thread.submit(lambda: self.engine.abort(request_id))
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Stop the thread; open streams end with finish "abort"."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join(timeout)
+        self._thread.stop(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.running
 
-    def _submit(self, command: Callable[[], None]) -> None:
-        with self._wake:
-            self._commands.append(command)
-            self._wake.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not (self._commands or self._stopping or self.engine.has_work()):
-                    self._wake.wait()
-                if self._stopping:
-                    break
-                commands, self._commands = self._commands, []
-            for command in commands:
-                command()
-            if not self.engine.has_work():
-                continue
-            try:
-                outputs = self.engine.step()
-            except Exception as error:  # a bug: fail every request rather than hang them
-                log.exception("engine step failed")
-                self._fail_all(error)
-                continue
-            with self._wake:
-                streams = [(self._streams.get(o.request_id), o) for o in outputs]
-            for stream, output in streams:
-                if stream is not None:
-                    stream.put(output)
-        self._end_all_streams()
+    def _step(self) -> None:
+        outputs = self.engine.step()
+        with self._lock:
+            streams = [(self._streams.get(o.request_id), o) for o in outputs]
+        for stream, output in streams:
+            if stream is not None:
+                stream.put(output)
 
     def _fail_all(self, error: Exception) -> None:
-        with self._wake:
+        with self._lock:
             streams = dict(self._streams)
         for request_id, stream in streams.items():
             self.engine.abort(request_id)
             stream.put(EngineError(f"the engine failed: {error}"))
 
     def _end_all_streams(self) -> None:
-        with self._wake:
+        with self._lock:
             streams = dict(self._streams)
         for request_id, stream in streams.items():
             self.engine.abort(request_id)
