@@ -167,7 +167,7 @@ def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runn
     batch.abort(victim.job)
     batch.step()
     assert victim.job.slot is None and victim.job.talker_slot is None and victim.job not in batch.running
-    assert batch.cache.num_free == 3 - sum(job.slot is not None for job in batch.running)
+    assert batch.cache.num_free_rows == 3 - sum(job.slot is not None for job in batch.running)
     assert batch.talker_cache.num_free == 3 - sum(job.talker_slot is not None for job in batch.running)
     assert victim.outputs[emitted:] == [victim.finished] and victim.finished.finish_reason == "abort"
     batch.run_until_idle()
@@ -206,7 +206,7 @@ def test_a_request_with_bad_media_fails_alone(model, runner, alone_results):
     assert bad.slot is None and bad.talker_slot is None
     for name, result in good.items():
         assert_same(result, alone_results[name])
-    assert batch.cache.num_free == 3 and batch.talker_cache.num_free == 3
+    assert batch.cache.num_free_rows == 3 and batch.talker_cache.num_free == 3
 
 
 def test_a_spoken_request_waiting_for_a_talker_slot_does_not_hold_up_text(model, runner, alone_results):

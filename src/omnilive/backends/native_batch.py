@@ -2,20 +2,31 @@
 
     prepare_media(job)    on the caller's thread (NativeOmniEngine's prompt worker): the vision
                           and audio towers run there, never on the step loop
-    add(job) ──waiting──▶ admitted between steps when a thinker slot (and, to speak, a talker
-                          slot) is free; a spoken job waiting for a talker slot lets the
-                          jobs behind it that fit go first
-    step():  drop aborted jobs (slots free at once)
+    add(job) ──waiting──▶ admitted between steps when a thinker row, KV blocks for its
+                          prompt (its reply's blocks reserved) and, to speak, a talker slot are
+                          free; a spoken job waiting for a talker slot lets the jobs behind it
+                          that fit go first; a job short of blocks waits (so do those behind it)
+    step():  drop aborted jobs (rows and blocks free at once)
              prefill chunks within `prefill_chunk_tokens`, one job per forward (media differ)
-             ONE thinker decode forward for every job feeding back its last token: rows of a
-                 multi-slot cache, per-row positions and M-RoPE ids (position + its rope delta)
+             ONE thinker decode forward for every job feeding back its last token: rows of the
+                 paged cache, per-row positions and M-RoPE ids (position + its rope delta)
              ONE sampling call for every job whose next token is due; detokenise, stop, limits
              ONE talker decode forward for every speech stream whose text input is there;
                  each code into that job's own StreamingToken2Wav ──▶ AudioChunks
     A job's outputs go to its own `emit`; a job that fails (bad media) fails alone.
 
-A job's thinker slot is freed when its reply ends; its talker slot when its speech ends.
-Not thread-safe: NativeOmniEngine steps it from one thread.
+The thinker cache is paged (engine.kv_cache.PagedKVCache, engine.block_manager): every full
+block a job computed (prompt or fed-back reply) is findable by a key of its tokens, the tokens
+before it and the media it covers (native_media_keys: a content hash of each item's encoder input),
+so a text-out job whose prompt starts like an earlier or running one's (the next turn of a
+chat, the same image asked again) references those blocks instead of computing them. M-RoPE
+ids of a prefix depend only on what comes before, so the cached keys are valid as they are.
+A spoken job computes its whole prompt: the talker's prefill needs the thinker's hidden state
+of every prompt token, which cached blocks do not keep; its blocks are still published.
+
+A job's thinker row and blocks are freed when its reply ends (blocks stay findable until
+evicted); its talker slot when its speech ends. Not thread-safe: NativeOmniEngine steps it
+from one thread.
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ from dataclasses import dataclass, field
 import torch
 
 from omnilive.backends.native_generate import OmniRunner
+from omnilive.backends.native_media_keys import media_spans, mrope_layout_of
 from omnilive.backends.native_prompt import OmniPrompt
 from omnilive.backends.native_speech import SpeechStream
+from omnilive.engine.block_manager import BlockManager, BlockTable
 from omnilive.engine.detokenizer import Detokenizer
 from omnilive.engine.sampling import SamplingRow, TokenSample, make_generator, sample
 from omnilive.engine.types import (
@@ -60,9 +73,11 @@ class OmniJob:
     emit: Emit  # its outputs, then Finished; or one exception
     request_id: str = ""
     prepared: ThinkerPrompt | None = None  # media encoded, embeddings merged: before add or at admission
-    slot: int | None = None  # thinker cache slot, while the reply is being written
+    slot: int | None = None  # thinker cache row (block table), while the reply is being written
+    blocks: BlockTable = field(default_factory=BlockTable)  # its KV blocks while it holds a row
     talker_slot: int | None = None  # while it speaks
     computed: int = 0  # prompt tokens in the cache
+    cached: int = 0  # of those, found cached at admission (not computed)
     prompt_hidden: list[torch.Tensor] = field(default_factory=list)  # [chunk, H] each, kept to speak
     token_ids: list[int] = field(default_factory=list)
     feed_back: int | None = None  # the sampled token the next decode step feeds back
@@ -80,10 +95,13 @@ class OmniJob:
 
 
 class OmniBatch:
-    def __init__(self, runner: OmniRunner, max_batch: int = 4):
+    def __init__(self, runner: OmniRunner, max_batch: int = 4, block_size: int = 16, num_blocks: int | None = None):
+        """num_blocks: KV blocks of the thinker cache (default: max_batch full-context rows)."""
         model = runner.model
         self.runner, self.thinker, self.max_batch = runner, model.thinker, max_batch
-        self.cache = self.thinker.make_cache(max_batch, runner.context_length)
+        self.cache = self.thinker.make_paged_cache(max_batch, runner.context_length, block_size, num_blocks)
+        self.blocks = BlockManager(self.cache.num_blocks, block_size)
+        self.computed_prompt_tokens = 0  # prompt tokens run through the thinker (cached ones are not)
         self.can_speak = model.talker is not None and model.token2wav is not None
         if self.can_speak:  # a talker row holds the prompt, 2 more inputs and every codec token
             self.speech_settings = runner.speech_settings
@@ -95,12 +113,24 @@ class OmniBatch:
     def prepare_media(self, job: OmniJob) -> None:
         """Encode the job's media and merge them into its prompt embeddings (ThinkerPrompt), on
         the calling thread: a worker does it before `add`, so the step loop, which every
-        running stream waits on, only runs the prefill chunks. Reads weights, holds no state."""
-        job.prepared = self.thinker.prepare_prompt(job.prompt.input_ids, job.prompt.media)
+        running stream waits on, only runs the prefill chunks. Hashing the media for the
+        job's block keys (`media_spans`) is done here too. Reads weights, holds no state."""
+        prompt = job.prompt
+        job.prepared = self.thinker.prepare_prompt(prompt.input_ids, prompt.media)
+        job.blocks = BlockTable(media_spans(prompt.input_ids, prompt.media, mrope_layout_of(self.thinker)))
 
     def add(self, job: OmniJob) -> None:
         if job.voice is not None and not self.can_speak:
             raise EngineError("this model cannot speak: its checkpoint has no talker", param="modalities")
+        context = self.runner.context_length
+        if len(job.prompt) >= context:
+            raise EngineError(f"The prompt is {len(job.prompt)} tokens; this model's context is {context}.",
+                              param="messages", code="context_length_exceeded")
+        job.max_new = min(job.sampling.max_tokens or context, context - len(job.prompt))
+        if (needed := self._blocks_needed(job)) > self.blocks.num_blocks:
+            raise EngineError(f"The prompt and reply need {needed} KV cache blocks of {self.blocks.block_size} "
+                              f"tokens; the cache has {self.blocks.num_blocks}.", param="max_tokens",
+                              code="context_length_exceeded")
         self.waiting.append(job)
 
     def abort(self, job: OmniJob) -> None:
@@ -153,28 +183,58 @@ class OmniBatch:
         self.running = [job for job in self.running if not job.done]
 
     def _admit(self) -> None:
-        """Waiting jobs in order while thinker slots are free. A spoken job that finds no talker
+        """Waiting jobs in order while thinker rows are free. A spoken job that finds no talker
         slot (those are held until the speech ends, past the reply) stays first in line, but
-        the jobs behind it that fit are admitted: no head-of-line blocking of text replies."""
+        the jobs behind it that fit are admitted: no head-of-line blocking of text replies.
+        A job short of KV blocks stops admission: it goes first once blocks are freed."""
         for job in list(self.waiting):
-            if not self.cache.num_free:
+            if not self.cache.num_free_rows:
                 return
             if job.voice is not None and not self.talker_cache.num_free:
                 continue
+            if job.prepared is None:  # the caller did not encode its media (tests, benchmarks)
+                self._guarded(job, self.prepare_media, job)
+            taken = not job.done and self._guarded(job, self._take_blocks, job)
+            if job.done:
+                continue  # its media failed: it failed alone
+            if not taken:
+                return
             self.waiting.remove(job)
-            job.slot = self.cache.allocate()
+            job.slot = self.cache.allocate_row()
+            self.cache.set_blocks(job.slot, 0, job.blocks.block_ids)
             if job.voice is not None:
                 job.talker_slot = self.talker_cache.allocate()
             self.running.append(job)
             self._guarded(job, self._prepare, job)
 
+    def _take_blocks(self, job: OmniJob) -> bool:
+        """Blocks for the job's prompt (a text-out job references the cached ones), if that
+        leaves the blocks every admitted job (this one included) may still grow into."""
+        keep_free = self._reserved() + self._blocks_needed(job) - self.blocks.blocks_for(len(job.prompt))
+        ids = job.prompt.input_ids  # a refused admit or grow leaves job.blocks as it was
+        if job.voice is not None:  # computes every prompt token (the talker needs their hidden states)
+            if self.blocks.blocks_for(len(ids)) > self.blocks.num_free - keep_free:
+                return False
+            return self.blocks.grow(job.blocks, len(ids))
+        cached = self.blocks.admit(job.blocks, ids, keep_free)
+        if cached is None:
+            return False
+        job.computed = job.cached = cached
+        return True
+
+    def _blocks_needed(self, job: OmniJob) -> int:
+        """Blocks the job holds at most: its prompt and every reply token fed back (all but the last)."""
+        return self.blocks.blocks_for(len(job.prompt) + max(job.max_new - 1, 0))
+
+    def _reserved(self) -> int:
+        """Blocks the running jobs may still take as their replies grow."""
+        return sum(self._blocks_needed(job) - len(job.blocks.block_ids)
+                   for job in self.running if job.slot is not None)
+
     def _prepare(self, job: OmniJob) -> None:
-        """Set the job up for its prefill; its media are encoded here only if the caller did not
-        (NativeOmniEngine encodes them on its prompt worker, off this loop: `prepare_media`)."""
+        """Set the job up for its prefill (its media were encoded by `prepare_media`, on the
+        caller's prompt worker or at admission)."""
         runner, sampling = self.runner, job.sampling
-        if job.prepared is None:
-            job.prepared = self.thinker.prepare_prompt(job.prompt.input_ids, job.prompt.media)
-        job.max_new = min(sampling.max_tokens or runner.context_length, runner.context_length - len(job.prepared))
         job.row = SamplingRow(sampling, make_generator(sampling.seed), list(job.prompt.input_ids))
         job.detokenizer = Detokenizer(runner.text_bytes, sampling.stop)
         if job.voice is not None:
@@ -184,11 +244,13 @@ class OmniBatch:
                                       job.talker_slot)
 
     def _prefill_chunk(self, job: OmniJob, size: int) -> torch.Tensor | None:
-        """The next `size` prompt tokens into the job's slot; logits [1, V] once the prompt is in."""
+        """The next `size` prompt tokens into the job's blocks; logits [1, V] once the prompt is in."""
         start, end = job.computed, job.computed + size
         slots = torch.tensor([job.slot], device=self.thinker.device)
         hidden = self.thinker(cache=self.cache, slots=slots, **job.prepared.prefill_inputs(start, end))[0]  # [n, H]
         job.computed = end
+        self.computed_prompt_tokens += size
+        self.blocks.commit(job.blocks, job.prompt.input_ids, end)
         if job.speech is not None:
             job.prompt_hidden.append(hidden)
         if end < len(job.prepared):
@@ -206,8 +268,13 @@ class OmniBatch:
         positions = torch.tensor([[len(job.prepared) + len(job.token_ids) - 1] for job in jobs], device=device)
         deltas = torch.tensor([[job.prepared.rope_delta] for job in jobs], device=device)
         rope_positions = (positions + deltas)[None].expand(3, -1, -1)  # [3, B, 1]: text
+        for job in jobs:  # never short: admission reserved every block a reply can take
+            self._grow(job, len(job.prepared) + len(job.token_ids))
         slots = torch.tensor([job.slot for job in jobs], device=device)
         hidden = self.thinker(tokens, positions, self.cache, slots, rope_positions=rope_positions)[:, -1]  # [B, H]
+        for job in jobs:  # the reply's full blocks too: the next turn of a chat starts with them
+            self.blocks.commit(job.blocks, [*job.prompt.input_ids, *job.token_ids],
+                               len(job.prepared) + len(job.token_ids))
         speaking = [i for i, job in enumerate(jobs) if job.speech is not None]
         if speaking:
             embeds = self.thinker.model.embed_tokens(tokens[speaking, 0])  # [S, H]
@@ -216,6 +283,13 @@ class OmniBatch:
         for job in jobs:
             job.feed_back = None
         return self.thinker.compute_logits(hidden)
+
+    def _grow(self, job: OmniJob, num_tokens: int) -> None:
+        table = job.blocks
+        before = len(table.block_ids)
+        if not self.blocks.grow(table, num_tokens):
+            raise RuntimeError(f"no KV block for request {job.request_id or id(job)}: the reservation is wrong")
+        self.cache.set_blocks(job.slot, before, table.block_ids[before:])
 
     def _reply_token_to_speech(self, job: OmniJob, hidden: torch.Tensor, embed: torch.Tensor) -> None:
         if (chunk := job.speech.add_reply_token(hidden, embed)) is not None:
@@ -321,7 +395,8 @@ class OmniBatch:
 
     def _free_thinker_slot(self, job: OmniJob) -> None:
         if job.slot is not None:
-            self.cache.free(job.slot)
+            self.blocks.release(job.blocks)
+            self.cache.free_row(job.slot)
             job.slot = None
 
 

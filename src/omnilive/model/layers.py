@@ -246,8 +246,9 @@ class Int8Linear(nn.Module):
     prefill) therefore run a bf16 matmul on the same int8 values held in bf16 - exact, as
     |q| <= 127 fits bf16's mantissa - so a reply does not depend on how many requests share
     its batch beyond rounding. That copy costs the bf16 weights' memory once more; where
-    oneDNN runs bf16 natively it is kept packed (model/packed.py), which also moves the
-    crossover down to 3 rows.
+    oneDNN runs bf16 natively it is kept packed (model/packed.py). Packed bf16 already beats
+    the int8 kernel at 3-4 rows, but up to 4 rows (the default max_batch) every decode step
+    runs the same kernel, so a reply is the same alone or batched, bf16 ties apart.
     """
 
     max_rows_for_int8_kernel = 4
@@ -259,8 +260,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).to(torch.int8))
         as_float = self.weight_int8.to(linear.weight.dtype)
         self.packed = can_pack(as_float.dtype, as_float.device)  # oneDNN's layout streams faster
-        if self.packed:  # packed bf16 beats the int8 kernel from 3 rows on (AMX Xeon, 1-2 threads)
-            self.max_rows_for_int8_kernel = 2
         self.register_buffer("weight_int8_as_float", pack_weight(as_float) if self.packed else as_float,
                              persistent=False)
         self.register_buffer("scale", scale.to(linear.weight.dtype))

@@ -1,0 +1,148 @@
+"""Prefix reuse in the native Qwen2.5-Omni engine's paged thinker cache (tiny random checkpoint,
+float32): a prompt that starts like an earlier one (the next turn of a chat, the same image)
+computes only what differs and replies exactly what a fresh engine replies; a different image
+behind the same placeholder tokens is never mistaken for the first; blocks are accounted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omnilive.backends.native_batch import OmniBatch, OmniJob
+from omnilive.backends.native_generate import OmniRunner
+from omnilive.backends.native_media_keys import media_spans
+from omnilive.backends.native_omni import load_omni
+from omnilive.engine.types import EngineError, ImageInput, Message, SamplingParams
+from tests.backends.test_native_batching import ASKS, Result, assert_same
+from tests.model.omni_tiny import build_tiny_omni
+
+pytest.importorskip("transformers")
+
+BLOCK = 16
+QUESTION = "What is in this picture?"
+GREEDY = SamplingParams(temperature=0.0, max_tokens=9)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.set_num_threads(1)
+    tiny = build_tiny_omni(tmp_path_factory.mktemp("omni"), seed=1)
+    return load_omni(tiny.directory, "float32")
+
+
+@pytest.fixture(scope="module")
+def runner(model):
+    return OmniRunner(model, context_length=512, prefill_chunk_tokens=64, token2wav_steps=3)
+
+
+def image(seed: int) -> ImageInput:
+    return ImageInput(Image.fromarray(np.random.default_rng(seed).integers(0, 256, (60, 90, 3), dtype=np.uint8)))
+
+
+def job(model, messages: tuple[Message, ...], sampling: SamplingParams = GREEDY, voice: str | None = None) -> Result:
+    outputs: list = []
+    prompt = model.processor.build(messages, speak=voice is not None)
+    return Result(OmniJob(prompt, sampling, model.voices[voice] if voice else None, outputs.append), outputs)
+
+
+def run(batch: OmniBatch, result: Result) -> Result:
+    batch.add(result.job)
+    batch.run_until_idle()
+    return result
+
+
+def computed_by(batch: OmniBatch, result: Result) -> int:
+    """Prompt tokens the batch ran through the thinker for this request."""
+    before = batch.computed_prompt_tokens
+    run(batch, result)
+    return batch.computed_prompt_tokens - before
+
+
+def test_the_second_turn_of_a_chat_with_an_image_reuses_the_first_turns_blocks(model, runner):
+    first_turn = (Message("user", (QUESTION, image(0))),)
+    batch = OmniBatch(runner, max_batch=2)
+    first = job(model, first_turn)
+    assert computed_by(batch, first) == len(first.job.prompt) and first.job.cached == 0
+    second_turn = (*first_turn, Message("assistant", (first.text,)), Message("user", ("And its colours?",)))
+    second = job(model, second_turn)
+    computed = computed_by(batch, second)
+    # every full block of the first prompt is reused: it ends mid-block, so 144 of its 152 tokens
+    assert second.job.cached >= len(first.job.prompt) // BLOCK * BLOCK > 0
+    assert computed == len(second.job.prompt) - second.job.cached < len(second.job.prompt)
+    assert_same(second, run(OmniBatch(runner, max_batch=1), job(model, second_turn)))
+    assert second.finished.usage.prompt_tokens == len(second.job.prompt)  # usage counts the whole prompt
+
+
+def test_the_same_text_with_a_different_image_reuses_only_the_blocks_before_it(model, runner):
+    batch = OmniBatch(runner, max_batch=2)
+    run(batch, job(model, (Message("user", (QUESTION, image(0))),)))
+    other = job(model, (Message("user", (QUESTION, image(1))),))
+    (span,) = media_spans(other.job.prompt.input_ids, other.job.prompt.media, model.thinker.thinker_config.mrope_layout)
+    run(batch, other)
+    assert other.job.cached == span.start // BLOCK * BLOCK > 0  # placeholders equal, pixels not
+    assert_same(other, run(OmniBatch(runner, max_batch=1), job(model, (Message("user", (QUESTION, image(1))),))))
+    again = run(batch, job(model, (Message("user", (QUESTION, image(1))),)))
+    assert again.job.cached > span.end  # the same image again: reused past it
+    assert again.job.token_ids == other.job.token_ids
+
+
+def test_a_spoken_request_computes_its_whole_prompt_and_equals_its_alone_run(model, runner):
+    ask = ASKS["spoken"]
+    messages = (Message("user", ask.content),)
+    short = SamplingParams(temperature=0.0, max_tokens=4)
+    alone = run(OmniBatch(runner, max_batch=1), job(model, messages, ask.sampling, ask.voice))
+    text_alone = run(OmniBatch(runner, max_batch=1), job(model, messages, short))
+    batch = OmniBatch(runner, max_batch=2)
+    spoken = job(model, messages, ask.sampling, ask.voice)
+    assert computed_by(batch, spoken) == len(spoken.job.prompt) and spoken.job.cached == 0
+    assert_same(spoken, alone)
+    text = run(batch, job(model, messages, short))  # the spoken request published its prompt's blocks
+    assert text.job.cached == (len(text.job.prompt) - 1) // BLOCK * BLOCK > 0
+    assert_same(text, text_alone)
+    again = job(model, messages, ask.sampling, ask.voice)  # cached now, yet computed whole
+    assert computed_by(batch, again) == len(again.job.prompt) and again.job.cached == 0
+    assert_same(again, alone)
+
+
+def test_requests_wait_for_blocks_and_a_prompt_that_never_fits_is_refused(model, runner):
+    messages = (Message("user", ("Tell me a long story about the sea.",)),)
+    sampling = SamplingParams(temperature=0.0, max_tokens=20)
+    length = len(model.processor.build(messages))
+    needed = -(-(length + 19) // BLOCK)  # the prompt and every reply token fed back
+    shared = (length - 1) // BLOCK  # full prompt blocks a later request references
+    # room for one request and a second that shares its prompt; not for a third
+    batch = OmniBatch(runner, max_batch=3, num_blocks=needed + (needed - shared))
+    results = [job(model, messages, sampling) for _ in range(3)]
+    for result in results:
+        batch.add(result.job)
+    most_running, waited_with_rows_free = 0, False
+    while batch.has_work():
+        batch.step()
+        most_running = max(most_running, len(batch.running))
+        waited_with_rows_free |= bool(batch.waiting) and batch.cache.num_free_rows > 0
+        held = {block for job in batch.running for block in job.blocks.block_ids}  # shared ones once
+        assert len(held) + batch.blocks.num_free == batch.blocks.num_blocks
+    assert most_running == 2 and waited_with_rows_free
+    assert [result.job.cached for result in results] == [0, shared * BLOCK, shared * BLOCK]
+    assert batch.blocks.num_free == batch.blocks.num_blocks and batch.cache.num_free_rows == 3
+    reference = run(OmniBatch(runner, max_batch=1), job(model, messages, sampling))
+    for result in results:
+        assert_same(result, reference)
+    too_long = job(model, messages, SamplingParams(temperature=0.0, max_tokens=batch.blocks.num_blocks * BLOCK))
+    with pytest.raises(EngineError, match="KV cache blocks"):
+        batch.add(too_long.job)
+
+
+def test_an_aborted_request_gives_its_blocks_back_at_the_next_step(model, runner):
+    batch = OmniBatch(runner, max_batch=2)
+    victim = job(model, (Message("user", (QUESTION, image(2))),), SamplingParams(temperature=0.0, max_tokens=50))
+    batch.add(victim.job)
+    while not victim.job.token_ids:
+        batch.step()
+    assert batch.blocks.num_free < batch.blocks.num_blocks
+    batch.abort(victim.job)
+    batch.step()
+    assert victim.finished.finish_reason == "abort" and not victim.job.blocks.block_ids
+    assert batch.blocks.num_free == batch.blocks.num_blocks and batch.cache.num_free_rows == 2
