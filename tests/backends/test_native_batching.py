@@ -7,12 +7,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_generate import OmniRunner
-from omnilive.backends.native_omni import load_omni
 from omnilive.engine.types import (
     AudioChunk,
     AudioInput,
@@ -23,23 +20,8 @@ from omnilive.engine.types import (
     SamplingParams,
     TextDelta,
 )
-from tests.model.omni_tiny import build_tiny_omni
 
 pytest.importorskip("transformers")
-
-STEPS = 3  # token2wav ODE steps: cheap on the tiny DiT
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.set_num_threads(1)
-    tiny = build_tiny_omni(tmp_path_factory.mktemp("omni"), seed=1)
-    return load_omni(tiny.directory, "float32")
-
-
-@pytest.fixture(scope="module")
-def runner(model):
-    return OmniRunner(model, context_length=512, prefill_chunk_tokens=64, token2wav_steps=STEPS)
 
 
 def picture() -> Image.Image:

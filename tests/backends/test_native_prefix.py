@@ -7,34 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_generate import OmniRunner
 from omnilive.backends.native_media_keys import media_spans
-from omnilive.backends.native_omni import load_omni
 from omnilive.engine.types import EngineError, ImageInput, Message, SamplingParams
 from tests.backends.test_native_batching import ASKS, Result, assert_same
-from tests.model.omni_tiny import build_tiny_omni
 
 pytest.importorskip("transformers")
 
 BLOCK = 16
 QUESTION = "What is in this picture?"
 GREEDY = SamplingParams(temperature=0.0, max_tokens=9)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.set_num_threads(1)
-    tiny = build_tiny_omni(tmp_path_factory.mktemp("omni"), seed=1)
-    return load_omni(tiny.directory, "float32")
-
-
-@pytest.fixture(scope="module")
-def runner(model):
-    return OmniRunner(model, context_length=512, prefill_chunk_tokens=64, token2wav_steps=3)
 
 
 def image(seed: int) -> ImageInput:

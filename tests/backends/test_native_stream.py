@@ -10,7 +10,6 @@ import torch
 
 from omnilive.backends.native_batch import OmniBatch, OmniJob
 from omnilive.backends.native_generate import OmniRunner
-from omnilive.backends.native_omni import load_omni
 from omnilive.engine.sampling import SamplingRow, make_generator
 from omnilive.engine.types import (
     AudioChunk,
@@ -25,20 +24,12 @@ from omnilive.model.talker_generate import (
     choose_codec_tokens,
 )
 from omnilive.model.token2wav_stream import StreamingSchedule
-from tests.model.omni_tiny import build_tiny_omni
 
 pytest.importorskip("transformers")
 
 STEPS = 3  # token2wav ODE steps: enough to chain windows, cheap on the tiny DiT
 REPLY = SamplingParams(temperature=0.0, max_tokens=40, seed=11)
 QUESTION = (Message("user", ("Tell me a long story about the sea.",)),)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.set_num_threads(1)
-    tiny = build_tiny_omni(tmp_path_factory.mktemp("omni"), seed=1)
-    return load_omni(tiny.directory, "float32")
 
 
 @pytest.fixture(scope="module")
