@@ -97,6 +97,7 @@ class EmbeddedEngine:
         from omnilive.engine.async_engine import AsyncLLM
         from omnilive.engine.llm_engine import LLMEngine
         from omnilive.model.gguf_loader import load_gguf
+        from omnilive.model.packed import can_pack
         from omnilive.model.weights import resolve_dtype
 
         s = self.settings
@@ -107,7 +108,10 @@ class EmbeddedEngine:
         unused_llm_role = "llm" if small else "llm-small"
         torch.set_num_threads(s.threads)
         dtype = resolve_dtype(s.dtype)
-        int8 = s.quantize == "int8" or (s.quantize == "auto" and dtype == torch.bfloat16)
+        # auto: bf16 weights packed for oneDNN where the CPU runs bf16 natively (about as fast
+        # as int8 alone and flat in batch size: docs/benchmarks.md), else int8 in bf16
+        auto_int8 = dtype == torch.bfloat16 and not can_pack(dtype, "cpu")
+        int8 = s.quantize == "int8" or (s.quantize == "auto" and auto_int8)
         model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=dtype, int8_weights=int8)
         self._tokenizer = tokenizer
         self._context_length = min(config.max_position_embeddings, s.max_context_tokens)

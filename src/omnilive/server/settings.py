@@ -50,8 +50,10 @@ class Settings(BaseSettings):
     # prompt tokens computed per engine step: smaller keeps other streams flowing during a
     # long prompt, larger finishes the prompt sooner
     prefill_chunk_tokens: int = Field(64, ge=1)
-    # int8 weights for the LLM's linear layers: ~2x faster decode on CPU (measured top-1
-    # agreement with bf16 at every position); "auto" = on when running in bfloat16
+    # int8 weights for the LLM's linear layers (measured top-1 agreement with bf16 at every
+    # position): faster single-stream decode than plain bf16, slower than bf16 packed for
+    # oneDNN once several requests batch. "auto" = packed bf16 where the CPU runs bf16
+    # natively (AMX / AVX512-BF16), int8 on other CPUs running bfloat16
     quantize: Literal["auto", "int8", "none"] = "auto"
     # native Qwen2.5-Omni speech: token2wav's ODE steps (10 = the reference); fewer steps for
     # the first streamed window only (its 0.12 s of audio; later windows re-solve those frames
