@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_generate import TOKEN2WAV_STEPS, OmniModel, OmniRunner
+from omnilive.backends.native_generate import OmniModel, OmniRunner
 from omnilive.backends.native_prompt import (
     SPEECH_SYSTEM_PROMPT,
     OmniProcessor,
@@ -104,7 +104,7 @@ class NativeOmniEngine:
     def __init__(self, settings, token2wav_steps: int | None = None):
         """token2wav_steps: overrides settings.token2wav_steps (tests use few)."""
         self.settings = settings
-        self.token2wav_steps = token2wav_steps or getattr(settings, "token2wav_steps", TOKEN2WAV_STEPS)
+        self.token2wav_steps = token2wav_steps or settings.token2wav_steps
         self.model: OmniModel | None = None
         self.runner: OmniRunner | None = None
         self.batch: OmniBatch | None = None
@@ -129,12 +129,12 @@ class NativeOmniEngine:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
-        speech_dtype = getattr(s, "speech_dtype", "float32")
+        speech_dtype = s.speech_dtype
         if speech_dtype == "auto":  # bfloat16 with a bfloat16 model (never float16: the DiT overflows it)
             speech_dtype = torch.bfloat16 if self.model.thinker.dtype == torch.bfloat16 else torch.float32
         speech_dtype = resolve_dtype(speech_dtype)
         self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps,
-                                 first_chunk_steps=getattr(s, "token2wav_first_chunk_steps", None),
+                                 first_chunk_steps=s.token2wav_first_chunk_steps,
                                  speech_dtype=speech_dtype)
         self.batch = OmniBatch(self.runner, s.max_batch)
         batch = self.batch
