@@ -86,6 +86,9 @@ class Microphone:
             await asyncio.sleep(max(0.0, start + self.sent / RATE - time.perf_counter()))
 
 
+MAX_OUTPUT_TOKENS = 96
+
+
 async def metric(http: httpx.AsyncClient, name: str) -> float:
     text = (await http.get("/metrics")).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
@@ -129,7 +132,8 @@ async def run(url: str, api_key: str, utterances: int) -> None:
     async with httpx.AsyncClient(base_url=url, headers=headers) as http, \
             websockets.connect(ws_url, additional_headers=headers, max_size=None) as ws:
         await ws.send(json.dumps({"type": "session.update", "session": {
-            "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}}}}))
+            "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}},
+            "max_output_tokens": MAX_OUTPUT_TOKENS}}))  # a sampled reply may ramble: cap its length
         mic = Microphone(ws)
         sender = asyncio.create_task(mic.run())
         rows = []

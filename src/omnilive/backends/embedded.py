@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from omnilive.backends.tts import SynthesisQueue
+from omnilive.engine.torch_threads import run_in_fresh_thread
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.engine.types import (
     ASR_SAMPLE_RATE,
@@ -87,7 +88,7 @@ class EmbeddedEngine:
         return self._card
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        await run_in_fresh_thread(self._load)  # torch stays on the engine thread afterwards
 
     def _load(self) -> None:
         from omnilive.backends import assets
@@ -130,7 +131,7 @@ class EmbeddedEngine:
                            SamplingParams(max_tokens=1))
         while engine.has_work():
             engine.step()
-        self._llm = AsyncLLM(engine)
+        self._llm = AsyncLLM(engine, threads=s.threads)
         self._asr = WhisperASR(assets.whisper_base_dir(cache_dir), cpu_threads=s.threads)
         self._asr.transcribe(AudioInput(np.zeros(ASR_SAMPLE_RATE, np.float32)), language="en")
         self._tts = HibariTTS()

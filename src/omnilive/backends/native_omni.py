@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from omnilive.backends.native_prompt import (
 )
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.engine.step_thread import StepThread
+from omnilive.engine.torch_threads import FreshThreadExecutor
 from omnilive.engine.types import (
     AudioInput,
     EngineError,
@@ -109,8 +109,9 @@ class NativeOmniEngine:
         self.runner: OmniRunner | None = None
         self.batch: OmniBatch | None = None
         self._card: ModelCard | None = None
-        # loading, prompt building and /v1/audio/speech; requests run on the engine thread
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="omni")
+        # loading, prompt building, media encoding and /v1/audio/speech, one call at a time;
+        # requests run on the engine thread. Fresh threads: no second OpenMP pool outlives a call
+        self._worker = FreshThreadExecutor(thread_name_prefix="omni")
         self._thread: StepThread | None = None
 
     @property

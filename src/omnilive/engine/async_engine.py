@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 __all__ = ["AsyncLLM", "LLMOutput"]
 
 
+def _set_torch_threads(threads: int | None) -> None:
+    if threads is not None:  # per thread: the loader's setting does not carry over
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
@@ -37,12 +44,13 @@ class _Stream:
 
 
 class AsyncLLM:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, threads: int | None = None):
+        """threads: torch's CPU threads on the engine thread (None: torch's default)."""
         self.engine = engine
         self._lock = threading.Lock()
         self._streams: dict[str, _Stream] = {}  # guarded by _lock
         self._thread = StepThread("omnilive-llm-engine", engine.has_work, self._step, self._fail_all,
-                                  self._end_all_streams)
+                                  self._end_all_streams, on_start=lambda: _set_torch_threads(threads))
 
     async def generate(
         self,
