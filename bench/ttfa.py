@@ -15,7 +15,10 @@ Sizes (random weights: timing only; tokenizer and vocabulary are the test checkp
 The talker's and thinker's stop / control rows of their output heads are zeroed, so neither
 ends early by chance: replies run to the limits.
 
-    python bench/ttfa.py [--text-tokens 32] [--codec-tokens 72] [--threads 2] [--schedule 3,2,1]
+    python bench/ttfa.py [--text-tokens 32] [--codec-tokens 72] [--threads 2] [--schedule 3,2,1] [--levels 1 4 8]
+
+Then (--levels) the same request N times at once through the served engine's batched step loop
+(OmniBatch): TTFA p50/p95 over the N, and the aggregate text and codec tokens per second.
 
 --schedule: token2wav's streaming windows in DiT blocks, chunk,past,future[,first chunk]
 (default: the engine's SPEECH_SCHEDULE, Qwen's 3,2,1 after a 2-block first chunk);
@@ -28,6 +31,7 @@ audio needs (first chunk + future) blocks of codes solved, then the vocoder's ri
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -106,6 +110,47 @@ def run_omnilive(model, text_tokens: int, codec_tokens: int, schedule: Streaming
             "samples": sum(len(out.samples) for _, out in audio), "input_ids": prompt.input_ids}
 
 
+def run_concurrent(model, clients: int, text_tokens: int, codec_tokens: int, schedule: StreamingSchedule,
+                   first_chunk_steps: int | None, speech_dtype: torch.dtype) -> dict:
+    """`clients` spoken requests arriving together (a burst), batched by the served step loop:
+    TTFA of each, and the aggregate thinker (text) and talker (codec) tokens per second."""
+    runner = OmniRunner(model, context_length=2048, token2wav_steps=STEPS, talker_sampling=TALKER_GREEDY,
+                        talker_max_new_tokens=codec_tokens, speech_schedule=schedule,
+                        first_chunk_steps=first_chunk_steps, speech_dtype=speech_dtype)
+    prompt = model.processor.build(PROMPT, speak=True)
+    batch = OmniBatch(runner, max_batch=clients)
+    first_audio: dict[int, float] = {}
+    text = [0] * clients
+    samples = [0] * clients
+    start = time.perf_counter()
+
+    def emit_for(i: int):
+        def emit(out) -> None:
+            if isinstance(out, AudioChunk):
+                first_audio.setdefault(i, time.perf_counter() - start)
+                samples[i] += len(out.samples)
+            elif isinstance(out, TextDelta):
+                text[i] += 1
+            elif isinstance(out, BaseException):
+                raise out
+        return emit
+
+    jobs = [OmniJob(prompt, SamplingParams(temperature=0.0, max_tokens=text_tokens, seed=i), model.voices["Chelsie"],
+                    emit_for(i)) for i in range(clients)]  # greedy text and codes; each its own token2wav noise
+    for job in jobs:
+        batch.add(job)
+    batch.run_until_idle()
+    wall = time.perf_counter() - start
+    codes = sum(len(job.speech.codes) for job in jobs)
+    ttfa = sorted(first_audio.values())
+    return {"clients": clients, "ttfa_p50": statistics.median(ttfa), "ttfa_p95": _p95(ttfa), "wall": wall,
+            "text_tps": sum(text) / wall, "codec_tps": codes / wall, "audio_s": sum(samples) / 24_000}
+
+
+def _p95(values: list[float]) -> float:
+    return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+
+
 def run_transformers(model, input_ids: list[int], text_tokens: int, codec_tokens: int) -> dict:
     ids = torch.tensor([input_ids])
     start = time.perf_counter()
@@ -132,6 +177,8 @@ def main() -> None:
                         "(default: 10, as every window; OMNILIVE_TOKEN2WAV_FIRST_CHUNK_STEPS)")
     parser.add_argument("--speech-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the streamed DiT solves' dtype (OMNILIVE_SPEECH_DTYPE)")
+    parser.add_argument("--levels", type=int, nargs="*", default=[1, 4, 8],
+                        help="then this many requests at once through the batched step loop (none: skip)")
     args = parser.parse_args()
     speech_dtype = getattr(torch, args.speech_dtype)
     blocks = [int(n) for n in args.schedule.split(",")] if args.schedule else None
@@ -164,6 +211,22 @@ def main() -> None:
           f"{theirs['samples'] / 24_000:.2f} s of audio, {theirs['text_tokens']} text tokens")
     print(f"TTFA_ours / time_to_audio_reference = {ours['ttfa'] / theirs['total']:.3f}; "
           f"total ours / reference = {ours['total'] / theirs['total']:.3f}")
+    if not args.levels:
+        return
+    del reference
+    print(f"\nconcurrency: N requests at once, batched (thinker rows, talker rows; token2wav solves per stream)")
+    print(f"{'clients':>7} {'TTFA p50':>8} {'TTFA p95':>8} {'wall s':>7} {'text tok/s':>10} {'codec tok/s':>11} {'audio s':>7}")
+    rows = {}
+    for clients in args.levels:
+        row = rows[clients] = run_concurrent(ours_model, clients, args.text_tokens, args.codec_tokens, schedule,
+                                             args.first_chunk_steps, speech_dtype)
+        print(f"{clients:>7} {row['ttfa_p50']:>8.2f} {row['ttfa_p95']:>8.2f} {row['wall']:>7.1f} "
+              f"{row['text_tps']:>10.1f} {row['codec_tps']:>11.1f} {row['audio_s']:>7.1f}", flush=True)
+    if 1 in rows and 4 in rows:
+        print(f"TTFA p50 c=4 / c=1 = {rows[4]['ttfa_p50'] / rows[1]['ttfa_p50']:.2f} (target <= 1.5)")
+    if 1 in rows and 8 in rows:
+        print(f"codec tokens/s c=8 / c=1 = {rows[8]['codec_tps'] / rows[1]['codec_tps']:.2f}, "
+              f"text tokens/s c=8 / c=1 = {rows[8]['text_tps'] / rows[1]['text_tps']:.2f} (target >= 4)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Prefix reuse in the native Qwen2.5-Omni engine's paged thinker cache (tiny random checkpoint,
 float32): a prompt that starts like an earlier one (the next turn of a chat, the same image)
-computes only what differs and replies exactly what a fresh engine replies; a different image
+computes only what differs and replies (and speaks) exactly what a fresh engine does; a different image
 behind the same placeholder tokens is never mistaken for the first; blocks are accounted."""
 
 from __future__ import annotations
@@ -72,22 +72,27 @@ def test_the_same_text_with_a_different_image_reuses_only_the_blocks_before_it(m
     assert again.job.token_ids == other.job.token_ids
 
 
-def test_a_spoken_request_computes_its_whole_prompt_and_equals_its_alone_run(model, runner):
+def test_a_spoken_request_reuses_cached_blocks_and_speaks_as_it_would_alone(model, runner):
     ask = ASKS["spoken"]
     messages = (Message("user", ask.content),)
-    short = SamplingParams(temperature=0.0, max_tokens=4)
     alone = run(OmniBatch(runner, max_batch=1), job(model, messages, ask.sampling, ask.voice))
-    text_alone = run(OmniBatch(runner, max_batch=1), job(model, messages, short))
+    assert alone.job.cached == 0
     batch = OmniBatch(runner, max_batch=2)
+    run(batch, job(model, messages, SamplingParams(temperature=0.0, max_tokens=4)))  # a text reply publishes the prompt
     spoken = job(model, messages, ask.sampling, ask.voice)
-    assert computed_by(batch, spoken) == len(spoken.job.prompt) and spoken.job.cached == 0
+    computed = computed_by(batch, spoken)
+    # the talker's prefill takes the cached blocks' hidden states: same codes, same audio
+    assert spoken.job.cached == (len(spoken.job.prompt) - 1) // BLOCK * BLOCK > 0
+    assert computed == len(spoken.job.prompt) - spoken.job.cached
     assert_same(spoken, alone)
-    text = run(batch, job(model, messages, short))  # the spoken request published its prompt's blocks
-    assert text.job.cached == (len(text.job.prompt) - 1) // BLOCK * BLOCK > 0
-    assert_same(text, text_alone)
-    again = job(model, messages, ask.sampling, ask.voice)  # cached now, yet computed whole
-    assert computed_by(batch, again) == len(again.job.prompt) and again.job.cached == 0
-    assert_same(again, alone)
+
+    # the next turn of a voice chat computes only what was added (the reply's blocks are cached too)
+    next_turn = (*messages, Message("assistant", (spoken.text,)), Message("user", ("Say more.",)))
+    second = job(model, next_turn, ask.sampling, ask.voice)
+    computed = computed_by(batch, second)
+    assert second.job.cached >= len(spoken.job.prompt) // BLOCK * BLOCK
+    assert computed == len(second.job.prompt) - second.job.cached < len(second.job.prompt) // 2
+    assert_same(second, run(OmniBatch(runner, max_batch=1), job(model, next_turn, ask.sampling, ask.voice)))
 
 
 def test_requests_wait_for_blocks_and_a_prompt_that_never_fits_is_refused(model, runner):

@@ -21,8 +21,10 @@ before it and the media it covers (native_media_keys: a content hash of each ite
 so a text-out job whose prompt starts like an earlier or running one's (the next turn of a
 chat, the same image asked again) references those blocks instead of computing them. M-RoPE
 ids of a prefix depend only on what comes before, so the cached keys are valid as they are.
-A spoken job computes its whole prompt: the talker's prefill needs the thinker's hidden state
-of every prompt token, which cached blocks do not keep; its blocks are still published.
+A model that speaks also keeps each block's final thinker hidden states beside its keys and
+values (`hidden_cache`, ~1/9 of the KV bytes at real sizes): the talker's prefill needs the
+hidden state of every prompt token, so a spoken job reuses cached blocks too (the next turn of
+a voice chat computes only what was added).
 
 A job's thinker row and blocks are freed when its reply ends (blocks stay findable until
 evicted); its talker slot when its speech ends. Not thread-safe: NativeOmniEngine steps it
@@ -103,7 +105,11 @@ class OmniBatch:
         self.blocks = BlockManager(self.cache.num_blocks, block_size)
         self.computed_prompt_tokens = 0  # prompt tokens run through the thinker (cached ones are not)
         self.can_speak = model.talker is not None and model.token2wav is not None
+        self.hidden_cache: torch.Tensor | None = None  # [num_blocks * block_size, H]: final hidden states
         if self.can_speak:  # a talker row holds the prompt, 2 more inputs and every codec token
+            config = self.thinker.thinker_config.text_config
+            self.hidden_cache = torch.zeros(self.cache.num_blocks * block_size, config.hidden_size,
+                                            dtype=self.thinker.dtype, device=self.thinker.device)
             self.speech_settings = runner.speech_settings
             self.talker_cache = model.talker.make_cache(
                 max_batch, runner.context_length + 2 + self.speech_settings.talker_max_new_tokens)
@@ -208,15 +214,10 @@ class OmniBatch:
             self._guarded(job, self._prepare, job)
 
     def _take_blocks(self, job: OmniJob) -> bool:
-        """Blocks for the job's prompt (a text-out job references the cached ones), if that
-        leaves the blocks every admitted job (this one included) may still grow into."""
+        """Blocks for the job's prompt (cached ones referenced), if that leaves the blocks every
+        admitted job (this one included) may still grow into."""
         keep_free = self._reserved() + self._blocks_needed(job) - self.blocks.blocks_for(len(job.prompt))
-        ids = job.prompt.input_ids  # a refused admit or grow leaves job.blocks as it was
-        if job.voice is not None:  # computes every prompt token (the talker needs their hidden states)
-            if self.blocks.blocks_for(len(ids)) > self.blocks.num_free - keep_free:
-                return False
-            return self.blocks.grow(job.blocks, len(ids))
-        cached = self.blocks.admit(job.blocks, ids, keep_free)
+        cached = self.blocks.admit(job.blocks, job.prompt.input_ids, keep_free)  # None: nothing taken
         if cached is None:
             return False
         job.computed = job.cached = cached
@@ -250,13 +251,15 @@ class OmniBatch:
         hidden = self.thinker(cache=self.cache, slots=slots, **job.prepared.prefill_inputs(start, end))[0]  # [n, H]
         job.computed = end
         self.computed_prompt_tokens += size
+        self._keep_hidden(job, range(start, end), hidden)
         self.blocks.commit(job.blocks, job.prompt.input_ids, end)
         if job.speech is not None:
             job.prompt_hidden.append(hidden)
         if end < len(job.prepared):
             return None
-        if job.speech is not None:
-            job.speech.start(job.prepared, torch.cat(job.prompt_hidden))
+        if job.speech is not None:  # the cached prefix's hidden states, then the computed ones
+            cached = self._kept_hidden(job, range(job.cached))
+            job.speech.start(job.prepared, torch.cat([cached, *job.prompt_hidden]))
             job.prompt_hidden = []
         return self.thinker.compute_logits(hidden[None, -1])
 
@@ -272,7 +275,9 @@ class OmniBatch:
             self._grow(job, len(job.prepared) + len(job.token_ids))
         slots = torch.tensor([job.slot for job in jobs], device=device)
         hidden = self.thinker(tokens, positions, self.cache, slots, rope_positions=rope_positions)[:, -1]  # [B, H]
-        for job in jobs:  # the reply's full blocks too: the next turn of a chat starts with them
+        for row, job in enumerate(jobs):  # the reply's full blocks too: the next turn of a chat starts with them
+            position = len(job.prepared) + len(job.token_ids) - 1
+            self._keep_hidden(job, range(position, position + 1), hidden[row : row + 1])
             self.blocks.commit(job.blocks, [*job.prompt.input_ids, *job.token_ids],
                                len(job.prepared) + len(job.token_ids))
         speaking = [i for i, job in enumerate(jobs) if job.speech is not None]
@@ -283,6 +288,21 @@ class OmniBatch:
         for job in jobs:
             job.feed_back = None
         return self.thinker.compute_logits(hidden)
+
+    def _keep_hidden(self, job: OmniJob, positions: range, hidden: torch.Tensor) -> None:
+        """The final hidden states [n, H] of the job's tokens at `positions`, into their blocks."""
+        if self.hidden_cache is not None:
+            self.hidden_cache.index_copy_(0, self._hidden_index(job, positions), hidden.to(self.hidden_cache.dtype))
+
+    def _kept_hidden(self, job: OmniJob, positions: range) -> torch.Tensor:
+        """[n, H]: what `_keep_hidden` stored for these positions (by this job or, for cached
+        blocks, by the job that computed them)."""
+        return self.hidden_cache.index_select(0, self._hidden_index(job, positions))
+
+    def _hidden_index(self, job: OmniJob, positions: range) -> torch.Tensor:
+        size, ids = self.blocks.block_size, job.blocks.block_ids
+        return torch.tensor([ids[p // size] * size + p % size for p in positions], dtype=torch.long,
+                            device=self.hidden_cache.device)
 
     def _grow(self, job: OmniJob, num_tokens: int) -> None:
         table = job.blocks
