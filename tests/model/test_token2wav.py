@@ -176,3 +176,14 @@ def test_load_from_checkpoint_folder(tmp_path, reference_model, ours, voice, cod
     noise = torch.randn(1, NUM_CODES * 2, TINY_DIT["mel_dim"], generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(model.synthesize(codes, voices["Chelsie"], num_steps=3, initial_noise=noise),
                                ours.synthesize(codes, voice, num_steps=3, initial_noise=noise), rtol=0, atol=0)
+
+
+def test_compute_dtype_is_bfloat16_only_where_its_matmuls_are_fast(monkeypatch):
+    from omnilive.model import weights
+
+    for flags, expected in ((frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}), torch.bfloat16),
+                            (frozenset({"avx512f", "avx512_bf16"}), torch.float32), (frozenset({"avx2"}), torch.float32)):
+        monkeypatch.setattr(weights, "_cpu_flags", lambda flags=flags: flags)
+        weights.pick_compute_dtype.cache_clear()
+        assert weights.pick_compute_dtype("cpu") == expected
+    weights.pick_compute_dtype.cache_clear()
