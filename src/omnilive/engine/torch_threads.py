@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import TypeVar
@@ -27,56 +28,62 @@ class FreshThreadExecutor(Executor):
     """An executor that runs each call on a thread of its own, one call at a time (FIFO).
 
     Use it where a `ThreadPoolExecutor(1)` would run torch: the calls are serialised the same
-    way, but no thread (and no OpenMP pool) outlives its call.
+    way, but no thread (and no OpenMP pool) outlives its call. Queued calls wait as plain
+    entries: a call's thread starts the next one's as it ends.
     """
 
     def __init__(self, thread_name_prefix: str = "torch-helper"):
         self._prefix = thread_name_prefix
         self._counter = itertools.count()
-        self._lock = threading.Lock()
-        self._queue: list[tuple[threading.Event, Future, threading.Thread]] = []  # started first, then waiting
+        self._lock = threading.Condition()
+        self._queue: deque[tuple[Future, Callable, tuple, dict]] = deque()
+        self._running = False  # a call's thread is alive (guarded by _lock)
         self._closed = False
 
     def submit(self, fn: Callable[..., T], /, *args, **kwargs) -> Future:
         future: Future = Future()
-        turn = threading.Event()
-        thread = threading.Thread(target=self._run, args=(turn, future, fn, args, kwargs),
-                                  name=f"{self._prefix}-{next(self._counter)}", daemon=True)
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            self._queue.append((turn, future, thread))
-            if len(self._queue) == 1:
-                turn.set()
-        thread.start()
+            self._queue.append((future, fn, args, kwargs))
+            if self._running:
+                return future
+            self._running = True
+        self._start_next()
         return future
 
-    def _run(self, turn: threading.Event, future: Future, fn, args, kwargs) -> None:
-        turn.wait()
+    def _start_next(self) -> None:
+        """Start the next call's thread; or, with none queued, mark the executor idle."""
+        with self._lock:
+            if not self._queue:
+                self._running = False
+                self._lock.notify_all()
+                return
+            call = self._queue.popleft()
+        threading.Thread(target=self._run, args=call, name=f"{self._prefix}-{next(self._counter)}",
+                         daemon=True).start()
+
+    def _run(self, future: Future, fn: Callable, args: tuple, kwargs: dict) -> None:
         try:
-            if future.set_running_or_notify_cancel():
+            if future.set_running_or_notify_cancel():  # False: cancelled while queued
                 try:
                     future.set_result(fn(*args, **kwargs))
                 except BaseException as error:  # the caller gets it
                     future.set_exception(error)
         finally:
-            with self._lock:
-                self._queue = [entry for entry in self._queue if entry[0] is not turn]
-                if self._queue:
-                    self._queue[0][0].set()
+            self._start_next()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls. cancel_futures: calls not started yet are cancelled. wait: return
-        once every thread has ended (a running call is never interrupted)."""
+        once no call is running (a running call is never interrupted)."""
         with self._lock:
             self._closed = True
-            queue = list(self._queue)
-        if cancel_futures:
-            for _, future, _ in queue:
-                future.cancel()  # False for the running one: it goes on
+            queued = [call[0] for call in self._queue] if cancel_futures else []
+        for future in queued:
+            future.cancel()
         if wait:
-            for _, _, thread in queue:
-                thread.join()
+            with self._lock:
+                self._lock.wait_for(lambda: not self._running)
 
 
 async def run_in_fresh_thread(fn: Callable[..., T], *args) -> T:
