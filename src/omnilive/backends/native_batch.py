@@ -275,9 +275,10 @@ class OmniBatch:
             self._grow(job, len(job.prepared) + len(job.token_ids))
         slots = torch.tensor([job.slot for job in jobs], device=device)
         hidden = self.thinker(tokens, positions, self.cache, slots, rope_positions=rope_positions)[:, -1]  # [B, H]
-        for row, job in enumerate(jobs):  # the reply's full blocks too: the next turn of a chat starts with them
-            position = len(job.prepared) + len(job.token_ids) - 1
-            self._keep_hidden(job, range(position, position + 1), hidden[row : row + 1])
+        if self.hidden_cache is not None:  # the fed-back tokens' hidden states, for a later spoken turn
+            rows = [self._hidden_row(job, len(job.prepared) + len(job.token_ids) - 1) for job in jobs]
+            self.hidden_cache.index_copy_(0, torch.tensor(rows, device=device), hidden.to(self.hidden_cache.dtype))
+        for job in jobs:  # the reply's full blocks too: the next turn of a chat starts with them
             self.blocks.commit(job.blocks, [*job.prompt.input_ids, *job.token_ids],
                                len(job.prepared) + len(job.token_ids))
         speaking = [i for i, job in enumerate(jobs) if job.speech is not None]
@@ -300,9 +301,13 @@ class OmniBatch:
         return self.hidden_cache.index_select(0, self._hidden_index(job, positions))
 
     def _hidden_index(self, job: OmniJob, positions: range) -> torch.Tensor:
-        size, ids = self.blocks.block_size, job.blocks.block_ids
-        return torch.tensor([ids[p // size] * size + p % size for p in positions], dtype=torch.long,
+        return torch.tensor([self._hidden_row(job, p) for p in positions], dtype=torch.long,
                             device=self.hidden_cache.device)
+
+    def _hidden_row(self, job: OmniJob, position: int) -> int:
+        """The hidden_cache row of the job's token at `position` (in its block, like its K/V)."""
+        size = self.blocks.block_size
+        return job.blocks.block_ids[position // size] * size + position % size
 
     def _grow(self, job: OmniJob, num_tokens: int) -> None:
         table = job.blocks

@@ -131,8 +131,8 @@ class NativeOmniEngine:
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
         speech_dtype = s.speech_dtype
-        if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast (never float16: the DiT overflows it)
-            fast = pick_compute_dtype(device) == torch.bfloat16
+        if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
+            fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
             speech_dtype = torch.bfloat16 if fast and self.model.thinker.dtype == torch.bfloat16 else torch.float32
         speech_dtype = resolve_dtype(speech_dtype)
         self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps,

@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     # native Qwen2.5-Omni speech: token2wav's ODE steps (10 = the reference); fewer steps for
     # the first streamed window only (its 0.12 s of audio; later windows re-solve those frames
     # with every step), for an earlier first audio chunk; the streamed DiT solves' dtype
-    # ("auto" = bfloat16 when the model runs in bfloat16 on a GPU or an AMX CPU, else float32). bench/speech_quality.py prints the
-    # log-mel cost of each against the 10-step float32 reference.
+    # ("auto" = bfloat16 when the model runs in bfloat16 on a GPU or an AMX CPU, else float32).
+    # bench/speech_quality.py prints the log-mel cost of each against the 10-step float32 reference.
     token2wav_steps: int = Field(10, ge=2)
     token2wav_first_chunk_steps: int = Field(4, ge=2)
     speech_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
