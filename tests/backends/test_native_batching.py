@@ -136,6 +136,53 @@ def test_requests_stepped_together_equal_each_alone(model, runner, alone_results
     assert alone_results["image"].finished.usage.image_prompt_tokens > 0
 
 
+def speak_two(model, runner, **batch_options) -> tuple[list[Result], list[int]]:
+    """Two spoken requests (other voice and seed for the second) added together; the rows of
+    every DiT forward."""
+    dit = model.token2wav.code2wav_dit_model
+    rows: list[int] = []
+    hook = dit.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    batch = OmniBatch(runner, max_batch=2, **batch_options)
+    results = [fresh(model, "spoken"), Result(TWIN.job(model, outputs := []), outputs)]
+    try:
+        for result in results:
+            batch.add(result.job)
+        batch.run_until_idle()
+    finally:
+        hook.remove()
+    return results, rows
+
+
+TWIN = dataclasses.replace(ASKS["spoken"], voice="Ethan", sampling=dataclasses.replace(ASKS["spoken"].sampling, seed=4))
+
+
+def test_streams_ahead_of_their_listeners_solve_their_token2wav_windows_together(model, runner, alone_results):
+    """Speech faster than real time (a clock that stands still): windows after the first wait
+    for the other stream's, one solve takes both (each its own voice, noise and offsets), and
+    each stream speaks exactly as it would alone."""
+    results, rows = speak_two(model, runner, speech_lead_s=0.0, clock=lambda: 0.0)
+    assert max(rows) == 4  # 2 streams x (conditional + null guidance rows)
+    twin_alone = Result(TWIN.job(model, outputs := []), outputs)
+    alone_batch = OmniBatch(runner, max_batch=1)
+    alone_batch.add(twin_alone.job)
+    alone_batch.run_until_idle()
+    assert_same(results[0], alone_results["spoken"])
+    assert_same(results[1], twin_alone)
+    assert not np.allclose(results[0].audio[:1000], results[1].audio[:1000])  # two voices, two noises
+
+
+def test_streams_behind_their_listeners_solve_each_window_at_once(model, runner, alone_results):
+    """Slower than real time (a clock that runs ahead), every window is urgent: solved the step
+    its codes exist, never held back for a batch."""
+    ticks = iter(range(0, 10**9, 1000))
+    results, rows = speak_two(model, runner, clock=lambda: float(next(ticks)))
+    # the second prompt is prefilled a step after the first, so no window of it falls due in
+    # the same step as one of the first's: one stream's window per solve (guidance pair)
+    assert 2 * len(results[0].job.prompt) > runner.prefill_chunk_tokens
+    assert max(rows) == 2
+    assert_same(results[0], alone_results["spoken"])
+
+
 def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runner, alone_results):
     batch = OmniBatch(runner, max_batch=3)
     results = {name: fresh(model, name) for name in ("text", "spoken", "late")}

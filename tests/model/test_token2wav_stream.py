@@ -14,6 +14,7 @@ from omnilive.model.token2wav_stream import (
     StreamingVocoder,
     autocast_to,
     ode_evaluations,
+    solve_windows,
     vocoder_receptive_field,
 )
 
@@ -105,6 +106,46 @@ def test_dit_window_with_first_frame_equals_whole_forward(model, voice, codes):
     inside = slice(2 * block, (12 - 4 - 1) * block)  # window blocks 6..10
     torch.testing.assert_close(window[:, inside], whole[:, start:end][:, inside], rtol=0, atol=1e-5)
     assert (window[:, -block:] - whole[:, end - block:end]).abs().max() > 1e-4  # its look-ahead was cut
+
+
+def test_dit_rows_with_their_own_first_frames_equal_each_row_alone(model, voice, codes):
+    """Batched streams: each row a window at its own offset (RoPE angles, block mask)."""
+    dit, block = model.code2wav_dit_model, TINY_DIT["block_size"]
+    conditioning = dit.conditioning(codes, voice.speaker_embedding, voice.reference_mel, with_unconditional=True)
+    x = torch.randn(2, NUM_CODES * 2, 8, generator=torch.Generator().manual_seed(7))
+    starts, length, time = [0, 3 * block, 5 * block + 2], 6 * block, torch.tensor(0.6)
+    rows = [(x[r % 2, s:s + length], conditioning[r % 2, s:s + length]) for r, s in enumerate(starts)]
+    with torch.no_grad():
+        together = dit(torch.stack([xr for xr, _ in rows]), time, torch.stack([cr for _, cr in rows]),
+                       first_frame=torch.tensor(starts))
+        alone = [dit(xr[None], time, cr[None], first_frame=s)[0] for (xr, cr), s in zip(rows, starts)]
+    torch.testing.assert_close(together, torch.stack(alone), rtol=0, atol=1e-5)
+    assert (alone[1] - alone[2]).abs().max() > 1e-3  # the offsets matter
+
+
+def test_windows_of_several_streams_solved_together_equal_each_solved_alone(model, voice, codes):
+    other_voice = Voice(speaker_embedding=voice.speaker_embedding.flip(-1), reference_mel=voice.reference_mel + 1.0)
+    def streams():
+        return [StreamingToken2Wav(model, v, num_steps=3, generator=torch.Generator().manual_seed(seed))
+                for v, seed in ((voice, 10), (other_voice, 11), (voice, 12))]
+    lengths = (NUM_CODES, NUM_CODES - 7, NUM_CODES)  # the second stream lags: other windows, other offsets
+    pushes = [codes[:, :n] for n in lengths]
+
+    alone = []
+    for stream, pushed in zip(streams(), pushes):
+        alone.append(torch.cat(stream.push(pushed) + stream.finish()))
+
+    together, waves = streams(), [[] for _ in lengths]
+    for stream, pushed in zip(together, pushes):
+        stream.add_codes(pushed)
+    due = [window for stream in together for window in stream.due_windows()]
+    assert len({window.batch_key for window in due}) < len(due)  # some windows share a batch
+    assert len({window.start for window in due if window.batch_key == due[-1].batch_key}) > 1
+    for window, mel in zip(due, solve_windows(due)):
+        waves[together.index(window.stream)].append(window.stream.complete(window, mel))
+    for i, stream in enumerate(together):
+        waves[i] += stream.finish()
+        torch.testing.assert_close(torch.cat(waves[i]), alone[i], rtol=0, atol=1e-5)
 
 
 def test_frame_conditioning_equals_dit_conditioning(model, voice, codes):

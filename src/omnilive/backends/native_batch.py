@@ -12,7 +12,10 @@
                  paged cache, per-row positions and M-RoPE ids (position + its rope delta)
              ONE sampling call for every job whose next token is due; detokenise, stop, limits
              ONE talker decode forward for every speech stream whose text input is there;
-                 each code into that job's own StreamingToken2Wav ──▶ AudioChunks
+                 each code into that job's own StreamingToken2Wav
+             the token2wav windows the streams' codes completed wait until one is urgent
+                 (below), then ALL waiting windows are solved in one batched ODE integration
+                 (per window length and time grid) ──▶ each stream's vocoder ──▶ AudioChunks
     A job's outputs go to its own `emit`; a job that fails (bad media) fails alone.
 
 The thinker cache is paged (engine.kv_cache.PagedKVCache, engine.block_manager): every full
@@ -26,6 +29,12 @@ values (`hidden_cache`, ~1/9 of the KV bytes at real sizes): the talker's prefil
 hidden state of every prompt token, so a spoken job reuses cached blocks too (the next turn of
 a voice chat computes only what was added).
 
+Speech windows wait to be batched: a stream's next window is urgent when nothing of the reply
+has been heard yet, when its speech has ended, or when less than `speech_lead_s` of audio is
+ahead of where its listener is (the time since its first chunk). Slower than real time (a CPU)
+every window is urgent at once; faster (a GPU), windows of several streams gather and one
+batched solve costs about what one does.
+
 A job's thinker row and blocks are freed when its reply ends (blocks stay findable until
 evicted); its talker slot when its speech ends. Not thread-safe: NativeOmniEngine steps it
 from one thread.
@@ -34,6 +43,7 @@ from one thread.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +58,7 @@ from omnilive.engine.block_manager import BlockManager, BlockTable
 from omnilive.engine.detokenizer import Detokenizer
 from omnilive.engine.sampling import SamplingRow, TokenSample, make_generator, sample
 from omnilive.engine.types import (
+    SPEECH_SAMPLE_RATE,
     EngineError,
     EngineOutput,
     Finished,
@@ -57,6 +68,7 @@ from omnilive.engine.types import (
     Usage,
 )
 from omnilive.model.talker_generate import talker_step
+from omnilive.model.token2wav_stream import DiTWindow, solve_windows
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Voice
 
@@ -87,6 +99,9 @@ class OmniJob:
     row: SamplingRow | None = None
     detokenizer: Detokenizer | None = None
     speech: SpeechStream | None = None
+    windows: list[DiTWindow] = field(default_factory=list)  # token2wav windows waiting to be solved
+    first_audio_at: float | None = None  # batch clock when its first AudioChunk went out
+    audio_seconds: float = 0.0  # of AudioChunks sent
     finish_reason: FinishReason | None = None  # set when the reply ends
     aborted: bool = False
     done: bool = False  # Finished (or an error) was emitted
@@ -97,10 +112,14 @@ class OmniJob:
 
 
 class OmniBatch:
-    def __init__(self, runner: OmniRunner, max_batch: int = 4, block_size: int = 16, num_blocks: int | None = None):
-        """num_blocks: KV blocks of the thinker cache (default: max_batch full-context rows)."""
+    def __init__(self, runner: OmniRunner, max_batch: int = 4, block_size: int = 16, num_blocks: int | None = None,
+                 speech_lead_s: float = 1.5, clock: Callable[[], float] = time.monotonic):
+        """num_blocks: KV blocks of the thinker cache (default: max_batch full-context rows).
+        speech_lead_s: audio a stream keeps ahead of its listener before its windows must be
+        solved (they wait for others' until then); clock: seconds (tests pass their own)."""
         model = runner.model
         self.runner, self.thinker, self.max_batch = runner, model.thinker, max_batch
+        self.speech_lead_s, self.clock = speech_lead_s, clock
         self.cache = self.thinker.make_paged_cache(max_batch, runner.context_length, block_size, num_blocks)
         self.blocks = BlockManager(self.cache.num_blocks, block_size)
         self.computed_prompt_tokens = 0  # prompt tokens run through the thinker (cached ones are not)
@@ -317,8 +336,7 @@ class OmniBatch:
         self.cache.set_blocks(job.slot, before, table.block_ids[before:])
 
     def _reply_token_to_speech(self, job: OmniJob, hidden: torch.Tensor, embed: torch.Tensor) -> None:
-        if (chunk := job.speech.add_reply_token(hidden, embed)) is not None:
-            job.emit(chunk)
+        job.speech.add_reply_token(hidden, embed)
 
     def _take_token(self, job: OmniJob, choice: TokenSample) -> None:
         """A sampled token: stop token, text, stop string, limit; else fed back next step."""
@@ -367,13 +385,48 @@ class OmniBatch:
                     self._fail(job, error)
                 return
             for job, code in zip(ready, codes):
-                self._guarded(job, self._take_code, job, code)
+                self._guarded(job, job.speech.take, code)
+        self._synthesize()
         for job in self.running:
             if not job.done and job.finish_reason is not None and job.speech is not None and job.speech.done:
                 self._guarded(job, self._end_speech, job)
 
-    def _take_code(self, job: OmniJob, code: int | None) -> None:
-        if (chunk := job.speech.take(code)) is not None:
+    def _synthesize(self) -> None:
+        """Collect the token2wav windows the streams' codes completed; once one is urgent, solve
+        every waiting window together; each stream's audio then goes out in its own order."""
+        speaking = [job for job in self.running if not job.done and job.speech is not None]
+        for job in speaking:
+            job.windows += self._guarded(job, job.speech.due_windows) or []
+        waiting = [job for job in speaking if job.windows and not job.done]
+        full = sum(len(job.windows) for job in waiting) >= self.max_batch
+        if not (full or any(self._urgent(job) for job in waiting)):
+            return
+        due = [(job, window) for job in waiting for window in job.windows]
+        for job in waiting:
+            job.windows = []
+        try:
+            mels = solve_windows([window for _, window in due])
+        except Exception as error:  # noqa: BLE001 - a bug: the streams in this solve fail
+            log.exception("token2wav solve failed")
+            for job, _ in due:
+                self._fail(job, error)
+            return
+        for (job, window), mel in zip(due, mels):
+            if not job.done:
+                self._guarded(job, self._emit_window, job, window, mel)
+
+    def _urgent(self, job: OmniJob) -> bool:
+        """Its listener would wait for its next window: nothing heard yet, its speech is over
+        (the rest is flushed now), or less than speech_lead_s of audio is left to play."""
+        if job.first_audio_at is None or job.speech.done:
+            return True
+        return job.audio_seconds - (self.clock() - job.first_audio_at) < self.speech_lead_s
+
+    def _emit_window(self, job: OmniJob, window: DiTWindow, mel: torch.Tensor) -> None:
+        if (chunk := job.speech.complete(window, mel)) is not None:
+            if job.first_audio_at is None:
+                job.first_audio_at = self.clock()
+            job.audio_seconds += len(chunk.samples) / SPEECH_SAMPLE_RATE
             job.emit(chunk)
 
     def _end_speech(self, job: OmniJob) -> None:

@@ -4,7 +4,9 @@
         k = 0: talker prefill into the stream's own slot, first codec token
         k > 0: one more text input; the batch loop then steps every ready stream together
     talker_step over every ready stream at once (the batch loop) ──codec token──▶ `take`
-        ──▶ its StreamingToken2Wav ──▶ AudioChunk as soon as a waveform chunk is final
+        ──▶ its StreamingToken2Wav; `due_windows` hands out the DiT windows those codes
+        completed, the loop solves every stream's together (solve_windows) and gives each back
+        through `complete` ──▶ AudioChunk as soon as a waveform chunk is final
     `finish_text` when the reply ends: the talker speaks on (text EOS, then PAD) to its end,
     one batched step per loop step; `flush` hands token2wav's tail out.
 
@@ -25,7 +27,7 @@ from omnilive.model.talker import Talker, build_talker_prefill, new_talker_text_
 from omnilive.model.talker_generate import TalkerStream, start_talker_stream
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Token2Wav, Voice
-from omnilive.model.token2wav_stream import StreamingSchedule, StreamingToken2Wav
+from omnilive.model.token2wav_stream import DiTWindow, StreamingSchedule, StreamingToken2Wav
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,13 @@ class SpeechStream:
         return self.talker_stream.finished
 
     @torch.inference_mode()
-    def add_reply_token(self, hidden: torch.Tensor, embed: torch.Tensor) -> AudioChunk | None:
+    def add_reply_token(self, hidden: torch.Tensor, embed: torch.Tensor) -> None:
         """Reply token k fed back: its final hidden state and thinker embedding, [H] each.
-        Token 0 runs the talker's prefill (and may already finish a chunk)."""
+        Token 0 runs the talker's prefill (its first codec token goes to token2wav)."""
         reply_input = hidden + embed
         if self.talker_stream is not None:
             self._text_inputs.push(reply_input)
-            return None
+            return
         prompt, talker = self._prompt, self.talker
         bos = self.voice.bos_token if self.voice.bos_token is not None else talker.talker_config.tts_text_start_token_id
         prefill = build_talker_prefill(talker, self._thinker_embed, prompt.input_ids, prompt.embeds,
@@ -122,19 +124,26 @@ class SpeechStream:
         self._wav = StreamingToken2Wav(self.token2wav, self.voice, num_steps=s.token2wav_steps,
                                        schedule=s.schedule, generator=generator, compute_dtype=s.dit_dtype,
                                        first_chunk_steps=s.first_chunk_steps)
-        return self.take(self.talker_stream.codes[-1] if self.talker_stream.codes else None)
+        self.take(self.talker_stream.codes[-1] if self.talker_stream.codes else None)
 
     def finish_text(self) -> None:
         """The thinker's reply ended."""
         self._text_inputs.finish()
 
+    def take(self, code: int | None) -> None:
+        """The talker's newest code (None: it ended) into token2wav."""
+        if code is not None:
+            self.codes.append(code)
+            self._wav.add_codes([code])
+
+    def due_windows(self) -> list[DiTWindow]:
+        """token2wav's windows the codes so far completed (each handed out once, in order)."""
+        return self._wav.due_windows() if self._wav is not None else []
+
     @torch.inference_mode()
-    def take(self, code: int | None) -> AudioChunk | None:
-        """The talker's newest code (None: it ended) into token2wav; the audio that became final."""
-        if code is None:
-            return None
-        self.codes.append(code)
-        return self._chunk(self._wav.push([code]))
+    def complete(self, window: DiTWindow, mel: torch.Tensor) -> AudioChunk | None:
+        """A solved window of this stream (in `due_windows` order) → the audio that became final."""
+        return self._chunk([self._wav.complete(window, mel)])
 
     @torch.inference_mode()
     def flush(self) -> AudioChunk | None:
@@ -142,6 +151,7 @@ class SpeechStream:
         return self._chunk(self._wav.finish()) if self._wav is not None else None
 
     def _chunk(self, pieces: list[torch.Tensor]) -> AudioChunk | None:
+        pieces = [piece for piece in pieces if piece.numel()]
         if not pieces:
             return None
         samples = torch.cat(pieces).float().cpu().numpy().astype(np.float32)

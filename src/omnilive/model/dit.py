@@ -188,12 +188,22 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def block_attention_mask(num_frames: int, block_size: int, look_backward: int, look_ahead: int,
-                         device: torch.device, first_frame: int = 0) -> torch.Tensor:
+                         device: torch.device, first_frame: int | torch.Tensor = 0) -> torch.Tensor:
     """[T, T] bool, True where frame i may attend to frame j (block(j) - block(i) in [-back, ahead]);
-    frames are numbered from `first_frame` (a window of a longer utterance)."""
-    block = torch.arange(first_frame, first_frame + num_frames, device=device) // block_size
-    block_offset = block.unsqueeze(0) - block.unsqueeze(1)
-    return (block_offset >= -look_backward) & (block_offset <= look_ahead)
+    frames are numbered from `first_frame` (a window of a longer utterance). With first_frame
+    a [B] tensor (one window per row): [B, 1, T, T]."""
+    block = frame_positions(first_frame, num_frames, device) // block_size  # [T] or [B, T]
+    block_offset = block.unsqueeze(-2) - block.unsqueeze(-1)
+    mask = (block_offset >= -look_backward) & (block_offset <= look_ahead)
+    return mask if mask.dim() == 2 else mask.unsqueeze(1)
+
+
+def frame_positions(first_frame: int | torch.Tensor, num_frames: int, device: torch.device) -> torch.Tensor:
+    """Absolute frame numbers of a window: [T] from an int, [B, T] from a [B] tensor."""
+    offsets = torch.arange(num_frames, device=device)
+    if isinstance(first_frame, torch.Tensor):
+        return first_frame.to(device).reshape(-1, 1) + offsets
+    return first_frame + offsets
 
 
 def rotate_interleaved_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -292,17 +302,20 @@ class DiT(nn.Module):
         ], dim=-1)
 
     def forward(self, noisy_mel: torch.Tensor, time: torch.Tensor, conditioning: torch.Tensor,
-                first_frame: int = 0) -> torch.Tensor:
+                first_frame: int | torch.Tensor = 0) -> torch.Tensor:
         """noisy_mel [B, T, M], time [] or [B], conditioning [B, T, *] → velocity [B, T, M].
 
         first_frame: absolute position of frame 0 when the input is a window of a longer
-        utterance (streaming), so RoPE angles and attention blocks equal the whole-utterance ones."""
+        utterance (streaming), so RoPE angles and attention blocks equal the whole-utterance ones;
+        a [B] tensor when the rows are windows of different utterances (batched streams)."""
         batch, frames, _ = noisy_mel.shape
         time_embedding = self.time_embed(time.expand(batch))  # [B, H]
         x = self.input_embed.proj(torch.cat([noisy_mel, conditioning], dim=-1))  # [B, T, H]
 
-        positions = torch.arange(first_frame, first_frame + frames, device=x.device)
-        angles = positions.float().unsqueeze(1) * self.inv_freq  # [T, D/2]
+        positions = frame_positions(first_frame, frames, x.device)  # [T] or [B, T]
+        angles = positions.float().unsqueeze(-1) * self.inv_freq  # [T, D/2] or [B, T, D/2]
+        if angles.dim() == 3:
+            angles = angles.unsqueeze(1)  # [B, 1, T, D/2]: broadcast over the rotated head
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         masks: dict[tuple[int, int], torch.Tensor] = {}
         for block in self.transformer_blocks:

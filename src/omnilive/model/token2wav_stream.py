@@ -183,53 +183,60 @@ class StreamingToken2Wav:
         return self._noise[:, :self.frames]
 
     def push(self, codes: torch.Tensor | list[int]) -> list[torch.Tensor]:
+        """Add codes; solve (one after another) and vocode the windows they completed."""
+        self.add_codes(codes)
+        return self._run(self.due_windows())
+
+    def add_codes(self, codes: torch.Tensor | list[int]) -> None:
+        """Add codes only; `due_windows` then says what can be solved (by `solve_windows`,
+        together with other streams' windows)."""
         if self._finished:
             raise RuntimeError("push() after finish()")
         codes = torch.as_tensor(codes, dtype=torch.long, device=self.device).reshape(1, -1)
         self._codes = torch.cat([self._codes, codes], dim=1)
         if self.frames > self.config.max_position_embeddings:
             raise ValueError(f"{self.frames} mel frames exceed the DiT's max_position_embeddings")
-        chunks = []
-        while self._window(self._next_chunk)[3] <= self.frames:  # its whole look-ahead exists
-            chunks.append(self._solve_next_chunk())
-        return [chunk for chunk in chunks if chunk.numel()]
+
+    def due_windows(self) -> list[DiTWindow]:
+        """The next chunks whose whole look-ahead exists, in order; each is handed out once and
+        must go back through `complete` in that order."""
+        windows = []
+        while self._window(self._next_chunk)[3] <= self.frames:
+            windows.append(self._take_window())
+        return windows
+
+    def complete(self, window: DiTWindow, mel: torch.Tensor) -> torch.Tensor:
+        """A solved window (mel [1, M, T]) → the waveform that became final (maybe empty)."""
+        chunk = mel[..., window.chunk_start - window.start:window.chunk_end - window.start]
+        return self.vocoder.push(chunk, last=window.last)
 
     def finish(self) -> list[torch.Tensor]:
         """Solve the remaining chunks (their windows end at the utterance's end) and flush."""
         self._finished = True
-        chunks = []
+        windows = []
         while self._window(self._next_chunk)[1] < self.frames:
-            chunks.append(self._solve_next_chunk())
+            windows.append(self._take_window())
+        chunks = self._run(windows)
         if self.vocoder.emitted_frames < self.frames:  # the last chunk was solved before finish()
-            chunks.append(self.vocoder.push(self._noise.new_zeros(1, self.config.mel_dim, 0), last=True))
-        return [chunk for chunk in chunks if chunk.numel()]
+            tail = self.vocoder.push(self._noise.new_zeros(1, self.config.mel_dim, 0), last=True)
+            chunks += [tail] if tail.numel() else []
+        return chunks
 
     def _window(self, chunk: int) -> tuple[int, int, int, int]:
         return self.schedule.window(chunk, self.config.block_size, self.frames if self._finished else None)
 
-    def _solve_next_chunk(self) -> torch.Tensor:
-        solve_start, chunk_start, chunk_end, solve_end = self._window(self._next_chunk)
+    def _take_window(self) -> DiTWindow:
+        start, chunk_start, chunk_end, end = self._window(self._next_chunk)
         times = self.first_times if self._next_chunk == 0 else self.times
         self._next_chunk += 1
-        mel = self._solve(solve_start, solve_end, times)[..., chunk_start - solve_start:chunk_end - solve_start]
-        return self.vocoder.push(mel, last=self._finished and chunk_end == self.frames)
-
-    @torch.no_grad()
-    def _solve(self, start: int, end: int, times: torch.Tensor) -> torch.Tensor:
-        """The ODE on frames [start, end) alone → mel [1, M, end - start] float32."""
         repeats = self.config.repeats
-        conditioning = self.frame_conditioning(self._codes[:, start // repeats:end // repeats])
-        dit, first_frame, guidance = self.dit, start, self.guidance_scale
+        return DiTWindow(self, start, chunk_start, chunk_end, end, times, self._noise_until(end)[:, start:end],
+                         self.frame_conditioning(self._codes[:, start // repeats:end // repeats]),
+                         last=self._finished and chunk_end == self.frames)
 
-        def velocity(time: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            if not self.guided:
-                return dit(x, time, conditioning, first_frame).float()
-            conditional, unconditional = dit(torch.cat([x, x]), time, conditioning, first_frame).float().chunk(2)
-            return conditional + (conditional - unconditional) * guidance
-
-        with autocast_to(self.compute_dtype, self.device):  # the ODE state itself stays float32
-            mel = rk4_integrate(velocity, self._noise_until(end)[:, start:end], times)
-        return mel.transpose(1, 2)
+    def _run(self, windows: list[DiTWindow]) -> list[torch.Tensor]:
+        chunks = [self.complete(window, mel) for window, mel in zip(windows, solve_windows(windows))]
+        return [chunk for chunk in chunks if chunk.numel()]
 
     def _noise_until(self, end: int) -> torch.Tensor:
         block = self.config.block_size
@@ -264,11 +271,75 @@ class StreamingToken2Wav:
         ], dim=-1)
 
 
+@dataclass(eq=False)
+class DiTWindow:
+    """One ODE solve a stream needs: frames [start, end) of its utterance, of which
+    [chunk_start, chunk_end) become final."""
+
+    stream: StreamingToken2Wav
+    start: int
+    chunk_start: int
+    chunk_end: int
+    end: int
+    times: torch.Tensor  # the ODE time grid
+    noise: torch.Tensor  # [1, T, M] float32: the utterance's initial noise on these frames
+    conditioning: torch.Tensor  # [B', T, C]: DiT.conditioning rows (B' = 2 with guidance: conditional, null)
+    last: bool  # its chunk ends the utterance
+
+    @property
+    def batch_key(self) -> tuple:
+        """Windows with equal keys solve as one batch: same DiT and settings, length and time grid."""
+        stream = self.stream
+        return (id(stream.dit), stream.guidance_scale, stream.compute_dtype, self.end - self.start,
+                tuple(self.times.tolist()))
+
+
+@torch.no_grad()
+def solve_windows(windows: list[DiTWindow]) -> list[torch.Tensor]:
+    """Solve every window's ODE → mel [1, M, T] float32 each, in order. Windows that can share a
+    batch (`batch_key`: of different streams, or chunks of one) run as one RK4 integration whose
+    DiT forwards take all their rows at once: on a GPU, N streams cost about what one does."""
+    mels: list[torch.Tensor | None] = [None] * len(windows)
+    groups: dict[tuple, list[int]] = {}
+    for index, window in enumerate(windows):
+        groups.setdefault(window.batch_key, []).append(index)
+    for indices in groups.values():
+        group = [windows[i] for i in indices]
+        for i, mel in zip(indices, _solve_group(group).transpose(1, 2).split(1)):
+            mels[i] = mel
+    return mels
+
+
+def _solve_group(windows: list[DiTWindow]) -> torch.Tensor:
+    """Windows of one batch_key → mel [n, T, M]."""
+    stream = windows[0].stream
+    dit, guidance, guided = stream.dit, stream.guidance_scale, stream.guided
+    if len(windows) == 1:  # one window: the int offset, as the whole-utterance solve takes it
+        first_frame: int | torch.Tensor = windows[0].start
+    else:
+        first_frame = torch.tensor([window.start for window in windows], device=stream.device)
+    rows = 2 if guided else 1  # conditional rows of every window, then their null rows
+    conditioning = torch.cat([window.conditioning[r:r + 1] for r in range(rows) for window in windows])
+    if guided and isinstance(first_frame, torch.Tensor):
+        first_frame = first_frame.repeat(2)
+
+    def velocity(time: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not guided:
+            return dit(x, time, conditioning, first_frame).float()
+        conditional, unconditional = dit(torch.cat([x, x]), time, conditioning, first_frame).float().chunk(2)
+        return conditional + (conditional - unconditional) * guidance
+
+    with autocast_to(stream.compute_dtype, stream.device):  # the ODE state itself stays float32
+        return rk4_integrate(velocity, torch.cat([window.noise for window in windows]), windows[0].times)
+
+
 __all__ = [
+    "DiTWindow",
     "StreamingSchedule",
     "StreamingToken2Wav",
     "StreamingVocoder",
     "autocast_to",
     "ode_evaluations",
+    "solve_windows",
     "vocoder_receptive_field",
 ]
