@@ -217,7 +217,7 @@ def main() -> None:
     if not args.levels:
         return
     del reference
-    print(f"\nconcurrency: N requests at once, batched (thinker rows, talker rows; token2wav solves per stream)")
+    print(f"\nconcurrency: N requests at once, batched (thinker rows, talker rows; token2wav windows of streams ahead of their listeners)")
     print(f"{'clients':>7} {'TTFA p50':>8} {'TTFA p95':>8} {'text s':>7} {'text tok/s':>10} {'wall s':>7} "
           f"{'codec tok/s':>11} {'audio s':>7}")
     rows = {}
