@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     token2wav_steps: int = Field(10, ge=2)
     token2wav_first_chunk_steps: int = Field(4, ge=2)
     speech_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # seconds of audio a stream keeps ahead of its listener before its next token2wav window
+    # must be solved; until then windows wait to be solved together with other streams'
+    speech_lead_seconds: float = Field(1.5, ge=0.0)
 
     # request and media bounds
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # whole HTTP request body
