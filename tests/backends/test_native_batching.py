@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from omnilive.backends.native_batch import OmniBatch, OmniJob
+from omnilive.backends.native_speech import SpeechStream
 from omnilive.engine.types import (
     AudioChunk,
     AudioInput,
@@ -181,6 +182,46 @@ def test_streams_behind_their_listeners_solve_each_window_at_once(model, runner,
     assert 2 * len(results[0].job.prompt) > runner.prefill_chunk_tokens
     assert max(rows) == 2
     assert_same(results[0], alone_results["spoken"])
+
+
+def test_a_stream_not_heard_yet_gets_its_first_window_before_waiting_windows_of_others(
+        model, runner, alone_results, monkeypatch):
+    """Two streams speak ahead of their listeners (their later windows wait); a third arrives:
+    its first window is urgent, and the waiting windows are solved with it, after it."""
+    completed: list[tuple[int, str]] = []  # (step, request) of every token2wav window, in order
+    step, names = 0, {}
+    complete = SpeechStream.complete
+
+    def logged_complete(speech, window, mel):
+        completed.append((step, names[id(speech)]))
+        return complete(speech, window, mel)
+
+    monkeypatch.setattr(SpeechStream, "complete", logged_complete)
+    # room for many waiting windows: the tiny DiT's windows are a few codes each
+    batch = OmniBatch(runner, max_batch=32, speech_lead_s=0.0, clock=lambda: 0.0)
+    long = {"sampling": dataclasses.replace(ASKS["spoken"].sampling, max_tokens=120)}  # they outlast its start
+    first = Result(dataclasses.replace(ASKS["spoken"], **long).job(model, outputs := []), outputs)
+    twin = Result(dataclasses.replace(TWIN, **long).job(model, outputs := []), outputs)
+    late = fresh(model, "late")
+
+    def run_until(done) -> None:
+        nonlocal step
+        while not done():
+            batch.step()
+            step += 1
+            names.update({id(r.job.speech): name for name, r in (("first", first), ("twin", twin), ("late", late))
+                          if r.job.speech is not None})
+
+    for result in (first, twin):
+        batch.add(result.job)
+    run_until(lambda: all(r.job.first_audio_at is not None and r.job.windows for r in (first, twin)))
+    batch.add(late.job)
+    run_until(lambda: not batch.has_work())
+    late_step = next(s for s, name in completed if name == "late")
+    in_that_step = [name for s, name in completed if s == late_step]
+    assert in_that_step[0] == "late" and {"first", "twin"} <= set(in_that_step)
+    assert_same(late, alone_results["late"])
+    assert first.finished.finish_reason == twin.finished.finish_reason == "length" and len(first.audio)
 
 
 def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runner, alone_results):

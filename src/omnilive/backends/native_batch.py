@@ -68,7 +68,7 @@ from omnilive.engine.types import (
     Usage,
 )
 from omnilive.model.talker_generate import talker_step
-from omnilive.model.token2wav_stream import DiTWindow, solve_windows
+from omnilive.model.token2wav_stream import DiTWindow, solve_windows, window_batches
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Voice
 
@@ -393,7 +393,8 @@ class OmniBatch:
 
     def _synthesize(self) -> None:
         """Collect the token2wav windows the streams' codes completed; once one is urgent, solve
-        every waiting window together; each stream's audio then goes out in its own order."""
+        every waiting window, a batch at a time, those of streams not heard yet first; each
+        stream's audio goes out in its own order as soon as its windows so far are solved."""
         speaking = [job for job in self.running if not job.done and job.speech is not None]
         for job in speaking:
             job.windows += self._guarded(job, job.speech.due_windows) or []
@@ -401,19 +402,24 @@ class OmniBatch:
         full = sum(len(job.windows) for job in waiting) >= self.max_batch
         if not (full or any(self._urgent(job) for job in waiting)):
             return
+        waiting.sort(key=lambda job: job.first_audio_at is not None)  # a listener still in silence first
+        queues = {job: job.windows for job in waiting}  # each stream's windows, in order
         due = [(job, window) for job in waiting for window in job.windows]
         for job in waiting:
             job.windows = []
-        try:
-            mels = solve_windows([window for _, window in due])
-        except Exception as error:  # noqa: BLE001 - a bug: the streams in this solve fail
-            log.exception("token2wav solve failed")
-            for job, _ in due:
-                self._fail(job, error)
-            return
-        for (job, window), mel in zip(due, mels):
-            if not job.done:
-                self._guarded(job, self._emit_window, job, window, mel)
+        solved: dict[int, torch.Tensor] = {}  # id(window) → mel
+        for indices in window_batches([window for _, window in due]):
+            batch = [due[i][1] for i in indices]
+            try:
+                solved.update(zip(map(id, batch), solve_windows(batch)))
+            except Exception as error:  # noqa: BLE001 - a bug: the streams in this batch fail
+                log.exception("token2wav solve failed")
+                for i in indices:
+                    self._fail(due[i][0], error)
+            for job, queue in queues.items():  # a window completes only after its stream's earlier ones
+                while queue and not job.done and id(queue[0]) in solved:
+                    window = queue.pop(0)
+                    self._guarded(job, self._emit_window, job, window, solved.pop(id(window)))
 
     def _urgent(self, job: OmniJob) -> bool:
         """Its listener would wait for its next window: nothing heard yet, its speech is over

@@ -294,16 +294,22 @@ class DiTWindow:
                 tuple(self.times.tolist()))
 
 
-@torch.no_grad()
-def solve_windows(windows: list[DiTWindow]) -> list[torch.Tensor]:
-    """Solve every window's ODE → mel [1, M, T] float32 each, in order. Windows that can share a
-    batch (`batch_key`: of different streams, or chunks of one) run as one RK4 integration whose
-    DiT forwards take all their rows at once: on a GPU, N streams cost about what one does."""
-    mels: list[torch.Tensor | None] = [None] * len(windows)
+def window_batches(windows: list[DiTWindow]) -> list[list[int]]:
+    """Indices of the windows that can share one batched solve (`batch_key`: windows of other
+    streams, or other chunks of one), groups in order of their first window."""
     groups: dict[tuple, list[int]] = {}
     for index, window in enumerate(windows):
         groups.setdefault(window.batch_key, []).append(index)
-    for indices in groups.values():
+    return list(groups.values())
+
+
+@torch.no_grad()
+def solve_windows(windows: list[DiTWindow]) -> list[torch.Tensor]:
+    """Solve every window's ODE → mel [1, M, T] float32 each, in order. Each of
+    `window_batches` runs as one RK4 integration whose DiT forwards take all its rows at once:
+    on a GPU, N streams cost about what one does."""
+    mels: list[torch.Tensor | None] = [None] * len(windows)
+    for indices in window_batches(windows):
         group = [windows[i] for i in indices]
         for i, mel in zip(indices, _solve_group(group).transpose(1, 2).split(1)):
             mels[i] = mel
@@ -341,5 +347,6 @@ __all__ = [
     "autocast_to",
     "ode_evaluations",
     "solve_windows",
+    "window_batches",
     "vocoder_receptive_field",
 ]
