@@ -101,6 +101,17 @@ def test_logprobs_shape(client, model_id):
     assert plain.choices[0].logprobs is None
 
 
+def test_usage_reports_the_prompt_tokens_found_in_the_cache(client, model_id):
+    messages = [{"role": "system", "content": "You answer in French, in one short sentence, about the sea. " * 4},
+                {"role": "user", "content": "Why is the sea salty?"}]
+    first = greedy(client, model_id, messages, max_tokens=4).usage
+    again = greedy(client, model_id, [*messages[:1], {"role": "user", "content": "Why are waves white?"}],
+                   max_tokens=4).usage
+    # the shared system prompt's full KV blocks are reused; the new question is computed
+    assert first.prompt_tokens_details.cached_tokens < again.prompt_tokens_details.cached_tokens
+    assert 40 < again.prompt_tokens_details.cached_tokens < again.prompt_tokens
+
+
 def test_usage_is_filled(client, model_id):
     response = greedy(client, model_id, max_tokens=8)
     usage = response.usage

@@ -159,3 +159,27 @@ def test_four_concurrent_streams_two_spoken_equal_each_alone(client):
             assert difference.max() <= 4  # the same speech, up to PCM16 rounding of float noise
         else:
             assert reply["pcm"] == b""
+
+
+def test_the_next_turn_of_a_voice_chat_reuses_the_first_turns_prompt(client):
+    """Spoken replies, two turns: the second reports its cached prompt tokens (OpenAI's
+    usage.prompt_tokens_details.cached_tokens) and speaks as it does when asked cold."""
+    model = client.models.list().data[0].id
+    spoken = {"modalities": ["text", "audio"], "audio": {"voice": "Chelsie", "format": "wav"}, "max_tokens": 8,
+              "temperature": 0.0, "seed": 11}
+    first_turn = [{"role": "user", "content": [{"type": "text", "text": "Tell me about the sea and the wind."},
+                                               {"type": "image_url", "image_url": {"url": data_url("image/png",
+                                                                                                   png_bytes())}}]}]
+    first = client.chat.completions.create(model=model, messages=first_turn, **spoken)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    second_turn = [*first_turn, {"role": "assistant", "content": first.choices[0].message.audio.transcript},
+                   {"role": "user", "content": "And the boats?"}]
+    second = client.chat.completions.create(model=model, messages=second_turn, **spoken)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens // 2 < cached < second.usage.prompt_tokens
+    again = client.chat.completions.create(model=model, messages=second_turn, **spoken)  # cached once more
+    assert again.usage.prompt_tokens_details.cached_tokens >= cached
+    assert again.choices[0].message.audio.transcript == second.choices[0].message.audio.transcript
+    speech = [np.frombuffer(wave.open(io.BytesIO(base64.b64decode(r.choices[0].message.audio.data))).readframes(10**7),
+                            "<i2").astype(int) for r in (second, again)]
+    assert speech[0].shape == speech[1].shape and np.abs(speech[0] - speech[1]).max() <= 4  # float rounding only

@@ -191,7 +191,8 @@ class EmbeddedEngine:
                 if out.text or out.logprobs:
                     yield TextDelta(out.text, tuple(out.logprobs or ()))
                 if out.finish_reason is not None:
-                    usage = Usage(out.prompt_tokens, out.completion_tokens, out.reasoning_tokens)
+                    usage = Usage(out.prompt_tokens, out.completion_tokens, out.reasoning_tokens,
+                                  cached_prompt_tokens=out.cached_prompt_tokens)
                     yield Finished(out.finish_reason, usage)
         finally:
             await stream.aclose()

@@ -450,7 +450,7 @@ class OmniBatch:
         prompt = job.prompt
         job.emit(Finished(reason, Usage(prompt_tokens=len(prompt), completion_tokens=len(job.token_ids),
                                         audio_prompt_tokens=prompt.audio_tokens,
-                                        image_prompt_tokens=prompt.image_tokens)))
+                                        image_prompt_tokens=prompt.image_tokens, cached_prompt_tokens=job.cached)))
 
     def _fail(self, job: OmniJob, error: BaseException) -> None:
         if job.done:

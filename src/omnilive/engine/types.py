@@ -113,6 +113,7 @@ class Usage:
     reasoning_tokens: int = 0
     audio_prompt_tokens: int = 0
     image_prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, found in the KV cache (not computed)
 
     @property
     def total_tokens(self) -> int:

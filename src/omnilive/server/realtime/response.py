@@ -234,6 +234,7 @@ def _usage_wire(usage: Usage) -> dict:
         "total_tokens": usage.total_tokens,
         "input_tokens": usage.prompt_tokens,
         "output_tokens": usage.completion_tokens,
-        "input_token_details": {"text_tokens": usage.prompt_tokens, "audio_tokens": 0, "cached_tokens": 0},
+        "input_token_details": {"text_tokens": usage.prompt_tokens, "audio_tokens": 0,
+                                "cached_tokens": usage.cached_prompt_tokens},
         "output_token_details": {"text_tokens": usage.completion_tokens, "audio_tokens": 0},
     }

@@ -213,7 +213,8 @@ def _usage_out(usage: Usage) -> UsageOut:
         total_tokens=usage.total_tokens,
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=usage.reasoning_tokens),
         prompt_tokens_details=PromptTokensDetails(
-            audio_tokens=usage.audio_prompt_tokens, image_tokens=usage.image_prompt_tokens
+            audio_tokens=usage.audio_prompt_tokens, image_tokens=usage.image_prompt_tokens,
+            cached_tokens=usage.cached_prompt_tokens,
         ),
     )
 
