@@ -183,7 +183,7 @@ class StreamingToken2Wav:
         return self._noise[:, :self.frames]
 
     def push(self, codes: torch.Tensor | list[int]) -> list[torch.Tensor]:
-        """Add codes; solve (one after another) and vocode the windows they completed."""
+        """Add codes; solve the windows they completed (batched where they can be) and vocode them."""
         self.add_codes(codes)
         return self._run(self.due_windows())
 
