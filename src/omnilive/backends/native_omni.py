@@ -34,7 +34,7 @@ from omnilive.backends.native_prompt import (
 )
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.engine.step_thread import StepThread
-from omnilive.engine.torch_threads import FreshThreadExecutor
+from omnilive.engine.torch_threads import FreshThreadExecutor, set_torch_threads
 from omnilive.engine.types import (
     AudioInput,
     EngineError,
@@ -142,7 +142,7 @@ class NativeOmniEngine:
         batch = self.batch
         self._thread = StepThread("omni-engine", batch.has_work, batch.step, batch.fail_all,
                                   lambda: batch.fail_all(EngineError("the engine is shut down")),
-                                  on_start=lambda: torch.set_num_threads(s.threads))
+                                  on_start=lambda: set_torch_threads(s.threads))
         is_directory = Path(s.model).expanduser().is_dir()
         family = self.model.family
         parts = [{"role": "thinker", "name": f"{family} thinker", "source": str(directory)}]

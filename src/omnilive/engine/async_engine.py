@@ -17,18 +17,12 @@ from dataclasses import dataclass, replace
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import LLMOutput
 from omnilive.engine.step_thread import StepThread
+from omnilive.engine.torch_threads import set_torch_threads
 from omnilive.engine.types import EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AsyncLLM", "LLMOutput"]
-
-
-def _set_torch_threads(threads: int | None) -> None:
-    if threads is not None:  # per thread: the loader's setting does not carry over
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -50,7 +44,7 @@ class AsyncLLM:
         self._lock = threading.Lock()
         self._streams: dict[str, _Stream] = {}  # guarded by _lock
         self._thread = StepThread("omnilive-llm-engine", engine.has_work, self._step, self._fail_all,
-                                  self._end_all_streams, on_start=lambda: _set_torch_threads(threads))
+                                  self._end_all_streams, on_start=lambda: set_torch_threads(threads))
 
     async def generate(
         self,

@@ -86,6 +86,15 @@ class FreshThreadExecutor(Executor):
                 self._lock.wait_for(lambda: not self._running)
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """torch's CPU threads for the calling thread's kernels (None: leave torch's default).
+    Per thread: an engine thread sets its own, the loader's setting does not carry over."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 async def run_in_fresh_thread(fn: Callable[..., T], *args) -> T:
     """`await asyncio.to_thread(fn, *args)`, but on a thread that ends with the call."""
     executor = FreshThreadExecutor()
@@ -95,4 +104,4 @@ async def run_in_fresh_thread(fn: Callable[..., T], *args) -> T:
         executor.shutdown(wait=False)
 
 
-__all__ = ["FreshThreadExecutor", "run_in_fresh_thread"]
+__all__ = ["FreshThreadExecutor", "run_in_fresh_thread", "set_torch_threads"]
