@@ -6,6 +6,8 @@ small body limit (so the oversized-body case is cheap).
 
 from __future__ import annotations
 
+import omnilive  # noqa: F401 - before any test imports torch: it sets up the OpenMP runtimes (see its __init__)
+
 import httpx
 import pytest
 
