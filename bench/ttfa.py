@@ -147,7 +147,8 @@ def run_concurrent(model, clients: int, text_tokens: int, codec_tokens: int, sch
     codes = sum(len(job.speech.codes) for job in jobs)
     ttfa = sorted(first_audio.values())
     return {"clients": clients, "ttfa_p50": statistics.median(ttfa), "ttfa_p95": _p95(ttfa), "wall": wall,
-            "text_done": max(last_text), "text_tps": sum(text) / max(last_text), "codec_tps": codes / wall, "audio_s": sum(samples) / 24_000}
+            "text_done": max(last_text), "text_tps": sum(text) / max(last_text), "codec_tps": codes / wall,
+            "audio_s": sum(samples) / 24_000}
 
 
 def _p95(values: list[float]) -> float:
@@ -217,7 +218,8 @@ def main() -> None:
     if not args.levels:
         return
     del reference
-    print(f"\nconcurrency: N requests at once, batched (thinker rows, talker rows; token2wav windows of streams ahead of their listeners)")
+    print("\nconcurrency: N requests at once, batched (thinker rows, talker rows; token2wav windows of streams "
+          "ahead of their listeners)")
     print(f"{'clients':>7} {'TTFA p50':>8} {'TTFA p95':>8} {'text s':>7} {'text tok/s':>10} {'wall s':>7} "
           f"{'codec tok/s':>11} {'audio s':>7}")
     rows = {}
@@ -225,7 +227,8 @@ def main() -> None:
         row = rows[clients] = run_concurrent(ours_model, clients, args.text_tokens, args.codec_tokens, schedule,
                                              args.first_chunk_steps, speech_dtype)
         print(f"{clients:>7} {row['ttfa_p50']:>8.2f} {row['ttfa_p95']:>8.2f} {row['text_done']:>7.1f} "
-              f"{row['text_tps']:>10.1f} {row['wall']:>7.1f} {row['codec_tps']:>11.1f} {row['audio_s']:>7.1f}", flush=True)
+              f"{row['text_tps']:>10.1f} {row['wall']:>7.1f} {row['codec_tps']:>11.1f} {row['audio_s']:>7.1f}",
+              flush=True)
     if 1 in rows and 4 in rows:
         print(f"TTFA p50 c=4 / c=1 = {rows[4]['ttfa_p50'] / rows[1]['ttfa_p50']:.2f} (target <= 1.5)")
     if 1 in rows and 8 in rows:

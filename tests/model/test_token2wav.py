@@ -181,8 +181,9 @@ def test_load_from_checkpoint_folder(tmp_path, reference_model, ours, voice, cod
 def test_compute_dtype_is_bfloat16_only_where_its_matmuls_are_fast(monkeypatch):
     from omnilive.model import weights
 
-    for flags, expected in ((frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}), torch.bfloat16),
-                            (frozenset({"avx512f", "avx512_bf16"}), torch.float32), (frozenset({"avx2"}), torch.float32)):
+    cases = ((frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}), torch.bfloat16),
+             (frozenset({"avx512f", "avx512_bf16"}), torch.float32), (frozenset({"avx2"}), torch.float32))
+    for flags, expected in cases:
         monkeypatch.setattr(weights, "_cpu_flags", lambda flags=flags: flags)
         weights.pick_compute_dtype.cache_clear()
         assert weights.pick_compute_dtype("cpu") == expected
