@@ -171,12 +171,13 @@ def test_the_next_turn_of_a_voice_chat_reuses_the_first_turns_prompt(client):
                                                {"type": "image_url", "image_url": {"url": data_url("image/png",
                                                                                                    png_bytes())}}]}]
     first = client.chat.completions.create(model=model, messages=first_turn, **spoken)
-    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    # (other tests on this server spoke with the same system prompt: its blocks may be cached)
     second_turn = [*first_turn, {"role": "assistant", "content": first.choices[0].message.audio.transcript},
                    {"role": "user", "content": "And the boats?"}]
     second = client.chat.completions.create(model=model, messages=second_turn, **spoken)
     cached = second.usage.prompt_tokens_details.cached_tokens
-    assert first.usage.prompt_tokens // 2 < cached < second.usage.prompt_tokens
+    assert max(first.usage.prompt_tokens_details.cached_tokens, first.usage.prompt_tokens // 2) < cached
+    assert cached < second.usage.prompt_tokens
     again = client.chat.completions.create(model=model, messages=second_turn, **spoken)  # cached once more
     assert again.usage.prompt_tokens_details.cached_tokens >= cached
     assert again.choices[0].message.audio.transcript == second.choices[0].message.audio.transcript
