@@ -304,7 +304,7 @@ class OmniBatch:
         if speaking:
             embeds = self.thinker.model.embed_tokens(tokens[speaking, 0])  # [S, H]
             for row, i in enumerate(speaking):
-                self._guarded(jobs[i], self._reply_token_to_speech, jobs[i], hidden[i], embeds[row])
+                self._guarded(jobs[i], jobs[i].speech.add_reply_token, hidden[i], embeds[row])
         for job in jobs:
             job.feed_back = None
         return self.thinker.compute_logits(hidden)
@@ -334,9 +334,6 @@ class OmniBatch:
         if not self.blocks.grow(table, num_tokens):
             raise RuntimeError(f"no KV block for request {job.request_id or id(job)}: the reservation is wrong")
         self.cache.set_blocks(job.slot, before, table.block_ids[before:])
-
-    def _reply_token_to_speech(self, job: OmniJob, hidden: torch.Tensor, embed: torch.Tensor) -> None:
-        job.speech.add_reply_token(hidden, embed)
 
     def _take_token(self, job: OmniJob, choice: TokenSample) -> None:
         """A sampled token: stop token, text, stop string, limit; else fed back next step."""
