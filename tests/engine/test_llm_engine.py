@@ -134,6 +134,24 @@ def test_batched_with_staggered_arrival_equals_each_alone(sampling):
     assert engine.num_free_slots == 4
 
 
+def test_each_step_runs_one_forward_for_its_decodes_and_prefill_chunks():
+    """A request arriving while others decode joins their forward: the weights are read once
+    per step, whatever mix of decodes and prefill chunks it holds."""
+    engine = make_engine(prefill_chunk_tokens=8)
+    forwards = []
+    hook = MODEL.register_forward_pre_hook(lambda module, args: forwards.append(tuple(args[1].shape)))
+    try:
+        arrivals = {i * 2: [(f"r{i}", prompt(text), replace(GREEDY, max_tokens=10))]
+                    for i, text in enumerate(["hello", "one two three four", "a"])}
+        batched = run_to_end(engine, arrivals)
+    finally:
+        hook.remove()
+    assert len(forwards) == engine.steps_run
+    assert any(rows > 1 and width > 1 for rows, width in forwards)  # decodes and a chunk together
+    for i, text in enumerate(["hello", "one two three four", "a"]):
+        assert_same_generation(batched[f"r{i}"], generate_alone(prompt(text), replace(GREEDY, max_tokens=10)))
+
+
 def test_chunked_prefill_equals_whole_prefill():
     prompt_ids = prompt("a long prompt " * 6)
     sampling = SamplingParams(temperature=0.0, max_tokens=12, logprobs=True)

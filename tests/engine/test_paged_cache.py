@@ -74,6 +74,40 @@ def test_paged_forward_equals_slot_forward_and_no_cache():
     assert all(len(ids) // block_size > (len(ids) - 6) // block_size for ids in rows)
 
 
+@torch.inference_mode()
+def test_one_forward_of_decodes_and_prefill_chunks_equals_each_row_alone():
+    """Rows of 1 token (decodes) and of several (prefill chunks) in one right-padded forward:
+    the model runs only real tokens, each group of equal-length rows in one attention call."""
+    texts = ("hello there", "the cat sat on the mat", "a b", "one two three four five six", "x y z")
+    rows = [TOKENIZER.encode(text) for text in texts]
+    # tokens already in the cache: rows 0, 1 and 4 decode one token; rows 2 and 3 compute the
+    # rest of their prompt, as many tokens each
+    done = [len(rows[0]) - 1, len(rows[1]) - 1, 0, len(rows[3]) - len(rows[2]), len(rows[4]) - 1]
+    paged = MODEL.make_paged_cache(max_rows=5, max_len=64, block_size=4, num_blocks=90)
+    order = torch.randperm(90, generator=torch.Generator().manual_seed(1)).tolist()
+    for row in range(5):
+        paged.set_blocks(row, 0, order[row * 16 : (row + 1) * 16])
+    slot = MODEL.make_cache(5, 64)
+    for cache in (paged, slot):
+        for row, (ids, n) in enumerate(zip(rows, done)):
+            if n:
+                MODEL(torch.tensor([ids[:n]]), torch.arange(n)[None], cache, torch.tensor([row]))
+        width = max(len(ids) - n for ids, n in zip(rows, done))
+        input_ids = torch.zeros(5, width, dtype=torch.long)
+        positions = torch.full((5, width), -1)
+        for row, (ids, n) in enumerate(zip(rows, done)):
+            input_ids[row, : len(ids) - n] = torch.tensor(ids[n:])
+            positions[row, : len(ids) - n] = torch.arange(n, len(ids))
+        write = cache.writer(torch.arange(5), positions)
+        assert [group.shape for group in write.groups] == [(3, 1), (2, len(rows[2]))]
+        logits = MODEL.compute_logits(MODEL(input_ids, positions, cache, torch.arange(5)))
+        for row, (ids, n) in enumerate(zip(rows, done)):
+            torch.testing.assert_close(logits[row, len(ids) - n - 1], no_cache_logits(ids), atol=1e-5, rtol=0)
+        assert logits[0, 1:].abs().sum() == logits[4, 1:].abs().sum() == 0  # padding outputs are zeros
+        with pytest.raises(ValueError, match="padding"):
+            cache.writer(torch.arange(2), torch.tensor([[-1, 3], [0, 1]]))
+
+
 def test_second_chat_turn_reuses_the_first_turns_blocks():
     sampling = SamplingParams(temperature=0.0, max_tokens=24, logprobs=True, repetition_penalty=1.3)
     first = SYSTEM + prompt("what is up")

@@ -1,8 +1,8 @@
 """The synchronous LLM engine: add requests, call `step()` until `has_work()` is False.
 
 One step = schedule (pick decodes and prefill chunks, grow block tables, admit waiting
-requests) → one batched decode forward + the prefill chunk forwards → one batched sampling
-call for every request whose next token is due → detokenise, check stop conditions, free
+requests) → one forward for the decoding rows and the prefill chunks together → one batched
+sampling call for every request whose next token is due → detokenise, check stop conditions, free
 finished requests' blocks.
 
 The KV cache is paged (see block_manager.py): requests whose prompts share a prefix with a
@@ -30,7 +30,7 @@ from omnilive.engine.request import (
     ThinkMarkers,
 )
 from omnilive.engine.sampling import make_generator, sample
-from omnilive.engine.scheduler import PrefillChunk, Scheduler
+from omnilive.engine.scheduler import Scheduler, StepPlan
 from omnilive.engine.types import EngineError, SamplingParams
 from omnilive.model.qwen2 import Qwen2ForCausalLM
 
@@ -146,21 +146,12 @@ class LLMEngine:
         self.steps_run += 1
         outputs, self._ready = self._ready, []
         plan = self.scheduler.schedule()
-        due: list[Request] = []  # requests whose next token is sampled this step
-        logits: list[torch.Tensor] = []  # [rows, V] each, rows in the order of `due`
-        if plan.decodes:
-            logits.append(self._run_decodes(plan.decodes))
-            due.extend(plan.decodes)
-        for chunk in plan.prefills:
-            last_logits = self._run_prefill_chunk(chunk)
-            if last_logits is not None:
-                due.append(chunk.request)
-                logits.append(last_logits)
-        if due:
-            batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
-            samples = sample(batch_logits, [request.sampling_row() for request in due])
-            for request, token in zip(due, samples):
-                request.append_sampled(token)
+        if not plan.empty:
+            due, logits = self._run(plan)
+            if due:
+                samples = sample(logits, [request.sampling_row() for request in due])
+                for request, token in zip(due, samples):
+                    request.append_sampled(token)
         for request in list(self.scheduler.running):
             output = request.take_output()
             if request.finished:
@@ -169,30 +160,35 @@ class LLMEngine:
                 outputs.append(output)
         return outputs
 
-    def _run_decodes(self, requests: list[Request]) -> torch.Tensor:
-        """One forward for all decoding rows: [B, 1] tokens → [B, V] logits."""
-        device = self.model.device
-        input_ids = torch.tensor([[r.token_ids[-1]] for r in requests], dtype=torch.long, device=device)
-        positions = torch.tensor([[r.num_computed] for r in requests], dtype=torch.long, device=device)
-        rows = torch.tensor([r.row for r in requests], dtype=torch.long, device=device)
-        hidden = self.model(input_ids, positions, self.cache, rows)  # [B, 1, H]
-        for request in requests:
-            self.scheduler.computed(request, request.num_computed + 1)
-        self.num_computed_tokens += len(requests)
-        return self.model.compute_logits(hidden[:, -1])
+    def _run(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
+        """One forward for every decoding row and prefill chunk of the step (the weights are
+        read once: a decode step's cost on a CPU); returns the requests whose next token is due
+        and their logits [len(due), V].
 
-    def _run_prefill_chunk(self, chunk: PrefillChunk) -> torch.Tensor | None:
-        """Compute one chunk of a request's missing tokens; logits [1, V] if it was the last one."""
-        request, device = chunk.request, self.model.device
-        input_ids = torch.tensor([request.token_ids[chunk.start : chunk.end]], dtype=torch.long, device=device)
-        positions = torch.arange(chunk.start, chunk.end, device=device).unsqueeze(0)
-        rows = torch.tensor([request.row], dtype=torch.long, device=device)
-        hidden = self.model(input_ids, positions, self.cache, rows)  # [1, T, H]
-        self.scheduler.computed(request, chunk.end)
-        self.num_computed_tokens += chunk.end - chunk.start
-        if not chunk.completes:
-            return None
-        return self.model.compute_logits(hidden[:, -1])
+        Rows are right-padded to the longest chunk; the model runs only real tokens.
+        """
+        work = [(r, r.num_computed, r.num_computed + 1) for r in plan.decodes]
+        work += [(chunk.request, chunk.start, chunk.end) for chunk in plan.prefills]
+        width = max(end - start for _, start, end in work)
+        input_ids = torch.zeros((len(work), width), dtype=torch.long)
+        positions = torch.full((len(work), width), -1, dtype=torch.long)
+        for i, (request, start, end) in enumerate(work):
+            input_ids[i, : end - start] = torch.tensor(request.token_ids[start:end])
+            positions[i, : end - start] = torch.arange(start, end)
+        device = self.model.device
+        rows = torch.tensor([request.row for request, _, _ in work], dtype=torch.long, device=device)
+        hidden = self.model(input_ids.to(device), positions.to(device), self.cache, rows)  # [rows, width, H]
+        due, last = [], []  # a row's next token is due once its chunk reaches its last token
+        for i, (request, start, end) in enumerate(work):
+            self.scheduler.computed(request, end)
+            self.num_computed_tokens += end - start
+            if end == len(request.token_ids):
+                due.append(request)
+                last.append(i * width + end - start - 1)
+        if not due:
+            return due, hidden.new_empty(0)
+        states = hidden.view(-1, hidden.shape[-1])[torch.tensor(last, device=device)]  # [len(due), H]
+        return due, self.model.compute_logits(states)
 
     # tokenizer helpers
 

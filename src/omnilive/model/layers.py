@@ -73,7 +73,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, heads, T, D]; cos/sin [B, T, D]."""
+    """x [N, heads, D] (one row per token); cos/sin [N, D]."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + rotate_half(x) * sin
 
@@ -81,9 +81,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads that reads and writes a KV cache.
 
-    New keys/values of the valid tokens (position >= 0) are stored at their (row, position)
-    first; then every query reads the keys 0..L-1 of its row, and `mask` keeps only those at
-    positions <= its own. `write` knows the cache layout: a slot cache's layer tensors are
+    Takes a step's tokens either as a full batch x [B, T, H] or, when the batch has right
+    padding, as only its valid tokens x [N, H] (row-major; see `StepWrite`), so projections
+    never run on padding. New keys/values are stored at their (row, position) first; then the
+    queries of each group of rows with as many tokens (`write.groups`: e.g. all decoding rows,
+    then each prefill chunk) read the keys 0..L-1 of their rows, each only those at positions
+    <= its own. `write` knows the cache layout: a slot cache's layer tensors are
     [slots, nkv, max_len, D] (CacheWrite), a paged cache's [num_blocks, nkv, block_size, D]
     (PagedCacheWrite).
     """
@@ -106,74 +109,119 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,  # [B, T, H]
-        cos: torch.Tensor,  # [B, T, D]
+        x: torch.Tensor,  # [B, T, H], or [N, H]: the valid tokens of a padded batch
+        cos: torch.Tensor,  # [B * T or N, D]: one row per token of x
         sin: torch.Tensor,
         k_cache: torch.Tensor,  # one layer of the cache (layout: see `write`)
         v_cache: torch.Tensor,
         write: CacheWrite | PagedCacheWrite,
-        mask: torch.Tensor,  # [B, 1, T, L] bool, True = attend
     ) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        tokens = x.reshape(-1, x.shape[-1])  # [M, H], M = B * T or N
+        q = self.q_proj(tokens).view(-1, self.num_heads, self.head_dim)
+        k = self.k_proj(tokens).view(-1, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(tokens).view(-1, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         write.store(k_cache, k)
         write.store(v_cache, v)
-        keys, values = write.read(k_cache), write.read(v_cache)  # [B, nkv, L, D]
+        out = None
+        for group in write.groups:
+            keys, values = write.read(k_cache, group), write.read(v_cache, group)  # [n, nkv, L, D]
+            n, t = group.shape
+            q_group = q if group.token_index is None else q.index_select(0, group.token_index)
+            q_group = q_group.view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(
+                q_group, keys, values, attn_mask=group.mask, enable_gqa=self.num_heads != self.num_kv_heads
+            )  # [n, nh, t, D]
+            o = o.transpose(1, 2).reshape(n * t, self.num_heads * self.head_dim)
+            if group.token_index is None:
+                out = o
+            else:
+                if out is None:
+                    out = o.new_empty(tokens.shape[0], o.shape[1])
+                out.index_copy_(0, group.token_index, o)
+        return self.o_proj(out).view(*x.shape[:-1], -1)
 
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads
-        )  # [B, nh, T, D]
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
+class AttentionGroup:
+    """Batch rows of one step that have the same number of valid tokens: one attention call.
 
-class CacheWrite:
-    """Where one model step's tokens go in a slot cache, worked out once for all layers.
-
-    Layer tensors are [slots, nkv, max_len, D]; slots = the cache slots of the batch rows [B];
-    positions [B, T] with -1 for right padding.
+    rows [n]: their batch rows; token_index [n * t]: where their tokens sit among the step's
+    tokens as the layers see them (None: all of them, in order); mask [n, 1, t, L] bool: a
+    query at position p sees keys at positions 0..p of its row. read_index: set by a paged
+    cache's writer (where its keys are).
     """
 
-    def __init__(self, slots: torch.Tensor, positions: torch.Tensor):
-        self.slots = slots
+    def __init__(self, rows: torch.Tensor, positions: torch.Tensor, token_index: torch.Tensor | None):
+        self.rows, self.token_index = rows, token_index
+        self.read_index: torch.Tensor | None = None
+        self.shape = tuple(positions.shape)  # (n, t)
         self.key_len = int(positions.max()) + 1
-        B, T = positions.shape
+        keys = torch.arange(self.key_len, device=positions.device)
+        self.mask = (keys <= positions[..., None]).unsqueeze(1)
+
+
+class StepWrite:
+    """How one model step's tokens are laid out, worked out once for all layers.
+
+    positions [B, T] with -1 for right padding. Without padding the layers take x [B, T, H];
+    with it, only the N valid tokens ([N, H], row-major: `pack_index` are their flat indices in
+    [B * T]), and the rows are grouped by their number of tokens, so neither projections nor
+    attention compute padding.
+    """
+
+    def __init__(self, positions: torch.Tensor):
+        self.batch_shape = B, T = tuple(positions.shape)
+        device = positions.device
         valid = positions >= 0
-        self.all_valid = bool(valid.all())
-        if self.all_valid:
-            self.rows = slots[:, None].expand(B, T).reshape(-1)
-            self.positions = positions.reshape(-1)
-            self.valid = None
-        else:
-            self.rows = slots[:, None].expand(B, T)[valid]
-            self.positions = positions[valid]
-            self.valid = valid
-        # A single row reads its slot as a view; several rows gather (a small copy).
-        self.single_slot = int(slots[0]) if B == 1 else None
-
-    def store(self, cache: torch.Tensor, new: torch.Tensor) -> None:
-        """new [B, nkv, T, D] → cache[slot, :, position] for every valid token."""
-        tokens = new.transpose(1, 2)  # [B, T, nkv, D]
-        tokens = tokens.reshape(-1, *tokens.shape[2:]) if self.all_valid else tokens[self.valid]
-        cache[self.rows, :, self.positions] = tokens.to(cache.dtype)
-
-    def read(self, cache: torch.Tensor) -> torch.Tensor:
-        if self.single_slot is not None:
-            return cache[self.single_slot, :, : self.key_len].unsqueeze(0)
-        return cache[self.slots, :, : self.key_len]
+        lengths = valid.sum(1)  # [B]
+        all_rows = torch.arange(B, device=device)
+        if bool(valid.all()):
+            self.pack_index = None
+            self.token_rows, self.token_positions = all_rows.repeat_interleave(T), positions.reshape(-1)
+            self.groups = [AttentionGroup(all_rows, positions, None)]
+            return
+        if not torch.equal(valid, torch.arange(T, device=device) < lengths[:, None]):
+            raise ValueError("padding (position -1) must come after a row's tokens")
+        self.pack_index = valid.reshape(-1).nonzero().squeeze(1)
+        self.token_rows = all_rows.repeat_interleave(lengths)
+        self.token_positions = positions.reshape(-1)[self.pack_index]
+        starts = torch.cumsum(lengths, 0) - lengths  # [B]: each row's first token among the N
+        self.groups = []
+        for t in sorted({int(n) for n in lengths if n > 0}):
+            rows = (lengths == t).nonzero().squeeze(1)
+            token_index = (starts[rows][:, None] + torch.arange(t, device=device)).reshape(-1)
+            self.groups.append(AttentionGroup(rows, positions[rows, :t], token_index))
 
 
-class PagedCacheWrite:
-    """Where one model step's tokens go in a paged cache, worked out once for all layers.
+class CacheWrite(StepWrite):
+    """StepWrite for a slot cache: layer tensors [slots, nkv, max_len, D]; slots [B] are the
+    cache slots of the batch rows."""
 
-    Layer tensors are [num_blocks, nkv, block_size, D]; a row's position p lives in block
-    block_tables[row, p // block_size] at offset p % block_size. Every layer reads through
-    the same flat index: row i's keys 0..L-1 of head h are flat entries
-    (block * nkv + h) * block_size + offset of the layer viewed as [num_blocks * nkv * block_size, D],
-    so a read is one index_select straight into the [B, nkv, L, D] that attention takes.
+    def __init__(self, slots: torch.Tensor, positions: torch.Tensor):
+        super().__init__(positions)
+        self.slots = slots
+        self.token_slots = slots[self.token_rows]
+
+    def store(self, cache: torch.Tensor, tokens: torch.Tensor) -> None:
+        """tokens [N, nkv, D] (the valid tokens, row-major) → cache[slot, :, position]."""
+        cache[self.token_slots, :, self.token_positions] = tokens.to(cache.dtype)
+
+    def read(self, cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+        """The keys (or values) 0..L-1 of the group's rows: [n, nkv, L, D]."""
+        if group.shape[0] == 1:  # one row reads its slot as a view; several gather (a small copy)
+            return cache[int(self.slots[group.rows[0]]), :, : group.key_len].unsqueeze(0)
+        return cache[self.slots[group.rows], :, : group.key_len]
+
+
+class PagedCacheWrite(StepWrite):
+    """StepWrite for a paged cache: layer tensors [num_blocks, nkv, block_size, D]; a row's
+    position p lives in block block_tables[row, p // block_size] at offset p % block_size.
+
+    Reads and writes go through flat indices into a layer viewed as
+    [num_blocks * nkv * block_size, D]: entry (block * nkv + h) * block_size + offset holds head
+    h of a position, so a group's read is one index_select straight into the [n, nkv, L, D]
+    that attention takes.
     """
 
     def __init__(
@@ -184,45 +232,30 @@ class PagedCacheWrite:
         rows: torch.Tensor,  # [B] long: the block-table row of each batch row
         positions: torch.Tensor,  # [B, T] long, -1 = right padding
     ):
-        self.key_len = int(positions.max()) + 1
-        B = positions.shape[0]
-        device = positions.device
+        super().__init__(positions)
+        self.num_kv_heads = num_kv_heads
         tables = block_tables[rows]  # [B, max_blocks]
-        heads = torch.arange(num_kv_heads, device=device) * block_size  # [nkv]
-        keys = torch.arange(self.key_len, device=device)  # [L]
-        key_start = tables[:, keys // block_size] * (num_kv_heads * block_size) + keys % block_size  # [B, L]
-        self.read_index = (key_start[:, None, :] + heads[None, :, None]).reshape(-1)  # [B * nkv * L]
-        self.read_shape = (B, num_kv_heads, self.key_len)
-        valid = positions >= 0
-        self.valid = None if bool(valid.all()) else valid
-        token_rows = torch.arange(B, device=device)[:, None].expand_as(positions)
-        if self.valid is not None:
-            token_rows, positions = token_rows[valid], positions[valid]
-        token_rows, token_positions = token_rows.reshape(-1), positions.reshape(-1)
-        token_start = (
-            tables[token_rows, token_positions // block_size] * (num_kv_heads * block_size)
-            + token_positions % block_size
-        )  # [N]
-        self.write_index = (token_start[:, None] + heads[None, :]).reshape(-1)  # [N * nkv]
+        heads = torch.arange(num_kv_heads, device=positions.device) * block_size  # [nkv]
 
-    def store(self, cache: torch.Tensor, new: torch.Tensor) -> None:
-        """new [B, nkv, T, D] → the cache entries of every valid token's (row, position)."""
-        tokens = new.transpose(1, 2)  # [B, T, nkv, D]
-        tokens = (tokens if self.valid is None else tokens[self.valid]).reshape(-1, tokens.shape[-1])  # [N * nkv, D]
-        cache.view(-1, cache.shape[-1]).index_copy_(0, self.write_index, tokens.to(cache.dtype))
+        def entries(table_rows: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
+            starts = tables[table_rows, token_positions // block_size] * (num_kv_heads * block_size)
+            return (starts + token_positions % block_size)[..., None] + heads  # [..., nkv]
 
-    def read(self, cache: torch.Tensor) -> torch.Tensor:
+        self.write_index = entries(self.token_rows, self.token_positions).reshape(-1)  # [N * nkv]
+        for group in self.groups:
+            keys = torch.arange(group.key_len, device=positions.device)
+            index = entries(group.rows[:, None], keys[None, :])  # [n, L, nkv]
+            group.read_index = index.transpose(1, 2).reshape(-1)  # [n * nkv * L]
+
+    def store(self, cache: torch.Tensor, tokens: torch.Tensor) -> None:
+        """tokens [N, nkv, D] (the valid tokens, row-major) → their (row, position) entries."""
+        flat = tokens.reshape(-1, tokens.shape[-1]).to(cache.dtype)  # [N * nkv, D]
+        cache.view(-1, cache.shape[-1]).index_copy_(0, self.write_index, flat)
+
+    def read(self, cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+        """The keys (or values) 0..L-1 of the group's rows: [n, nkv, L, D]."""
         flat = cache.view(-1, cache.shape[-1])
-        return flat.index_select(0, self.read_index).view(*self.read_shape, cache.shape[-1])
-
-
-def causal_mask(positions: torch.Tensor, key_len: int) -> torch.Tensor:
-    """[B, 1, T, L] bool: a query at position p sees keys at positions 0..p of its row.
-
-    Padding queries (p = -1) see key 0 only, so their (ignored) outputs stay finite.
-    """
-    keys = torch.arange(key_len, device=positions.device)
-    return (keys <= positions.clamp(min=0)[..., None]).unsqueeze(1)
+        return flat.index_select(0, group.read_index).view(group.shape[0], self.num_kv_heads, group.key_len, -1)
 
 
 class SwiGLU(nn.Module):

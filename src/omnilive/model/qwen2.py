@@ -22,7 +22,6 @@ from omnilive.model.layers import (
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
-    causal_mask,
 )
 
 
@@ -96,8 +95,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, write: CacheWrite | PagedCacheWrite, mask) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, write, mask)
+    def forward(self, x, cos, sin, k_cache, v_cache, write: CacheWrite | PagedCacheWrite) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, write)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -152,19 +151,29 @@ class Qwen2ForCausalLM(nn.Module):
         prompts, whose media tokens share M-RoPE ids (see model.rope_index).
         """
         write = cache.writer(slots, positions)  # where each token's key/value goes, for all layers
-        mask = causal_mask(positions, write.key_len)
-        if inputs_embeds is None:
-            x = self.model.embed_tokens(input_ids.clamp(min=0))
-        else:
-            x = inputs_embeds.to(self.dtype)
+        pack = write.pack_index  # with right padding, only the valid tokens run through the layers
         if rope_positions is None:
             rope_positions = positions
-        # padding tokens (position -1) rotate as position 0: their outputs are ignored
+        # padding tokens (position -1) rotate as position 0: never used when packed
         rope_positions = rope_positions.masked_fill(positions < 0, 0)
-        cos, sin = self.model.rotary_emb(rope_positions, x.dtype)
+        cos, sin = self.model.rotary_emb(rope_positions, self.dtype)  # [B, T, D]
+        cos, sin = cos.reshape(-1, cos.shape[-1]), sin.reshape(-1, sin.shape[-1])  # [B * T, D]
+        if inputs_embeds is None:
+            ids = input_ids.reshape(-1)
+            x = self.model.embed_tokens(ids if pack is None else ids[pack])
+        else:
+            embeds = inputs_embeds.to(self.dtype).reshape(-1, inputs_embeds.shape[-1])
+            x = embeds if pack is None else embeds[pack]
+        if pack is not None:
+            cos, sin = cos[pack], sin[pack]
+        # x: [B * T or N, H], one row per token that runs
         for index, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache.k[index], cache.v[index], write, mask)
-        return self.model.norm(x)
+            x = layer(x, cos, sin, cache.k[index], cache.v[index], write)
+        x = self.model.norm(x)
+        B, T = positions.shape
+        if pack is not None:  # padding rows come back as zeros
+            x = x.new_zeros(B * T, x.shape[-1]).index_copy_(0, pack, x)
+        return x.view(B, T, -1)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] → float32 logits [..., vocab]."""
