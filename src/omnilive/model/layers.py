@@ -129,11 +129,14 @@ class Attention(nn.Module):
             keys, values = write.read(k_cache, group), write.read(v_cache, group)  # [n, nkv, L, D]
             n, t = group.shape
             q_group = q if group.token_index is None else q.index_select(0, group.token_index)
-            q_group = q_group.view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
-            o = F.scaled_dot_product_attention(
-                q_group, keys, values, attn_mask=group.mask, enable_gqa=self.num_heads != self.num_kv_heads
-            )  # [n, nh, t, D]
-            o = o.transpose(1, 2).reshape(n * t, self.num_heads * self.head_dim)
+            if t == 1:
+                o = one_query_attention(q_group.view(n, self.num_heads, self.head_dim), keys, values, group.mask)
+            else:
+                q_group = q_group.view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
+                o = F.scaled_dot_product_attention(
+                    q_group, keys, values, attn_mask=group.mask, enable_gqa=self.num_heads != self.num_kv_heads
+                ).transpose(1, 2)  # [n, t, nh, D]
+            o = o.reshape(n * t, self.num_heads * self.head_dim)
             if group.token_index is None:
                 out = o
             else:
@@ -141,6 +144,23 @@ class Attention(nn.Module):
                     out = o.new_empty(tokens.shape[0], o.shape[1])
                 out.index_copy_(0, group.token_index, o)
         return self.o_proj(out).view(*x.shape[:-1], -1)
+
+
+def one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of decoding rows, one query each: q [n, nh, D], keys/values [n, nkv, L, D],
+    mask [n, 1, 1, L] → [n, nh, D].
+
+    Two float32 matmuls with the query heads of each key/value head stacked: on CPUs, torch's
+    fused attention handles a single query poorly (8 rows of 400 keys: 2.7 ms against 0.3 ms
+    per layer, and ~9x at 2000 keys), and float32 keeps its accuracy (bf16 scores would not).
+    """
+    n, nh, D = q.shape
+    nkv, L = keys.shape[1], keys.shape[2]
+    grouped = q.float().view(n, nkv, nh // nkv, D)  # query heads sharing a key/value head
+    scores = torch.matmul(grouped, keys.float().transpose(-1, -2)) * D**-0.5  # [n, nkv, nh/nkv, L]
+    scores = scores.masked_fill(~mask.view(n, 1, 1, L), float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), values.float())  # [n, nkv, nh/nkv, D]
+    return out.view(n, nh, D).to(q.dtype)
 
 
 class AttentionGroup:
