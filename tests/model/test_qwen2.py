@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omnilive.engine.kv_cache import CacheFullError, KVCache
-from omnilive.model.layers import Int8Linear, quantize_linears_int8
+from omnilive.model.layers import Int8Linear, one_query_attention, quantize_linears_int8
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.weights import (
     WeightsMismatchError,
@@ -177,3 +177,22 @@ def test_int8_weights_stay_close_and_both_kernels_agree(model):
     assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
     with pytest.raises(ValueError, match="bf16"):
         quantize_linears_int8(Qwen2ForCausalLM(model.config))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_equals_fused_attention(dtype):
+    """The decode path (one query per row, grouped heads, rows of different lengths) against
+    torch's scaled_dot_product_attention computed in float64."""
+    g = torch.Generator().manual_seed(0)
+    n, nh, nkv, L, D = 3, 8, 2, 37, 16
+    q = torch.randn(n, nh, D, generator=g).to(dtype)
+    keys, values = (torch.randn(n, nkv, L, D, generator=g).to(dtype) for _ in range(2))
+    lengths = torch.tensor([37, 5, 20])
+    mask = (torch.arange(L) < lengths[:, None]).view(n, 1, 1, L)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.double().unsqueeze(2), keys.double(), values.double(), attn_mask=mask, enable_gqa=True
+    ).squeeze(2)
+    got = one_query_attention(q, keys, values, mask)
+    assert got.dtype == dtype and got.shape == (n, nh, D)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.double(), expected, atol=tolerance, rtol=0)
