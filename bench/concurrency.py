@@ -1,9 +1,13 @@
 """The embedded default under load: latency and throughput at 1, 4 and 8 concurrent clients.
 
-Starts a real `omnilive serve` (OMNILIVE_MAX_BATCH=8, so 8 requests decode in one batch) and
-drives it with the official openai client, one thread per simulated client. Each client sends
-streaming text+audio requests back to back: a typed question asking for two or three
-sentences, greedy, max_tokens 64. Prints, never asserts. Per concurrency level:
+Every level does the same work on its own fresh server: a real `omnilive serve`
+(OMNILIVE_MAX_BATCH=8, so 8 requests decode in one batch), warmed up with one request, then
+the same list of questions (4 x the highest level, at least 4), sent by `c` simulated clients
+(threads with the official openai client) back to back. A question is a typed request for two
+or three sentences on a topic, streaming text+audio, greedy, max_tokens 64. Each level starts
+on a fresh server so no level finds another's prompts in the prefix cache, and all levels
+speak the same replies: TTFA depends on how long a reply's first clause is, so levels asking
+different questions would compare content, not load. Prints, never asserts. Per level:
   - TTFT p50/p95: request sent → first text delta
   - TTFA p50/p95: request sent → first audio delta (the first clause spoken by hibari)
   - throughput: completion tokens of all requests / wall time of the level
@@ -25,7 +29,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import count
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ from tests.server_process import ServerProcess  # noqa: E402
 MAX_TOKENS = 64
 TTFA_RATIO_TARGET = 1.5  # TTFA(c=4) / TTFA(c=1) at most
 THROUGHPUT_RATIO_TARGET = 4.0  # tokens/s(c=8) / tokens/s(c=1) at least
-TOPICS = (  # every request asks about another topic: a repeated prompt would be served from cache
+TOPICS = (  # within a level every request asks about another topic: a repeat would be served from cache
     "how a bicycle stays upright", "why the sea is salty", "how bees make honey", "why leaves change colour",
     "how a rainbow forms", "why the moon has phases", "how a refrigerator keeps food cold",
     "why bread rises", "how volcanoes erupt", "why cats purr", "how airplanes fly", "why we dream",
@@ -47,6 +50,8 @@ TOPICS = (  # every request asks about another topic: a repeated prompt would be
     "why some birds migrate", "how soap cleans", "why the desert is cold at night", "how coral reefs grow",
     "why we yawn", "how an elevator works", "why rust forms", "how a piano makes sound",
     "why the earth has seasons", "how paper is recycled", "why owls hunt at night",
+    "how a microwave heats food", "why the ocean has waves", "how a seed becomes a tree",
+    "why metal feels cold", "how a submarine dives", "why popcorn pops", "how a lock and key work",
 )
 
 
@@ -87,24 +92,25 @@ def timed_request(client: OpenAI, topic: str) -> Timing:
     return Timing(ttft, ttfa, tokens, audio_bytes / 2 / 24_000)
 
 
-def run_level(client: OpenAI, concurrency: int, requests: int, topics) -> tuple[list[Timing], float]:
-    """`concurrency` clients sending `requests` requests in all, each client back to back."""
+def run_level(client: OpenAI, concurrency: int, topics: list[str]) -> tuple[list[Timing], float]:
+    """`concurrency` clients asking the questions on `topics` in turn, each client back to back."""
     barrier = threading.Barrier(concurrency)
+    queue = iter(topics)
     lock = threading.Lock()
 
-    def client_loop(share: int) -> list[Timing]:
+    def client_loop(_: int) -> list[Timing]:
         barrier.wait()
         timings = []
-        for _ in range(share):
+        while True:
             with lock:
-                topic = next(topics)
+                topic = next(queue, None)
+            if topic is None:
+                return timings
             timings.append(timed_request(client, topic))
-        return timings
 
-    shares = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(client_loop, shares))
+        results = list(pool.map(client_loop, range(concurrency)))
     return [t for timings in results for t in timings], time.perf_counter() - t0
 
 
@@ -121,19 +127,20 @@ def main() -> None:
     ap.add_argument("--llm", default="qwen2.5-coder-0.5b")
     ap.add_argument("--max-batch", type=int, default=8)
     args = ap.parse_args()
-    if sum(max(4, 2 * c) for c in args.levels) + 1 > len(TOPICS):
+    # four rounds of the highest level: throughput measured mostly at full load, not ramp-down
+    questions = max(4, 4 * max(args.levels))
+    if questions + 1 > len(TOPICS):
         raise SystemExit(f"not enough distinct topics for levels {args.levels}")
+    warm_up, topics = TOPICS[0], list(TOPICS[1 : questions + 1])
 
-    data_dir = Path(os.environ.get("OMNILIVE_DATA_DIR") or tempfile.mkdtemp(prefix="omnilive-bench-"))
-    topics = (TOPICS[i] for i in count())
     rows = {}
-    server = ServerProcess(data_dir, args=["--llm", args.llm], env={"OMNILIVE_MAX_BATCH": str(args.max_batch)})
-    with server:
-        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)
-        timed_request(client, next(topics))  # warm-up: first-use costs are not load
-        for concurrency in args.levels:
-            # at least two requests per client, so later requests meet a busy engine too
-            rows[concurrency] = run_level(client, concurrency, max(4, 2 * concurrency), topics)
+    for concurrency in args.levels:
+        data_dir = Path(tempfile.mkdtemp(prefix=f"omnilive-bench-c{concurrency}-"))
+        server = ServerProcess(data_dir, args=["--llm", args.llm], env={"OMNILIVE_MAX_BATCH": str(args.max_batch)})
+        with server:
+            client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+            timed_request(client, warm_up)  # first-use costs are not load
+            rows[concurrency] = run_level(client, concurrency, topics)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; llm={args.llm} max_batch={args.max_batch} "
           f"max_tokens={MAX_TOKENS}, streaming text+audio, typed questions")
