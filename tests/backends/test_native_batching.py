@@ -122,17 +122,24 @@ def test_requests_stepped_together_equal_each_alone(model, runner, alone_results
     together = {name: fresh(model, name) for name in ASKS}
     for name in ("text", "spoken", "image", "audio"):
         batch.add(together[name].job)
-    decode_rows: list[int] = []
-    hook = model.thinker.register_forward_hook(
-        lambda module, args, out: decode_rows.append(len(args[3])) if args else None)  # decode calls are positional
+    forwards: list[tuple[int, int]] = []  # (rows, tokens per row) of every thinker forward
+    hook = model.thinker.register_forward_hook(lambda module, args, out: forwards.append(tuple(args[1].shape)))
+    steps = 0
     try:
         while not all(together[name].job.token_ids for name in ("text", "spoken", "image", "audio")):
             batch.step()  # the last one joins while the others decode
+            steps += 1
         batch.add(together["late"].job)
-        batch.run_until_idle()
+        joined = len(forwards)
+        while batch.has_work():
+            batch.step()
+            steps += 1
     finally:
         hook.remove()
-    assert max(decode_rows) == 4  # one thinker forward decoded four requests at once
+    assert len(forwards) <= steps  # at most one thinker forward per step, whatever it holds
+    assert max(rows for rows, _ in forwards) == 4  # one forward decoded four requests at once
+    # admitted when a row freed, the late prompt ran in the forwards of those still decoding
+    assert any(rows > 1 and width > 1 for rows, width in forwards[joined:])
     for name, result in together.items():
         assert_same(result, alone_results[name])
     assert alone_results["text"].job.speech is None and not alone_results["text"].audio.size

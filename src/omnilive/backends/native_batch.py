@@ -7,9 +7,9 @@
                           free; a spoken job waiting for a talker slot lets the jobs behind it
                           that fit go first; a job short of blocks waits (so do those behind it)
     step():  drop aborted jobs (rows and blocks free at once)
-             prefill chunks within `prefill_chunk_tokens`, one job per forward (media differ)
-             ONE thinker decode forward for every job feeding back its last token: rows of the
-                 paged cache, per-row positions and M-RoPE ids (position + its rope delta)
+             ONE thinker forward for every job feeding back its last token and the prefill
+                 chunks within `prefill_chunk_tokens` (each with its own embeddings, media
+                 merged): rows of the paged cache, per-row positions and M-RoPE ids
              ONE sampling call for every job whose next token is due; detokenise, stop, limits
              ONE talker decode forward for every speech stream whose text input is there;
                  each code into that job's own StreamingToken2Wav
@@ -184,26 +184,21 @@ class OmniBatch:
                 self._end(job, "abort")
         self._admit()
         self.running = [job for job in self.running if not job.done]
-        due: list[OmniJob] = []  # jobs whose next token is sampled this step
-        logits: list[torch.Tensor] = []  # [rows, V] each, rows in the order of `due`
         decoding = [job for job in self.running if job.feed_back is not None]
-        if decoding:
-            logits.append(self._decode(decoding))
-            due.extend(decoding)
+        chunks: list[tuple[OmniJob, int, int]] = []  # (job, start, end): prompt tokens to compute
         budget = self.runner.prefill_chunk_tokens
         for job in [job for job in self.running if job.prefilling]:
             if budget <= 0:
                 break
             size = min(len(job.prepared) - job.computed, budget)
             budget -= size
-            last = self._guarded(job, self._prefill_chunk, job, size)
-            if last is not None:
-                due.append(job)
-                logits.append(last)
-        if due:
-            samples = sample(torch.cat(logits), [job.row for job in due])
-            for job, choice in zip(due, samples):
-                self._guarded(job, self._take_token, job, choice)
+            chunks.append((job, job.computed, job.computed + size))
+        if decoding or chunks:
+            due, logits = self._think(decoding, chunks)
+            if due:
+                samples = sample(logits, [job.row for job in due])
+                for job, choice in zip(due, samples):
+                    self._guarded(job, self._take_token, job, choice)
         self._speak()
         self.running = [job for job in self.running if not job.done]
 
@@ -263,51 +258,77 @@ class OmniBatch:
                                       self.speech_settings, job.voice, sampling.seed, self.talker_cache,
                                       job.talker_slot)
 
-    def _prefill_chunk(self, job: OmniJob, size: int) -> torch.Tensor | None:
-        """The next `size` prompt tokens into the job's blocks; logits [1, V] once the prompt is in."""
-        start, end = job.computed, job.computed + size
-        slots = torch.tensor([job.slot], device=self.thinker.device)
-        hidden = self.thinker(cache=self.cache, slots=slots, **job.prepared.prefill_inputs(start, end))[0]  # [n, H]
-        job.computed = end
-        self.computed_prompt_tokens += size
-        self._keep_hidden(job, range(start, end), hidden)
-        self.blocks.commit(job.blocks, job.prompt.input_ids, end)
-        if job.speech is not None:
-            job.prompt_hidden.append(hidden)
-        if end < len(job.prepared):
-            return None
-        if job.speech is not None:  # the cached prefix's hidden states, then the computed ones
-            cached = self._kept_hidden(job, range(job.cached))
-            job.speech.start(job.prepared, torch.cat([cached, *job.prompt_hidden]))
-            job.prompt_hidden = []
-        return self.thinker.compute_logits(hidden[None, -1])
+    def _think(self, decoding: list[OmniJob], chunks: list[tuple[OmniJob, int, int]]) -> tuple[list[OmniJob], torch.Tensor]:
+        """ONE thinker forward for every job feeding back its last token and every prefill chunk
+        (the weights are read once per step); returns the jobs whose next token is due and their
+        logits [len(due), V].
 
-    def _decode(self, jobs: list[OmniJob]) -> torch.Tensor:
-        """One forward feeding back each job's last token: reply token k of a job sits at cache
-        position len(prompt) + k, its three rotary ids there + the prompt's delta. [B, V] logits."""
+        Reply token k of a job sits at cache position len(prompt) + k, its three rotary ids there
+        + the prompt's delta; a chunk brings its prompt's own embeddings (media merged) and
+        M-RoPE ids. Rows are right-padded to the longest; the model runs only real tokens."""
         device = self.thinker.device
-        tokens = torch.tensor([[job.feed_back] for job in jobs], device=device)  # [B, 1]
-        positions = torch.tensor([[len(job.prepared) + len(job.token_ids) - 1] for job in jobs], device=device)
-        deltas = torch.tensor([[job.prepared.rope_delta] for job in jobs], device=device)
-        rope_positions = (positions + deltas)[None].expand(3, -1, -1)  # [3, B, 1]: text
-        for job in jobs:  # never short: admission reserved every block a reply can take
+        for job in decoding:  # never short: admission reserved every block a reply can take
             self._grow(job, len(job.prepared) + len(job.token_ids))
-        slots = torch.tensor([job.slot for job in jobs], device=device)
-        hidden = self.thinker(tokens, positions, self.cache, slots, rope_positions=rope_positions)[:, -1]  # [B, H]
+        fed_back = torch.tensor([job.feed_back for job in decoding], dtype=torch.long, device=device)
+        fed_embeds = self.thinker.model.embed_tokens(fed_back)  # [D, H]
+        inputs = [job.prepared.prefill_inputs(start, end) for job, start, end in chunks]
+        width = max([1, *(end - start for _, start, end in chunks)])
+        rows = len(decoding) + len(chunks)
+        embeds = fed_embeds.new_zeros(rows, width, fed_embeds.shape[-1])
+        positions = torch.full((rows, width), -1, dtype=torch.long, device=device)
+        rope_positions = torch.zeros((3, rows, width), dtype=torch.long, device=device)
+        for i, job in enumerate(decoding):
+            position = len(job.prepared) + len(job.token_ids) - 1
+            embeds[i, 0], positions[i, 0] = fed_embeds[i], position
+            rope_positions[:, i, 0] = position + job.prepared.rope_delta
+        for i, ((job, start, end), chunk) in enumerate(zip(chunks, inputs), start=len(decoding)):
+            embeds[i, : end - start] = chunk["inputs_embeds"][0]
+            positions[i, : end - start] = chunk["positions"][0]
+            rope_positions[:, i, : end - start] = chunk["rope_positions"][:, 0]
+        slots = torch.tensor([job.slot for job in decoding] + [job.slot for job, _, _ in chunks], device=device)
+        hidden = self.thinker(None, positions, self.cache, slots, inputs_embeds=embeds,
+                              rope_positions=rope_positions)  # [rows, width, H]
+        due, states = list(decoding), [hidden[: len(decoding), 0]]  # states: [rows of due, H] each
+        if decoding:
+            self._decoded(decoding, hidden[: len(decoding), 0], fed_embeds)
+        for i, (job, start, end) in enumerate(chunks, start=len(decoding)):
+            if self._guarded(job, self._prefilled, job, start, end, hidden[i, : end - start]) and not job.done:
+                due.append(job)
+                states.append(hidden[i, end - start - 1][None])
+        if not due:
+            return due, hidden.new_empty(0)
+        return due, self.thinker.compute_logits(torch.cat(states))
+
+    def _decoded(self, jobs: list[OmniJob], hidden: torch.Tensor, embeds: torch.Tensor) -> None:
+        """After the forward: each job's fed-back token's hidden state [B, H] (and embedding)."""
+        device = hidden.device
         if self.hidden_cache is not None:  # the fed-back tokens' hidden states, for a later spoken turn
             rows = [self._hidden_row(job, len(job.prepared) + len(job.token_ids) - 1) for job in jobs]
             self.hidden_cache.index_copy_(0, torch.tensor(rows, device=device), hidden.to(self.hidden_cache.dtype))
         for job in jobs:  # the reply's full blocks too: the next turn of a chat starts with them
             self.blocks.commit(job.blocks, [*job.prompt.input_ids, *job.token_ids],
                                len(job.prepared) + len(job.token_ids))
-        speaking = [i for i, job in enumerate(jobs) if job.speech is not None]
-        if speaking:
-            embeds = self.thinker.model.embed_tokens(tokens[speaking, 0])  # [S, H]
-            for row, i in enumerate(speaking):
-                self._guarded(jobs[i], jobs[i].speech.add_reply_token, hidden[i], embeds[row])
-        for job in jobs:
+        for i, job in enumerate(jobs):
+            if job.speech is not None:
+                self._guarded(job, job.speech.add_reply_token, hidden[i], embeds[i])
             job.feed_back = None
-        return self.thinker.compute_logits(hidden)
+
+    def _prefilled(self, job: OmniJob, start: int, end: int, hidden: torch.Tensor) -> bool:
+        """After the forward: prompt tokens start..end-1 are in the job's blocks, their final
+        hidden states [n, H]; True when that completed the prompt (its first token is due)."""
+        job.computed = end
+        self.computed_prompt_tokens += end - start
+        self._keep_hidden(job, range(start, end), hidden)
+        self.blocks.commit(job.blocks, job.prompt.input_ids, end)
+        if job.speech is not None:
+            job.prompt_hidden.append(hidden)
+        if end < len(job.prepared):
+            return False
+        if job.speech is not None:  # the cached prefix's hidden states, then the computed ones
+            cached = self._kept_hidden(job, range(job.cached))
+            job.speech.start(job.prepared, torch.cat([cached, *job.prompt_hidden]))
+            job.prompt_hidden = []
+        return True
 
     def _keep_hidden(self, job: OmniJob, positions: range, hidden: torch.Tensor) -> None:
         """The final hidden states [n, H] of the job's tokens at `positions`, into their blocks."""

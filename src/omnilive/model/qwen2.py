@@ -132,7 +132,7 @@ class Qwen2ForCausalLM(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # [B, T] long
+        input_ids: torch.Tensor | None,  # [B, T] long; None with inputs_embeds
         positions: torch.Tensor,  # [B, T] long, -1 = right padding
         cache: KVCache | PagedKVCache,
         slots: torch.Tensor,  # [B] long: the cache slot (paged: block-table row) of each row
