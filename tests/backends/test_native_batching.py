@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from omnilive.backends import native_batch
 from omnilive.backends.native_batch import OmniBatch, OmniJob
 from omnilive.backends.native_speech import SpeechStream
 from omnilive.engine.types import (
@@ -171,7 +172,7 @@ def test_streams_ahead_of_their_listeners_solve_their_token2wav_windows_together
     """Speech faster than real time (a clock that stands still): windows after the first wait
     for the other stream's, one solve takes both (each its own voice, noise and offsets), and
     each stream speaks exactly as it would alone."""
-    results, rows = speak_two(model, runner, speech_lead_s=0.0, clock=lambda: 0.0)
+    results, rows = speak_two(model, runner, speech_lead_s=0.0, clock=lambda: 0.0, windows_per_step=None)
     assert max(rows) == 4  # 2 streams x (conditional + null guidance rows)
     twin_alone = Result(TWIN.job(model, outputs := []), outputs)
     alone_batch = OmniBatch(runner, max_batch=1)
@@ -184,9 +185,9 @@ def test_streams_ahead_of_their_listeners_solve_their_token2wav_windows_together
 
 def test_streams_behind_their_listeners_solve_each_window_at_once(model, runner, alone_results):
     """Slower than real time (a clock that runs ahead), every window is urgent: solved the step
-    its codes exist, never held back for a batch."""
+    its codes exist, never held back for a batch (the GPU rule)."""
     ticks = iter(range(0, 10**9, 1000))
-    results, rows = speak_two(model, runner, clock=lambda: float(next(ticks)))
+    results, rows = speak_two(model, runner, clock=lambda: float(next(ticks)), windows_per_step=None)
     # the second prompt is prefilled a step after the first, so no window of it falls due in
     # the same step as one of the first's: one stream's window per solve (guidance pair)
     assert 2 * len(results[0].job.prompt) > runner.prefill_chunk_tokens
@@ -208,7 +209,7 @@ def test_a_stream_not_heard_yet_gets_its_first_window_before_waiting_windows_of_
 
     monkeypatch.setattr(SpeechStream, "complete", logged_complete)
     # room for many waiting windows: the tiny DiT's windows are a few codes each
-    batch = OmniBatch(runner, max_batch=32, speech_lead_s=0.0, clock=lambda: 0.0)
+    batch = OmniBatch(runner, max_batch=32, speech_lead_s=0.0, clock=lambda: 0.0, windows_per_step=None)
     long = {"sampling": dataclasses.replace(ASKS["spoken"].sampling, max_tokens=120)}  # they outlast its start
     first = Result(dataclasses.replace(ASKS["spoken"], **long).job(model, outputs := []), outputs)
     twin = Result(dataclasses.replace(TWIN, **long).job(model, outputs := []), outputs)
@@ -232,6 +233,42 @@ def test_a_stream_not_heard_yet_gets_its_first_window_before_waiting_windows_of_
     assert in_that_step[0] == "late" and {"first", "twin"} <= set(in_that_step)
     assert_same(late, alone_results["late"])
     assert first.finished.finish_reason == twin.finished.finish_reason == "length" and len(first.audio)
+
+
+def test_on_a_cpu_each_step_solves_one_token2wav_window(model, runner, alone_results, monkeypatch):
+    """A compute-bound DiT (CPU, the default there): one window per step, not all waiting ones
+    in one long solve, and each stream still speaks exactly as it does alone."""
+    assert OmniBatch(runner).windows_per_step == 1  # "auto" on a CPU
+    solves: list[list[str]] = []  # the streams of every solve, in order
+    solve = native_batch.solve_windows
+
+    def logged_solve(windows):
+        names = {id(result.job.speech._wav): name for name, result in zip(("first", "twin"), results)}
+        solves.append([names[id(window.stream)] for window in windows])
+        return solve(windows)
+
+    monkeypatch.setattr(native_batch, "solve_windows", logged_solve)
+    now = [0.0]
+    batch = OmniBatch(runner, max_batch=2, speech_lead_s=1000.0, clock=lambda: now[0])  # always urgent
+    results = [fresh(model, "spoken"), Result(TWIN.job(model, outputs := []), outputs)]
+    for result in results:
+        batch.add(result.job)
+    heard: list[str] = []
+    while batch.has_work():
+        batch.step()
+        now[0] += 0.01
+        for name, result in zip(("first", "twin"), results):
+            if result.job.first_audio_at is not None and name not in heard:
+                heard.append(name)
+    assert solves and all(len(streams) == 1 for streams in solves)
+    assert heard == ["first", "twin"]
+    monkeypatch.undo()
+    twin_alone = Result(TWIN.job(model, outputs := []), outputs)
+    alone_batch = OmniBatch(runner, max_batch=1)
+    alone_batch.add(twin_alone.job)
+    alone_batch.run_until_idle()
+    assert_same(results[0], alone_results["spoken"])
+    assert_same(results[1], twin_alone)
 
 
 def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runner, alone_results):

@@ -113,13 +113,20 @@ class OmniJob:
 
 class OmniBatch:
     def __init__(self, runner: OmniRunner, max_batch: int = 4, block_size: int = 16, num_blocks: int | None = None,
-                 speech_lead_s: float = 1.5, clock: Callable[[], float] = time.monotonic):
+                 speech_lead_s: float = 1.5, clock: Callable[[], float] = time.monotonic,
+                 windows_per_step: int | None | str = "auto"):
         """num_blocks: KV blocks of the thinker cache (default: max_batch full-context rows).
         speech_lead_s: audio a stream keeps ahead of its listener before its windows must be
-        solved (they wait for others' until then); clock: seconds (tests pass their own)."""
+        solved (they wait for others' until then); clock: seconds (tests pass their own).
+        windows_per_step: token2wav windows solved per step at most (None: every waiting one);
+        "auto": None on a GPU, 1 on a CPU (see `_synthesize`)."""
         model = runner.model
         self.runner, self.thinker, self.max_batch = runner, model.thinker, max_batch
         self.speech_lead_s, self.clock = speech_lead_s, clock
+        if windows_per_step == "auto":
+            on_gpu = model.token2wav is not None and next(model.token2wav.parameters()).device.type == "cuda"
+            windows_per_step = None if on_gpu else 1
+        self.windows_per_step = windows_per_step
         self.cache = self.thinker.make_paged_cache(max_batch, runner.context_length, block_size, num_blocks)
         self.blocks = BlockManager(self.cache.num_blocks, block_size)
         self.computed_prompt_tokens = 0  # prompt tokens run through the thinker (cached ones are not)
@@ -406,13 +413,21 @@ class OmniBatch:
                 self._guarded(job, job.speech.take, code)
         self._synthesize()
         for job in self.running:
-            if not job.done and job.finish_reason is not None and job.speech is not None and job.speech.done:
+            if (not job.done and job.finish_reason is not None and job.speech is not None and job.speech.done
+                    and not job.windows):  # its solved windows are out: flush the tail
                 self._guarded(job, self._end_speech, job)
 
     def _synthesize(self) -> None:
         """Collect the token2wav windows the streams' codes completed; once one is urgent, solve
-        every waiting window, a batch at a time, those of streams not heard yet first; each
-        stream's audio goes out in its own order as soon as its windows so far are solved."""
+        the waiting windows, those of streams not heard yet first, then of those with the least
+        audio ahead of their listeners; each stream's audio goes out in its own order as soon as
+        its windows so far are solved.
+
+        On a GPU a batched solve costs about what one window does: every waiting window is
+        solved now. On a CPU the DiT is compute-bound, a solve of N windows takes N times as
+        long and would hold every stream in it (and the whole step loop) back: one window per
+        step (`windows_per_step`), the most urgent stream's next one, and the loop steps the
+        thinker and talker in between."""
         speaking = [job for job in self.running if not job.done and job.speech is not None]
         for job in speaking:
             job.windows += self._guarded(job, job.speech.due_windows) or []
@@ -420,11 +435,17 @@ class OmniBatch:
         full = sum(len(job.windows) for job in waiting) >= self.max_batch
         if not (full or any(self._urgent(job) for job in waiting)):
             return
-        waiting.sort(key=lambda job: job.first_audio_at is not None)  # a listener still in silence first
-        queues = {job: job.windows for job in waiting}  # each stream's windows, in order
-        due = [(job, window) for job in waiting for window in job.windows]
+        waiting.sort(key=self._audio_ahead)
+        if self.windows_per_step is None:
+            due = [(job, window) for job in waiting for window in job.windows]
+        else:  # each stream's next window only: the rest wait for later steps, in order
+            due = [(job, job.windows[0]) for job in waiting][: self.windows_per_step]
+        taken = {id(window) for _, window in due}
         for job in waiting:
-            job.windows = []
+            job.windows = [window for window in job.windows if id(window) not in taken]
+        queues: dict[OmniJob, list[DiTWindow]] = {}  # each stream's windows of this solve, in order
+        for job, window in due:
+            queues.setdefault(job, []).append(window)
         solved: dict[int, torch.Tensor] = {}  # id(window) → mel
         for indices in window_batches([window for _, window in due]):
             batch = [due[i][1] for i in indices]
@@ -439,12 +460,16 @@ class OmniBatch:
                     window = queue.pop(0)
                     self._guarded(job, self._emit_window, job, window, solved.pop(id(window)))
 
+    def _audio_ahead(self, job: OmniJob) -> float:
+        """Seconds of audio its listener has still to hear (-inf: nothing heard yet)."""
+        if job.first_audio_at is None:
+            return float("-inf")
+        return job.audio_seconds - (self.clock() - job.first_audio_at)
+
     def _urgent(self, job: OmniJob) -> bool:
         """Its listener would wait for its next window: nothing heard yet, its speech is over
         (the rest is flushed now), or less than speech_lead_s of audio is left to play."""
-        if job.first_audio_at is None or job.speech.done:
-            return True
-        return job.audio_seconds - (self.clock() - job.first_audio_at) < self.speech_lead_s
+        return job.speech.done or self._audio_ahead(job) < self.speech_lead_s
 
     def _emit_window(self, job: OmniJob, window: DiTWindow, mel: torch.Tensor) -> None:
         if (chunk := job.speech.complete(window, mel)) is not None:
