@@ -265,7 +265,8 @@ class OmniBatch:
                                       self.speech_settings, job.voice, sampling.seed, self.talker_cache,
                                       job.talker_slot)
 
-    def _think(self, decoding: list[OmniJob], chunks: list[tuple[OmniJob, int, int]]) -> tuple[list[OmniJob], torch.Tensor]:
+    def _think(self, decoding: list[OmniJob],
+               chunks: list[tuple[OmniJob, int, int]]) -> tuple[list[OmniJob], torch.Tensor]:
         """ONE thinker forward for every job feeding back its last token and every prefill chunk
         (the weights are read once per step); returns the jobs whose next token is due and their
         logits [len(due), V].

@@ -60,7 +60,7 @@ class KVCache:
         device: torch.device | str = "cpu",
     ):
         shape = (num_layers, max_slots, num_kv_heads, max_len, head_dim)
-        # zeros, not empty: a padding query reads key 0 of its row, which must be finite
+        # zeros, not empty: a row batched with longer ones reads past its end (masked out), which must be finite
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_slots, self.max_len = max_slots, max_len

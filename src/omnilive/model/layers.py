@@ -146,7 +146,9 @@ class Attention(nn.Module):
         return self.o_proj(out).view(*x.shape[:-1], -1)
 
 
-def one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def one_query_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Attention of decoding rows, one query each: q [n, nh, D], keys/values [n, nkv, L, D],
     mask [n, 1, 1, L] → [n, nh, D].
 
