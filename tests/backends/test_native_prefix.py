@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_media_keys import media_spans
+from omnilive.backends.native_media_keys import MediaEncoderCache, media_items, media_spans
 from omnilive.engine.types import EngineError, ImageInput, Message, SamplingParams
-from tests.backends.test_native_batching import ASKS, Result, assert_same
+from tests.backends.test_native_batching import ASKS, Result, assert_same, tone
 
 pytest.importorskip("transformers")
 
@@ -63,7 +64,8 @@ def test_the_same_text_with_a_different_image_reuses_only_the_blocks_before_it(m
     batch = OmniBatch(runner, max_batch=2)
     run(batch, job(model, (Message("user", (QUESTION, image(0))),)))
     other = job(model, (Message("user", (QUESTION, image(1))),))
-    (span,) = media_spans(other.job.prompt.input_ids, other.job.prompt.media, model.thinker.thinker_config.mrope_layout)
+    items = media_items(other.job.prompt.media, model.thinker.thinker_config.mrope_layout)
+    (span,) = media_spans(other.job.prompt.input_ids, items)
     run(batch, other)
     assert other.job.cached == span.start // BLOCK * BLOCK > 0  # placeholders equal, pixels not
     assert_same(other, run(OmniBatch(runner, max_batch=1), job(model, (Message("user", (QUESTION, image(1))),))))
@@ -135,3 +137,47 @@ def test_an_aborted_request_gives_its_blocks_back_at_the_next_step(model, runner
     batch.step()
     assert victim.finished.finish_reason == "abort" and not victim.job.blocks.block_ids
     assert batch.blocks.num_free == batch.blocks.num_blocks and batch.cache.num_free_rows == 2
+
+
+def test_media_sent_again_are_not_encoded_again(model, runner):
+    """The next turn of a chat carries the earlier turns' images: only the new one is encoded,
+    and the reply is what a server without the media cache gives."""
+    encoded: list[int] = []  # vision encoder calls: items in each
+    hook = model.thinker.visual.register_forward_hook(lambda module, args, out: encoded.append(len(args[1])))
+    first_turn = (Message("user", (QUESTION, image(0), image(1))),)
+    batch = OmniBatch(runner, max_batch=2)
+    try:
+        first = run(batch, job(model, first_turn))
+        assert encoded == [1, 1]  # one image per encoder call
+        second_turn = (*first_turn, Message("assistant", (first.text,)), Message("user", ("And this?", image(2))))
+        second = run(batch, job(model, second_turn))
+        assert encoded == [1, 1, 1] and batch.media_cache.hits == 2
+        uncached = run(OmniBatch(runner, max_batch=1, media_cache_bytes=0), job(model, second_turn))
+        assert len(encoded) == 6  # without a cache every image is encoded again
+    finally:
+        hook.remove()
+    assert_same(second, uncached)
+
+
+def test_media_encoded_one_item_at_a_time_equal_them_encoded_together(model):
+    """The cache encodes item by item; the prompt's embeddings are those of one encoder call
+    per kind (images, audios)."""
+    prompt = model.processor.build((Message("user", (QUESTION, image(3), tone(0.4), image(4), tone(0.3))),),
+                                   speak=False)
+    thinker = model.thinker
+    items = media_items(prompt.media, thinker.thinker_config.mrope_layout)
+    assert [item.count > 0 for item in items] == [True] * 4
+    together = thinker.encode_media(prompt.media)
+    one_by_one = MediaEncoderCache(0).features(items, thinker.encode_media)
+    assert together.keys() == one_by_one.keys()
+    for token, rows in together.items():
+        torch.testing.assert_close(one_by_one[token], rows, atol=1e-5, rtol=1e-5)
+    cache = MediaEncoderCache(max_bytes=sum(rows.numel() * rows.element_size() for rows in together.values()))
+    cache.features(items, thinker.encode_media)
+    again = cache.features(items, thinker.encode_media)
+    assert cache.hits == 4 and cache.misses == 4
+    for token, rows in together.items():
+        torch.testing.assert_close(again[token], rows, atol=1e-5, rtol=1e-5)
+    small = MediaEncoderCache(max_bytes=1)  # nothing fits: nothing kept, still right
+    small.features(items, thinker.encode_media)
+    assert small.features(items, thinker.encode_media).keys() == together.keys() and small.hits == 0

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import torch
 
 from omnilive.backends.native_generate import OmniRunner
-from omnilive.backends.native_media_keys import media_spans, mrope_layout_of
+from omnilive.backends.native_media_keys import MediaEncoderCache, media_items, media_spans, mrope_layout_of
 from omnilive.backends.native_prompt import OmniPrompt
 from omnilive.backends.native_speech import SpeechStream
 from omnilive.engine.block_manager import BlockManager, BlockTable
@@ -114,12 +114,13 @@ class OmniJob:
 class OmniBatch:
     def __init__(self, runner: OmniRunner, max_batch: int = 4, block_size: int = 16, num_blocks: int | None = None,
                  speech_lead_s: float = 1.5, clock: Callable[[], float] = time.monotonic,
-                 windows_per_step: int | None | str = "auto"):
+                 windows_per_step: int | None | str = "auto", media_cache_bytes: int = 256 << 20):
         """num_blocks: KV blocks of the thinker cache (default: max_batch full-context rows).
         speech_lead_s: audio a stream keeps ahead of its listener before its windows must be
         solved (they wait for others' until then); clock: seconds (tests pass their own).
         windows_per_step: token2wav windows solved per step at most (None: every waiting one);
-        "auto": None on a GPU, 1 on a CPU (see `_synthesize`)."""
+        "auto": None on a GPU, 1 on a CPU (see `_synthesize`). media_cache_bytes: encoder
+        outputs kept for media sent again (native_media_keys.MediaEncoderCache)."""
         model = runner.model
         self.runner, self.thinker, self.max_batch = runner, model.thinker, max_batch
         self.speech_lead_s, self.clock = speech_lead_s, clock
@@ -127,6 +128,7 @@ class OmniBatch:
             on_gpu = model.token2wav is not None and next(model.token2wav.parameters()).device.type == "cuda"
             windows_per_step = None if on_gpu else 1
         self.windows_per_step = windows_per_step
+        self.media_cache = MediaEncoderCache(media_cache_bytes)
         self.cache = self.thinker.make_paged_cache(max_batch, runner.context_length, block_size, num_blocks)
         self.blocks = BlockManager(self.cache.num_blocks, block_size)
         self.computed_prompt_tokens = 0  # prompt tokens run through the thinker (cached ones are not)
@@ -146,10 +148,13 @@ class OmniBatch:
         """Encode the job's media and merge them into its prompt embeddings (ThinkerPrompt), on
         the calling thread: a worker does it before `add`, so the step loop, which every
         running stream waits on, only runs the prefill chunks. Hashing the media for the
-        job's block keys (`media_spans`) is done here too. Reads weights, holds no state."""
+        job's block keys (`media_spans`) is done here too, and media encoded before (the earlier
+        turns of a chat) come from the media cache. Reads weights; thread-safe."""
         prompt = job.prompt
-        job.prepared = self.thinker.prepare_prompt(prompt.input_ids, prompt.media)
-        job.blocks = BlockTable(media_spans(prompt.input_ids, prompt.media, mrope_layout_of(self.thinker)))
+        items = media_items(prompt.media, mrope_layout_of(self.thinker))
+        features = self.media_cache.features(items, self.thinker.encode_media)
+        job.prepared = self.thinker.prepare_prompt(prompt.input_ids, prompt.media, features=features)
+        job.blocks = BlockTable(media_spans(prompt.input_ids, items))
 
     def add(self, job: OmniJob) -> None:
         if job.voice is not None and not self.can_speak:

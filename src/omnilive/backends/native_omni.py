@@ -138,7 +138,8 @@ class NativeOmniEngine:
         self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps,
                                  first_chunk_steps=s.token2wav_first_chunk_steps,
                                  speech_dtype=speech_dtype)
-        self.batch = OmniBatch(self.runner, s.max_batch, speech_lead_s=s.speech_lead_seconds)
+        self.batch = OmniBatch(self.runner, s.max_batch, speech_lead_s=s.speech_lead_seconds,
+                               media_cache_bytes=s.media_cache_mb << 20)
         batch = self.batch
         self._thread = StepThread("omni-engine", batch.has_work, batch.step, batch.fail_all,
                                   lambda: batch.fail_all(EngineError("the engine is shut down")),

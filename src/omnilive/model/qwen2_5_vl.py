@@ -126,24 +126,36 @@ class Qwen2_5_VL(Qwen2ForCausalLM):
         self.vl_config = config
         self.visual = VisionEncoder(config.vision_config)
 
-    def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None) -> torch.Tensor:
+    def encode_media(self, media: ThinkerMedia) -> dict[int, torch.Tensor]:
+        """Encoder outputs by placeholder token id: [placeholders of that kind, H]."""
+        if media.audio_mel is not None:
+            raise ValueError("Qwen2.5-VL takes no audio")
+        c = self.vl_config
+        return {token: self.visual(patches.pixel_values.to(self.device), patches.grid_thw)
+                for token, patches in ((c.image_token_id, media.images), (c.video_token_id, media.videos))
+                if patches is not None}
+
+    def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None,
+              features: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """input_ids [T] → [T, H]: token embeddings with every image / video placeholder replaced
-        by the encoder's rows, in order. Placeholder counts must equal the rows."""
+        by the encoder's rows, in order. Placeholder counts must equal the rows. features: the
+        media's encoder outputs if already known (`encode_media`'s result)."""
         media = media or ThinkerMedia()
         if media.audio_mel is not None:
             raise ValueError("Qwen2.5-VL takes no audio")
         input_ids = input_ids.to(self.device)
+        if features is None:
+            features = self.encode_media(media)
         c = self.vl_config
-        rows = {
-            token: None if patches is None else self.visual(patches.pixel_values.to(self.device), patches.grid_thw)
-            for token, patches in ((c.image_token_id, media.images), (c.video_token_id, media.videos))
-        }
+        rows = {token: features.get(token) for token in (c.image_token_id, c.video_token_id)}
         return merge_placeholders(input_ids, self.model.embed_tokens(input_ids), rows)
 
     @torch.no_grad()
-    def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None) -> ThinkerPrompt:
-        """Encode the images / videos, merge them into the prompt's embeddings and compute its
-        M-RoPE ids. media.video_seconds_per_grid: seconds per temporal patch of each video."""
+    def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None,
+                       features: dict[int, torch.Tensor] | None = None) -> ThinkerPrompt:
+        """Encode the images / videos (unless `features` has their encoder outputs), merge them
+        into the prompt's embeddings and compute its M-RoPE ids. media.video_seconds_per_grid:
+        seconds per temporal patch of each video."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
         media = media or ThinkerMedia()
         rope = mrope_positions(
@@ -153,7 +165,7 @@ class Qwen2_5_VL(Qwen2ForCausalLM):
             video_grid_thw=media.videos.grid_thw if media.videos is not None else None,
             video_seconds_per_grid=self.vl_config.video_id_steps(media.video_seconds_per_grid),
         )
-        return ThinkerPrompt(input_ids.to(self.device), self.embed(input_ids, media), rope)
+        return ThinkerPrompt(input_ids.to(self.device), self.embed(input_ids, media, features), rope)
 
 
 def checkpoint_to_ours(tensors: dict[str, torch.Tensor], vision: VisionEncoderConfig) -> dict[str, torch.Tensor]:

@@ -166,18 +166,23 @@ class OmniThinker(Qwen2ForCausalLM):
             features[c.audio_token_index] = self.audio_tower(media.audio_mel.to(self.device), media.audio_frames)
         return features
 
-    def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None,
+              features: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """input_ids [T] → [T, H]: token embeddings with each placeholder run replaced by its
-        encoder rows, in order. The count of placeholders of each kind must equal the rows."""
+        encoder rows, in order. The count of placeholders of each kind must equal the rows.
+        features: the media's encoder outputs if already known (`encode_media`'s result)."""
         input_ids = input_ids.to(self.device)
-        features = self.encode_media(media or ThinkerMedia())
+        if features is None:
+            features = self.encode_media(media or ThinkerMedia())
         c = self.thinker_config
         tokens = (c.image_token_index, c.video_token_index, c.audio_token_index)
         return merge_placeholders(input_ids, self.model.embed_tokens(input_ids), {t: features.get(t) for t in tokens})
 
     @torch.no_grad()
-    def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None) -> ThinkerPrompt:
-        """Encode the media, merge them into the prompt's embeddings and compute its TMRoPE ids."""
+    def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None,
+                       features: dict[int, torch.Tensor] | None = None) -> ThinkerPrompt:
+        """Encode the media (unless `features` has their encoder outputs), merge them into the
+        prompt's embeddings and compute its TMRoPE ids."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
         media = media or ThinkerMedia()
         rope = mrope_positions(
@@ -187,7 +192,7 @@ class OmniThinker(Qwen2ForCausalLM):
             video_grid_thw=media.videos.grid_thw if media.videos is not None else None,
             video_seconds_per_grid=media.video_seconds_per_grid,
         )
-        return ThinkerPrompt(input_ids.to(self.device), self.embed(input_ids, media), rope)
+        return ThinkerPrompt(input_ids.to(self.device), self.embed(input_ids, media, features), rope)
 
 
 def merge_placeholders(

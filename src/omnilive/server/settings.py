@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # seconds of audio a stream keeps ahead of its listener before its next token2wav window
     # must be solved; until then windows wait to be solved together with other streams'
     speech_lead_seconds: float = Field(1.5, ge=0.0)
+    # native models: encoder outputs of recent images / audios / videos, kept so that the same
+    # media sent again (the earlier turns of a chat) is not encoded again; 0 turns it off
+    media_cache_mb: int = Field(256, ge=0)
 
     # request and media bounds
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # whole HTTP request body
