@@ -1,8 +1,9 @@
 """Continuous batching over a paged KV cache: who runs, what each computes this step.
 
-Every step runs one batched decode for all requests that miss exactly one token, plus
-prefill chunks (a prompt, or forced tokens) within a token budget shared by the prefilling
-requests, oldest first, so a long prompt never stalls the streams already decoding.
+Every step plans a decode for all requests that miss exactly one token, plus prefill chunks
+(a prompt, or forced tokens) within a token budget shared by the prefilling requests, oldest
+first, so a long prompt never stalls the streams already decoding; the engine runs them all
+in one forward.
 
 A running request holds a block-table row of the cache and blocks for every token it has
 or is about to compute (the BlockManager shares cached prefix blocks between requests). A
@@ -28,10 +29,6 @@ class PrefillChunk:
     request: Request
     start: int  # token index (= position) of the first token to compute
     end: int  # one past the last; the chunk yields logits when end == len(token_ids)
-
-    @property
-    def completes(self) -> bool:
-        return self.end == len(self.request.token_ids)
 
 
 @dataclass
