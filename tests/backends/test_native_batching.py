@@ -168,18 +168,23 @@ def speak_two(model, runner, **batch_options) -> tuple[list[Result], list[int]]:
 TWIN = dataclasses.replace(ASKS["spoken"], voice="Ethan", sampling=dataclasses.replace(ASKS["spoken"].sampling, seed=4))
 
 
+def twin_alone(model, runner) -> Result:
+    """The TWIN request on an engine of its own."""
+    result = Result(TWIN.job(model, outputs := []), outputs)
+    batch = OmniBatch(runner, max_batch=1)
+    batch.add(result.job)
+    batch.run_until_idle()
+    return result
+
+
 def test_streams_ahead_of_their_listeners_solve_their_token2wav_windows_together(model, runner, alone_results):
     """Speech faster than real time (a clock that stands still): windows after the first wait
     for the other stream's, one solve takes both (each its own voice, noise and offsets), and
     each stream speaks exactly as it would alone."""
     results, rows = speak_two(model, runner, speech_lead_s=0.0, clock=lambda: 0.0, windows_per_step=None)
     assert max(rows) == 4  # 2 streams x (conditional + null guidance rows)
-    twin_alone = Result(TWIN.job(model, outputs := []), outputs)
-    alone_batch = OmniBatch(runner, max_batch=1)
-    alone_batch.add(twin_alone.job)
-    alone_batch.run_until_idle()
     assert_same(results[0], alone_results["spoken"])
-    assert_same(results[1], twin_alone)
+    assert_same(results[1], twin_alone(model, runner))
     assert not np.allclose(results[0].audio[:1000], results[1].audio[:1000])  # two voices, two noises
 
 
@@ -263,12 +268,8 @@ def test_on_a_cpu_each_step_solves_one_token2wav_window(model, runner, alone_res
     assert solves and all(len(streams) == 1 for streams in solves)
     assert heard == ["first", "twin"]
     monkeypatch.undo()
-    twin_alone = Result(TWIN.job(model, outputs := []), outputs)
-    alone_batch = OmniBatch(runner, max_batch=1)
-    alone_batch.add(twin_alone.job)
-    alone_batch.run_until_idle()
     assert_same(results[0], alone_results["spoken"])
-    assert_same(results[1], twin_alone)
+    assert_same(results[1], twin_alone(model, runner))
 
 
 def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runner, alone_results):
