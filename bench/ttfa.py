@@ -47,6 +47,7 @@ from omnilive.backends.native_speech import QuickStartSchedule
 from omnilive.backends.native_omni import load_omni
 from omnilive.engine.types import AudioChunk, Message, SamplingParams, TextDelta
 from omnilive.model.talker_generate import TALKER_GREEDY
+from omnilive.model.token2wav import pack_dit
 from omnilive.model.token2wav_stream import StreamingSchedule
 from tests.model import omni_tiny
 
@@ -201,6 +202,7 @@ def main() -> None:
               f"{args.codec_tokens} codec tokens max, {STEPS} ODE steps (first window {args.first_chunk_steps or STEPS}), "
               f"DiT {args.speech_dtype}, {args.threads} threads, schedule {schedule}")
         ours_model = load_omni(directory, "float32")
+        pack_dit(ours_model.token2wav, speech_dtype)  # as the served engine does
         # a short warm-up request each: first calls pay one-off costs (allocations, kernel setup)
         warm = run_omnilive(ours_model, WARMUP_TEXT_TOKENS, WARMUP_CODEC_TOKENS, schedule, args.first_chunk_steps,
                             speech_dtype)

@@ -1,5 +1,6 @@
-"""Pre-packed bf16 linears (oneDNN layout): the same numbers as F.linear, in every place a
-model uses them. Skipped where the CPU has no native bf16 (the packing is not used there)."""
+"""Pre-packed linears (oneDNN layout): the same numbers as F.linear (bf16: bitwise for decode
+batches; float32: up to summation order), in every place a model uses them. The bf16 tests are
+skipped where the CPU has no native bf16 (bf16 packing is not used there)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from omnilive.model.layers import Int8Linear
 from omnilive.model.packed import PackedLinear, can_pack, pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 
-pytestmark = pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no native bf16 matmul on this CPU")
+needs_bf16 = pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no native bf16 matmul on this CPU")
 
 
+@needs_bf16
 @pytest.mark.parametrize("rows", [1, 2, 5, 16, 17, 64, 300])
 def test_packed_linear_equals_f_linear(rows):
     torch.manual_seed(rows)
@@ -27,11 +29,26 @@ def test_packed_linear_equals_f_linear(rows):
     assert (packed.float() - reference).abs().max() < 0.02 * reference.abs().max()
 
 
-def test_packing_is_only_for_bf16_on_cpu():
-    assert not can_pack(torch.float32, "cpu")
-    assert not can_pack(torch.bfloat16, "meta")
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("rows", [1, 2, 4, 16, 144, 300])
+def test_packed_float32_linear_equals_f_linear(rows):
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(96, 160)
+    x = torch.randn(2, rows, 96)
+    packed = PackedLinear(linear)
+    assert packed(x).dtype == torch.float32
+    torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)  # another summation order only
+    # bf16 activations (autocast) are computed in the weight's float32
+    torch.testing.assert_close(packed(x.to(torch.bfloat16)), linear(x.to(torch.bfloat16).float()), atol=1e-5, rtol=1e-5)
 
 
+def test_packing_is_for_float32_and_native_bf16_on_cpu():
+    assert can_pack(torch.float32, "cpu") == torch.backends.mkldnn.is_available()
+    assert not can_pack(torch.float16, "cpu")
+    assert not can_pack(torch.bfloat16, "meta") and not can_pack(torch.float32, "meta")
+
+
+@needs_bf16
 def test_packed_decoder_decodes_as_the_plain_one():
     config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -54,6 +71,7 @@ def test_packed_decoder_decodes_as_the_plain_one():
     assert torch.equal(outputs[0][-1], outputs[1][-1])  # the decode step: bitwise
 
 
+@needs_bf16
 def test_int8_linear_runs_batches_on_its_packed_copy():
     torch.manual_seed(3)
     linear = torch.nn.Linear(64, 96).to(torch.bfloat16)
@@ -65,6 +83,7 @@ def test_int8_linear_runs_batches_on_its_packed_copy():
     assert (quantized(rows).float() - reference).abs().max() < 0.02 * reference.abs().max()
 
 
+@needs_bf16
 def test_bf16_omni_checkpoint_loads_packed_and_computes_as_float32(tmp_path):
     pytest.importorskip("transformers")
     from omnilive.model.omni_checkpoint import load_thinker
@@ -74,7 +93,7 @@ def test_bf16_omni_checkpoint_loads_packed_and_computes_as_float32(tmp_path):
     directory = build_tiny_omni(tmp_path / "omni", seed=2).directory
     bf16, fp32 = load_thinker(directory, "bfloat16"), load_thinker(directory, "float32")
     assert isinstance(bf16.lm_head, PackedLinear) and isinstance(bf16.model.layers[0].mlp.up_proj, PackedLinear)
-    assert not isinstance(fp32.lm_head, PackedLinear)  # float32 (the parity tests) stays plain
+    assert isinstance(fp32.lm_head, PackedLinear)  # float32 packs too (the parity tests run it)
     assert isinstance(load_talker(directory, "bfloat16").codec_head, PackedLinear)
     ids = torch.randint(0, 100, (10,), generator=torch.Generator().manual_seed(3)).tolist()
     logits = []

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from omnilive.model.token2wav import Token2Wav, Voice, load_token2wav, load_voices
+from omnilive.model.token2wav import Token2Wav, Voice, load_token2wav, load_voices, pack_dit
 from omnilive.model.token2wav_config import Token2WavConfig
 from omnilive.model.weights import WeightsMismatchError, load_state_dict_strict
 
@@ -188,3 +188,18 @@ def test_compute_dtype_is_bfloat16_only_where_its_matmuls_are_fast(monkeypatch):
         weights.pick_compute_dtype.cache_clear()
         assert weights.pick_compute_dtype("cpu") == expected
     weights.pick_compute_dtype.cache_clear()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_a_float32_dit_packed_for_onednn_gives_the_same_mel(ours, voice, codes):
+    """pack_dit (what the served engine does for float32 speech on a CPU) changes only the
+    summation order of the DiT's linears; under bf16 autocast it packs nothing."""
+    import copy
+
+    noise = torch.randn(1, codes.shape[1] * 2, 8, generator=torch.Generator().manual_seed(5))
+    packed = copy.deepcopy(ours)
+    assert pack_dit(packed, torch.bfloat16) == 0
+    assert pack_dit(packed, torch.float32) > 0
+    plain_mel = ours.dit_mel(codes, voice, num_steps=4, initial_noise=noise)
+    packed_mel = packed.dit_mel(codes, voice, num_steps=4, initial_noise=noise)
+    torch.testing.assert_close(packed_mel, plain_mel, atol=1e-4, rtol=1e-4)

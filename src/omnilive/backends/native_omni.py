@@ -53,7 +53,7 @@ from omnilive.model.omni_checkpoint import (
     resolve_checkpoint_dir,
 )
 from omnilive.model.talker import load_talker
-from omnilive.model.token2wav import Voice, load_token2wav
+from omnilive.model.token2wav import Voice, load_token2wav, pack_dit
 from omnilive.model.weights import pick_compute_dtype, pick_dtype, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ class NativeOmniEngine:
             fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
             speech_dtype = torch.bfloat16 if fast and self.model.thinker.dtype == torch.bfloat16 else torch.float32
         speech_dtype = resolve_dtype(speech_dtype)
+        if self.model.token2wav is not None:
+            pack_dit(self.model.token2wav, speech_dtype)
         self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps,
                                  first_chunk_steps=s.token2wav_first_chunk_steps,
                                  speech_dtype=speech_dtype)

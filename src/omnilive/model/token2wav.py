@@ -22,6 +22,7 @@ from torch import nn
 
 from omnilive.model.bigvgan import BigVGAN
 from omnilive.model.dit import DiT
+from omnilive.model.packed import pack_linears
 from omnilive.model.token2wav_config import Token2WavConfig
 from omnilive.model.weights import load_state_dict_strict
 
@@ -150,10 +151,19 @@ def load_token2wav(model_dir: str | Path, device: str | torch.device = "cpu") ->
     return model.float().eval().to(device), voices
 
 
+def pack_dit(token2wav: Token2Wav, compute_dtype: torch.dtype) -> int:
+    """Pack the DiT's linears for oneDNN (model/packed.py) when its solves run in float32 on a
+    CPU: a window's 144-288 rows run 1.3-1.6x faster. Under bf16 autocast they stay plain, for
+    autocast to cast. Returns how many were packed."""
+    if compute_dtype != torch.float32:
+        return 0
+    return pack_linears(token2wav.code2wav_dit_model)
+
+
 def seconds_of_audio(num_codes: int, config: Token2WavConfig) -> float:
     """Duration of the waveform that `num_codes` codec tokens become."""
     return num_codes * config.dit_config.repeats * config.bigvgan_config.hop_length / config.sample_rate
 
 
-__all__ = ["Token2Wav", "Voice", "load_voices", "load_token2wav", "flow_time_grid", "rk4_integrate",
+__all__ = ["Token2Wav", "Voice", "load_voices", "load_token2wav", "flow_time_grid", "pack_dit", "rk4_integrate",
            "seconds_of_audio"]

@@ -155,7 +155,7 @@ class StreamingToken2Wav:
         if config.block_size % config.repeats:
             raise ValueError("streaming needs block_size to be a multiple of repeats")
         self.config, self.schedule, self.compute_dtype = config, schedule, compute_dtype
-        self.device = self.dit.proj_out.weight.device
+        self.device = next(self.dit.parameters()).device
         self.guidance_scale = guidance_scale
         self.guided = guidance_scale >= 1e-5
         self.times = flow_time_grid(num_steps, sway_coefficient, self.device)
