@@ -84,7 +84,9 @@ def web_assets(tmp_path_factory) -> WebAssets:
         _spoken_wav("How many legs does a spider have?", root / "spider.wav"),
         _spoken_wav("What is the password written on the sign?", root / "sign-question.wav"),
         oversized,
-        _spoken_wav("Please tell me a short story about a dragon.", root / "interrupt.wav",
+        # a long story: the barge-in needs the reply's audio still playing when the interruption
+        # comes 5 s after the question
+        _spoken_wav("Please tell me a long story about a dragon.", root / "interrupt.wav",
                     then="Stop. That is enough, thank you."),
     )
 
