@@ -44,7 +44,7 @@ import torch
 
 from omnilive.backends import assets
 from omnilive.engine.llm_engine import LLMEngine
-from omnilive.engine.types import SamplingParams
+from omnilive.types import SamplingParams
 from omnilive.model.gguf_loader import load_gguf
 from omnilive.model.weights import resolve_dtype
 

@@ -45,8 +45,8 @@ from omnilive.backends.native_batch import OmniBatch, OmniJob
 from omnilive.backends.native_generate import SPEECH_SCHEDULE, OmniRunner
 from omnilive.backends.native_speech import QuickStartSchedule
 from omnilive.backends.native_omni import load_omni
-from omnilive.engine.types import AudioChunk, Message, SamplingParams, TextDelta
-from omnilive.model.talker_generate import TALKER_GREEDY
+from omnilive.types import AudioChunk, Message, SamplingParams, TextDelta
+from omnilive.engine.talker_generate import TALKER_GREEDY
 from omnilive.model.token2wav import pack_dit
 from omnilive.model.token2wav_stream import StreamingSchedule
 from tests.model import omni_tiny

@@ -7,7 +7,7 @@ import pytest
 
 from omnilive.backends.asr import WhisperASR
 from omnilive.backends.assets import whisper_base_dir
-from omnilive.engine.types import ASR_SAMPLE_RATE, AudioInput
+from omnilive.types import ASR_SAMPLE_RATE, AudioInput
 from tests.speech_helpers import QUESTIONS, espeak_wav, needs_speech_tools, wer
 
 pytestmark = needs_speech_tools

@@ -12,7 +12,7 @@ from PIL import Image
 from omnilive.backends import native_batch
 from omnilive.backends.native_batch import OmniBatch, OmniJob
 from omnilive.backends.native_speech import SpeechStream
-from omnilive.engine.types import (
+from omnilive.types import (
     AudioChunk,
     AudioInput,
     EngineError,

@@ -18,7 +18,7 @@ from omnilive.backends.native_prompt import (
     chat_template_of,
     load_omni_tokenizer,
 )
-from omnilive.engine.types import (
+from omnilive.types import (
     AudioChunk,
     AudioInput,
     EngineError,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from omnilive.backends.native_batch import OmniBatch, OmniJob
 from omnilive.backends.native_media_keys import MediaEncoderCache, media_items, media_spans
-from omnilive.engine.types import EngineError, ImageInput, Message, SamplingParams
+from omnilive.types import EngineError, ImageInput, Message, SamplingParams
 from tests.backends.test_native_batching import ASKS, Result, assert_same, tone
 
 pytest.importorskip("transformers")

@@ -11,14 +11,14 @@ import torch
 from omnilive.backends.native_batch import OmniBatch, OmniJob
 from omnilive.backends.native_generate import OmniRunner
 from omnilive.engine.sampling import SamplingRow, make_generator
-from omnilive.engine.types import (
+from omnilive.types import (
     AudioChunk,
     Finished,
     Message,
     SamplingParams,
     TextDelta,
 )
-from omnilive.model.talker_generate import (
+from omnilive.engine.talker_generate import (
     TALKER_GREEDY,
     TALKER_SAMPLING,
     choose_codec_tokens,

@@ -12,7 +12,7 @@ from PIL import Image
 from omnilive.backends.native_omni import NativeOmniEngine
 from omnilive.backends.native_prompt import chat_template_of
 from omnilive.backends.native_vl import VL_CHAT_TEMPLATE, VLProcessor
-from omnilive.engine.types import (
+from omnilive.types import (
     AudioInput,
     EngineError,
     EngineRequest,

@@ -19,7 +19,7 @@ import ctypes, pathlib, sys
 import numpy as np, torch
 from omnilive.backends.asr import WhisperASR
 from omnilive.backends.assets import whisper_base_dir
-from omnilive.engine.types import AudioInput
+from omnilive.types import AudioInput
 torch.set_num_threads(2)
 asr = WhisperASR(whisper_base_dir(), cpu_threads=1)
 asr.transcribe(AudioInput(np.zeros(16000, np.float32)), language="en")

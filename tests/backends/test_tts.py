@@ -8,7 +8,7 @@ import pytest
 from omnilive.backends.asr import WhisperASR
 from omnilive.backends.assets import whisper_base_dir
 from omnilive.backends.tts import OPENAI_VOICES, HibariTTS, SynthesisQueue
-from omnilive.engine.types import ASR_SAMPLE_RATE, SPEECH_SAMPLE_RATE, AudioInput, EngineError
+from omnilive.types import ASR_SAMPLE_RATE, SPEECH_SAMPLE_RATE, AudioInput, EngineError
 from tests.speech_helpers import needs_speech_tools, resample, wer
 
 TWO_SENTENCES = "The capital of France is Paris. It is known for the Eiffel Tower."

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from omnilive.backends.vad import SileroVAD, VadEvent
-from omnilive.engine.types import ASR_SAMPLE_RATE as SR
+from omnilive.types import ASR_SAMPLE_RATE as SR
 from tests.speech_helpers import QUESTIONS, espeak_wav, needs_speech_tools, speech_bounds, with_silence
 
 pytestmark = needs_speech_tools

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from omnilive.backends import vision
 from omnilive.backends.vision import ImageFacts, OcrLine, describe_image, dominant_colours
-from omnilive.engine.types import ImageInput
+from omnilive.types import ImageInput
 
 
 def font(size: int) -> ImageFont.ImageFont:

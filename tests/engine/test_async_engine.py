@@ -5,7 +5,7 @@ import pytest
 from test_llm_engine import GREEDY, make_engine, prompt, run_to_end, text_of, tokens_of
 
 from omnilive.engine.async_engine import AsyncLLM
-from omnilive.engine.types import EngineError, SamplingParams
+from omnilive.types import EngineError, SamplingParams
 
 LONG = SamplingParams(temperature=0.0, max_tokens=200)
 

@@ -13,7 +13,7 @@ import torch
 from omnilive.engine.detokenizer import Detokenizer, StopStringMatcher
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT, LLMOutput, ThinkingTracker, ThinkMarkers
-from omnilive.engine.types import EngineError, SamplingParams
+from omnilive.types import EngineError, SamplingParams
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import CONTROL, NORMAL, USER_DEFINED, Tokenizer, TokenizerInfo, build_bpe, byte_alphabet
 

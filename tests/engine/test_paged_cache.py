@@ -20,7 +20,7 @@ from test_llm_engine import (
 )
 
 from omnilive.engine.block_manager import BlockManager, BlockTable, MediaSpan
-from omnilive.engine.types import EngineError, SamplingParams
+from omnilive.types import EngineError, SamplingParams
 
 SYSTEM = TOKENIZER.encode("<|im_start|>system\nYou are a helpful assistant who answers in short sentences.<|im_end|>\n")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from omnilive.engine.sampling import MASKED_LOGPROB, SamplingRow, make_generator, sample
-from omnilive.engine.types import SamplingParams
+from omnilive.types import SamplingParams
 
 
 def row(seed: int | None = 0, seen: tuple[int, ...] = (), **params) -> SamplingRow:

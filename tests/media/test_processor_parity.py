@@ -18,7 +18,7 @@ from PIL import Image
 
 from omnilive.backends.native_omni import load_omni
 from omnilive.backends.native_prompt import SPEECH_SYSTEM_PROMPT
-from omnilive.engine.types import AudioInput, ImageInput, Message, VideoInput
+from omnilive.types import AudioInput, ImageInput, Message, VideoInput
 from tests.model.omni_tiny import build_tiny_omni
 from tests.model.vl_tiny import (
     IMAGE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnilive.engine.kv_cache import CacheFullError, KVCache
+from omnilive.model.kv_cache import CacheFullError, KVCache
 from omnilive.model.layers import Int8Linear, one_query_attention, quantize_linears_int8
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.weights import (

@@ -23,7 +23,7 @@ from omnilive.model.talker import (
     load_talker,
     talker_weights,
 )
-from omnilive.model.talker_generate import (
+from omnilive.engine.talker_generate import (
     TALKER_GREEDY,
     choose_codec_tokens,
     decode_logits,

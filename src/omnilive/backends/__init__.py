@@ -1,4 +1,4 @@
-"""Back-ends behind the OmniEngine interface (see omnilive.engine.types)."""
+"""Back-ends behind the OmniEngine interface (see omnilive.types)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnilive.engine.types import ASR_SAMPLE_RATE, AudioInput, Transcript, TranscriptSegment
+from omnilive.types import ASR_SAMPLE_RATE, AudioInput, Transcript, TranscriptSegment
 
 WHISPER_WINDOW_S = 30.0  # Whisper's fixed input window
 FRAMES_PER_S = 100  # mel frames

@@ -27,7 +27,7 @@ import torch
 from omnilive.backends.tts import SynthesisQueue
 from omnilive.engine.torch_threads import run_in_fresh_thread
 from omnilive.engine.speech_chunker import SpeechChunker
-from omnilive.engine.types import (
+from omnilive.types import (
     ASR_SAMPLE_RATE,
     AudioChunk,
     AudioInput,

@@ -57,7 +57,7 @@ from omnilive.backends.native_speech import SpeechStream
 from omnilive.engine.block_manager import BlockManager, BlockTable
 from omnilive.engine.detokenizer import Detokenizer
 from omnilive.engine.sampling import SamplingRow, TokenSample, make_generator, sample
-from omnilive.engine.types import (
+from omnilive.types import (
     SPEECH_SAMPLE_RATE,
     EngineError,
     EngineOutput,
@@ -67,7 +67,7 @@ from omnilive.engine.types import (
     TextDelta,
     Usage,
 )
-from omnilive.model.talker_generate import talker_step
+from omnilive.engine.talker_generate import talker_step
 from omnilive.model.token2wav_stream import DiTWindow, solve_windows, window_batches
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Voice

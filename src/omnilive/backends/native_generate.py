@@ -24,9 +24,9 @@ import torch
 from omnilive.backends.native_prompt import OmniProcessor, OmniPrompt
 from omnilive.backends.native_speech import QuickStartSchedule, SpeechSettings
 from omnilive.engine.detokenizer import Detokenizer
-from omnilive.engine.kv_cache import KVCache
+from omnilive.model.kv_cache import KVCache
 from omnilive.engine.sampling import SamplingRow, TokenSample, make_generator, sample
-from omnilive.engine.types import (
+from omnilive.types import (
     EngineError,
     EngineOutput,
     FinishReason,
@@ -36,7 +36,7 @@ from omnilive.engine.types import (
 )
 from omnilive.model.rope_index import PromptPositions
 from omnilive.model.talker import Talker, build_talker_inputs
-from omnilive.model.talker_generate import (
+from omnilive.engine.talker_generate import (
     TALKER_MAX_NEW_TOKENS,
     TALKER_SAMPLING,
     start_talker_stream,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from omnilive.engine.block_manager import MediaSpan
-from omnilive.engine.types import EngineError
+from omnilive.types import EngineError
 from omnilive.media.qwen_preprocess import VisionPatches
 from omnilive.model.rope_index import MRopeLayout
 from omnilive.model.thinker import ThinkerMedia, audio_placeholder_count

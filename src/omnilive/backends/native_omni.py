@@ -35,7 +35,7 @@ from omnilive.backends.native_prompt import (
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.engine.step_thread import StepThread
 from omnilive.engine.torch_threads import FreshThreadExecutor, set_torch_threads
-from omnilive.engine.types import (
+from omnilive.types import (
     AudioInput,
     EngineError,
     EngineOutput,

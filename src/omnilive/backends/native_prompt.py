@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
-from omnilive.engine.types import (
+from omnilive.types import (
     AudioInput,
     EngineError,
     ImageInput,

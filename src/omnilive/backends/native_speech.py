@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from omnilive.engine.kv_cache import KVCache
-from omnilive.engine.types import AudioChunk, SamplingParams
+from omnilive.model.kv_cache import KVCache
+from omnilive.types import AudioChunk, SamplingParams
 from omnilive.model.talker import Talker, build_talker_prefill, new_talker_text_inputs
-from omnilive.model.talker_generate import TalkerStream, start_talker_stream
+from omnilive.engine.talker_generate import TalkerStream, start_talker_stream
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Token2Wav, Voice
 from omnilive.model.token2wav_stream import DiTWindow, StreamingSchedule, StreamingToken2Wav

@@ -30,7 +30,7 @@ from omnilive.backends.native_prompt import (
     VisualPreprocessing,
     load_omni_tokenizer,
 )
-from omnilive.engine.types import AudioInput, EngineError, Message
+from omnilive.types import AudioInput, EngineError, Message
 from omnilive.model.qwen2_5_vl import VLConfig, load_qwen2_5_vl
 from omnilive.model.tokenizer import Tokenizer
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from omnilive.engine.types import SPEECH_SAMPLE_RATE, EngineError
+from omnilive.types import SPEECH_SAMPLE_RATE, EngineError
 
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
 

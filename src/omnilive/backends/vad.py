@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from omnilive.backends.assets import PackagedFile, package_file
-from omnilive.engine.types import ASR_SAMPLE_RATE
+from omnilive.types import ASR_SAMPLE_RATE
 
 FRAME_SAMPLES = 512  # what the 16 kHz model accepts: 32 ms
 CONTEXT_SAMPLES = 64

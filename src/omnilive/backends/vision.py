@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from omnilive.engine.types import ImageInput
+from omnilive.types import ImageInput
 
 OCR_THREADS = 2  # the whole machine may have two cores: OCR must not oversubscribe them
 _MIN_CONFIDENCE = 0.5

@@ -18,7 +18,7 @@ from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import LLMOutput
 from omnilive.engine.step_thread import StepThread
 from omnilive.engine.torch_threads import set_torch_threads
-from omnilive.engine.types import EngineError, SamplingParams
+from omnilive.types import EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
 

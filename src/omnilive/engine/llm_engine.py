@@ -31,7 +31,7 @@ from omnilive.engine.request import (
 )
 from omnilive.engine.sampling import make_generator, sample
 from omnilive.engine.scheduler import Scheduler, StepPlan
-from omnilive.engine.types import EngineError, SamplingParams
+from omnilive.types import EngineError, SamplingParams
 from omnilive.model.qwen2 import Qwen2ForCausalLM
 
 StepOutput = LLMOutput  # what step() returns per request: the deltas of that step

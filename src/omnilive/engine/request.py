@@ -19,7 +19,7 @@ import torch
 from omnilive.engine.block_manager import BlockTable
 from omnilive.engine.detokenizer import Detokenizer, TextDeltas
 from omnilive.engine.sampling import SamplingRow, TokenSample
-from omnilive.engine.types import FinishReason, SamplingParams, TokenLogprob
+from omnilive.types import FinishReason, SamplingParams, TokenLogprob
 
 BUDGET_EXHAUSTED_TEXT = (
     "Considering the limited time by the user, I have to give the solution based on the thinking directly now.\n"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from omnilive.engine.types import SamplingParams
+from omnilive.types import SamplingParams
 
 MASKED_LOGPROB = -9999.0
 MAX_TOP_LOGPROBS = 20

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from omnilive.engine.block_manager import BlockManager
-from omnilive.engine.kv_cache import PagedKVCache
+from omnilive.model.kv_cache import PagedKVCache
 from omnilive.engine.request import Request
 
 

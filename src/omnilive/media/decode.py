@@ -20,7 +20,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from omnilive.engine.types import ASR_SAMPLE_RATE, AudioInput, ImageInput, VideoInput
+from omnilive.types import ASR_SAMPLE_RATE, AudioInput, ImageInput, VideoInput
 from omnilive.media.errors import MediaError
 from omnilive.media.limits import DEFAULT_LIMITS, MediaLimits
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnilive.engine.kv_cache import KVCache, PagedKVCache
+from omnilive.model.kv_cache import KVCache, PagedKVCache
 from omnilive.model.layers import (
     Attention,
     CacheWrite,

@@ -36,7 +36,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from omnilive.engine.kv_cache import KVCache
+from omnilive.model.kv_cache import KVCache
 from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype

@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omnilive.engine.types import OmniEngine
+from omnilive.types import OmniEngine
 from omnilive.server.auth import APIKeyMiddleware
 from omnilive.server.errors import error_response, install_error_handlers
 from omnilive.server.files import FileStore

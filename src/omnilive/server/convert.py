@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from typing import Callable
 
-from omnilive.engine.types import ContentPart, EngineRequest, Message, SamplingParams
+from omnilive.types import ContentPart, EngineRequest, Message, SamplingParams
 from omnilive.media.data_url import decode_base64, load_media_url, parse_data_url
 from omnilive.media.decode import MediaKind, decode_audio, decode_image, decode_video, sniff_format
 from omnilive.media.errors import MediaError

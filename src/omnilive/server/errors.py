@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omnilive.engine.types import EngineError
+from omnilive.types import EngineError
 from omnilive.media.errors import MediaError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
-from omnilive.engine.types import SPEECH_SAMPLE_RATE, ContentPart, ImageInput, Message
+from omnilive.types import SPEECH_SAMPLE_RATE, ContentPart, ImageInput, Message
 from omnilive.server.realtime.events import Dialect, RealtimeError
 
 ContentKind = Literal["input_text", "input_audio", "input_image", "output_text", "output_audio"]

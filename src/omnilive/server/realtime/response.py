@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from omnilive.engine.types import (
+from omnilive.types import (
     SPEECH_SAMPLE_RATE,
     AudioChunk,
     EngineError,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from omnilive.engine.types import (
+from omnilive.types import (
     ASR_SAMPLE_RATE,
     SPEECH_SAMPLE_RATE,
     AudioInput,

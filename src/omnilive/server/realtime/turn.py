@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from omnilive.backends.vad import FRAME_SAMPLES, SileroVAD
-from omnilive.engine.types import ASR_SAMPLE_RATE, SPEECH_SAMPLE_RATE
+from omnilive.types import ASR_SAMPLE_RATE, SPEECH_SAMPLE_RATE
 
 PAUSE_MS = 96  # three VAD frames of quiet: worth guessing that the turn may be over
 ASR_TAIL_MS = 200  # quiet kept after the speech end: Whisper ends words better with it

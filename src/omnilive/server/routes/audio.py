@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from omnilive.engine.types import SPEECH_SAMPLE_RATE, Transcript, TranscriptSegment
+from omnilive.types import SPEECH_SAMPLE_RATE, Transcript, TranscriptSegment
 from omnilive.media.decode import decode_audio
 from omnilive.media.encode import audio_mime, encode_audio, pcm16_bytes
 from omnilive.media.errors import MediaError

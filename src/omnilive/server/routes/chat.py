@@ -24,7 +24,7 @@ from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from omnilive.engine.types import (
+from omnilive.types import (
     SPEECH_SAMPLE_RATE,
     AudioChunk,
     EngineError,

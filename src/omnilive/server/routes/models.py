@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from omnilive.engine.types import ModelCard
+from omnilive.types import ModelCard
 from omnilive.server.errors import model_not_found
 from omnilive.server.protocol import ModelObject
 

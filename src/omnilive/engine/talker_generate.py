@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omnilive.engine.kv_cache import KVCache
+from omnilive.model.kv_cache import KVCache
 from omnilive.engine.sampling import SamplingRow, make_generator, sample
-from omnilive.engine.types import SamplingParams
+from omnilive.types import SamplingParams
 from omnilive.model.talker import Talker, TalkerPrefill, TalkerTextInputs
 
 # Qwen2_5OmniForConditionalGeneration.generate's talker defaults
