@@ -167,7 +167,7 @@ class EngineError(Exception):
         self.message, self.param, self.code = message, param, code
 
 
-class OmniEngine(Protocol):
+class Backend(Protocol):
     """What the server needs from any back-end (embedded cascade or native checkpoint)."""
 
     @property

@@ -1,4 +1,4 @@
-"""NativeOmniEngine on a tiny random Qwen2.5-Omni checkpoint (float32), against transformers."""
+"""NativeBackend on a tiny random Qwen2.5-Omni checkpoint (float32), against transformers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omnilive.backends.native_omni import NativeOmniEngine, pick_voice
+from omnilive.backends.native_omni import NativeBackend, pick_voice
 from omnilive.backends.native_prompt import (
     FALLBACK_CHAT_TEMPLATE,
     SPEECH_SYSTEM_PROMPT,
@@ -49,7 +49,7 @@ def tiny(tmp_path_factory):
 def engine(tiny):
     settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
                         prefill_chunk_tokens=16)  # several prefill chunks per prompt
-    engine = NativeOmniEngine(settings, token2wav_steps=3)
+    engine = NativeBackend(settings, token2wav_steps=3)
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.stop())
@@ -243,7 +243,7 @@ async def collect(engine, request: EngineRequest) -> list:
 def test_speech_options_come_from_the_settings(tiny):
     settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=256,
                         token2wav_steps=6, token2wav_first_chunk_steps=3, speech_dtype="bfloat16")
-    engine = NativeOmniEngine(settings)
+    engine = NativeBackend(settings)
     asyncio.run(engine.start())
     try:
         speech = engine.runner.speech_settings

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omnilive.backends.native_omni import NativeOmniEngine
+from omnilive.backends.native_omni import NativeBackend
 from omnilive.backends.native_prompt import chat_template_of
 from omnilive.backends.native_vl import VL_CHAT_TEMPLATE, VLProcessor
 from omnilive.types import (
@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
 def engine(tiny):
     settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
                         prefill_chunk_tokens=16)
-    engine = NativeOmniEngine(settings)
+    engine = NativeBackend(settings)
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.stop())

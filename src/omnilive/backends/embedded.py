@@ -63,8 +63,8 @@ SPOKEN_STYLE = (
 FRAMES_DESCRIBED_PER_VIDEO = 3  # OCR is the costly part; a few spread-out frames carry most text
 
 
-class EmbeddedEngine:
-    """OmniEngine over packaged models; loads lazily in `start()`."""
+class EmbeddedBackend:
+    """Backend over packaged models; loads lazily in `start()`."""
 
     def __init__(self, settings):
         self.settings = settings

@@ -1,6 +1,6 @@
 """Continuous batching for the native Qwen2.5-Omni engine: many requests, one step loop.
 
-    prepare_media(job)    on the caller's thread (NativeOmniEngine's prompt worker): the vision
+    prepare_media(job)    on the caller's thread (NativeBackend's prompt worker): the vision
                           and audio towers run there, never on the step loop
     add(job) ──waiting──▶ admitted between steps when a thinker row, KV blocks for its
                           prompt (its reply's blocks reserved) and, to speak, a talker slot are
@@ -36,7 +36,7 @@ every window is urgent at once; faster (a GPU), windows of several streams gathe
 batched solve costs about what one does.
 
 A job's thinker row and blocks are freed when its reply ends (blocks stay findable until
-evicted); its talker slot when its speech ends. Not thread-safe: NativeOmniEngine steps it
+evicted); its talker slot when its speech ends. Not thread-safe: NativeBackend steps it
 from one thread.
 """
 

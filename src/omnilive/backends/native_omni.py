@@ -1,4 +1,4 @@
-"""NativeOmniEngine: a Hugging Face Qwen2.5-Omni checkpoint behind the OmniEngine interface.
+"""NativeBackend: a Hugging Face Qwen2.5-Omni checkpoint behind the Backend interface.
 
     omnilive serve --model /models/Qwen2.5-Omni-7B      (or a hub id: Qwen/Qwen2.5-Omni-3B)
 
@@ -98,8 +98,8 @@ def pick_voice(voices: dict[str, Voice], name: str | None) -> tuple[str, Voice]:
     return key, voices[key]
 
 
-class NativeOmniEngine:
-    """OmniEngine over a Qwen2.5-Omni checkpoint; loads in `start()`."""
+class NativeBackend:
+    """Backend over a Qwen2.5-Omni checkpoint; loads in `start()`."""
 
     def __init__(self, settings, token2wav_steps: int | None = None):
         """token2wav_steps: overrides settings.token2wav_steps (tests use few)."""

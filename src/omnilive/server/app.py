@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omnilive.types import OmniEngine
+from omnilive.types import Backend
 from omnilive.server.auth import APIKeyMiddleware
 from omnilive.server.errors import error_response, install_error_handlers
 from omnilive.server.files import FileStore
@@ -41,11 +41,11 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def create_app(settings: Settings, engine: OmniEngine | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
     if engine is None:
-        from omnilive.backends import load_engine
+        from omnilive.backends import load_backend
 
-        engine = load_engine(settings)
+        engine = load_backend(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

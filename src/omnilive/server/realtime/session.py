@@ -29,7 +29,7 @@ from omnilive.types import (
     SPEECH_SAMPLE_RATE,
     AudioInput,
     EngineRequest,
-    OmniEngine,
+    Backend,
     SamplingParams,
 )
 from omnilive.media.data_url import decode_base64, parse_data_url
@@ -86,7 +86,7 @@ class SessionConfig:
 
 
 class RealtimeSession:
-    def __init__(self, engine: OmniEngine, metrics: Metrics, media_limits: MediaLimits, dialect: Dialect,
+    def __init__(self, engine: Backend, metrics: Metrics, media_limits: MediaLimits, dialect: Dialect,
                  send, max_event_bytes: int):
         self.engine, self.metrics, self.media_limits, self.dialect = engine, metrics, media_limits, dialect
         self._send, self.max_event_bytes = send, max_event_bytes
@@ -498,5 +498,5 @@ def _turn_detection_update(s: ev.SessionIn, audio_in: ev.AudioInputIn | None) ->
     return replace(defaults, **{k: v for k, v in values.items() if v is not None}), True
 
 
-def _asr_name(engine: OmniEngine) -> str:
+def _asr_name(engine: Backend) -> str:
     return next((p.get("name", "asr") for p in engine.card.parts if p.get("role") == "asr"), engine.card.id)
