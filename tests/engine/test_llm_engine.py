@@ -52,11 +52,14 @@ def tiny_model(vocab_size: int, seed: int = 0) -> Qwen2ForCausalLM:
 
 TOKENIZER = tiny_tokenizer()
 MODEL = tiny_model(TOKENIZER.vocab_size)
+# The same vocabulary with no EOS or end-of-turn id: only a length limit can end a reply, so a
+# check on what happens at that limit cannot be skipped by the random model stopping first.
+NEVER_STOPS = Tokenizer(TOKENIZER.backend, TokenizerInfo())
 
 
-def make_engine(**options) -> LLMEngine:
+def make_engine(tokenizer: Tokenizer = TOKENIZER, **options) -> LLMEngine:
     options = {"max_slots": 4, "context_length": 256, **options}
-    return LLMEngine(MODEL, TOKENIZER, **options)
+    return LLMEngine(MODEL, tokenizer, **options)
 
 
 def prompt(text: str) -> list[int]:
@@ -100,14 +103,14 @@ def generate_alone(prompt_ids: list[int], sampling: SamplingParams, **options) -
 
 
 @torch.inference_mode()
-def reference_greedy(prompt_ids: list[int], max_tokens: int) -> list[int]:
+def reference_greedy(prompt_ids: list[int], max_tokens: int, stop_token_ids=TOKENIZER.stop_token_ids) -> list[int]:
     """Token by token, recomputing the whole sequence each time (no cache reuse at all)."""
     ids = list(prompt_ids)
     for _ in range(max_tokens):
         cache = MODEL.make_cache(1, len(ids))
         hidden = MODEL(torch.tensor([ids]), torch.arange(len(ids))[None], cache, torch.tensor([0]))
         ids.append(int(MODEL.compute_logits(hidden[0, -1]).argmax()))
-        if ids[-1] in TOKENIZER.stop_token_ids:
+        if ids[-1] in stop_token_ids:
             break
     return ids[len(prompt_ids) :]
 
@@ -196,12 +199,11 @@ def test_stop_token_id_ends_without_text():
 def test_max_tokens_and_context_limit():
     outputs = generate_alone(prompt("count"), SamplingParams(temperature=0.0, max_tokens=5))
     assert (outputs[-1].completion_tokens, outputs[-1].finish_reason) == (5, "length")
-    engine = make_engine(context_length=40)
+    engine = make_engine(NEVER_STOPS, context_length=40)
     prompt_ids = prompt("x" * 20)
-    engine.add_request("r", prompt_ids, SamplingParams(temperature=0.0))
+    engine.add_request("r", prompt_ids, SamplingParams(temperature=0.0))  # no max_tokens: the context is the limit
     last = run_to_end(engine)["r"][-1]
-    if last.finish_reason == "length":
-        assert last.prompt_tokens + last.completion_tokens == 40
+    assert (last.prompt_tokens + last.completion_tokens, last.finish_reason) == (40, "length")
     with pytest.raises(EngineError) as error:
         engine.add_request("too-long", list(range(40)), GREEDY)
     assert error.value.code == "context_length_exceeded"
@@ -257,9 +259,9 @@ def test_logprobs_come_from_the_sampled_distribution():
     assert first.top[0][0] == first.token == bytes(first.bytes).decode(errors="replace")
 
 
-def think_engine() -> tuple[LLMEngine, list[int], int]:
+def think_engine(tokenizer: Tokenizer = TOKENIZER) -> tuple[LLMEngine, list[int], int]:
     """An engine whose vocabulary names <think>/</think>, and a prompt ending inside <think>."""
-    engine = make_engine()
+    engine = make_engine(tokenizer)
     assert engine.think_markers is not None
     prompt_ids = prompt("think first") + TOKENIZER.encode("<think>\n")
     return engine, prompt_ids, engine.think_markers.end_id
@@ -267,23 +269,25 @@ def think_engine() -> tuple[LLMEngine, list[int], int]:
 
 @pytest.mark.parametrize("budget", [1, 6])
 def test_thinking_budget_is_exact(budget):
-    engine, prompt_ids, end_id = think_engine()
-    free_run = reference_greedy(prompt_ids, budget)
+    engine, prompt_ids, end_id = think_engine(NEVER_STOPS)  # so the answer after the forced text is there
+    free_run = reference_greedy(prompt_ids, budget, stop_token_ids=())
     assert end_id not in free_run, "the tiny model closed its think block itself; pick another seed"
-    engine.add_request("r", prompt_ids, SamplingParams(temperature=0.0, max_tokens=budget + 120), budget)
-    outputs = run_to_end(engine)["r"]
     forced = list(TOKENIZER.encode(BUDGET_EXHAUSTED_TEXT))
+    answer_tokens = 4
+    max_tokens = budget + len(forced) + answer_tokens
+    engine.add_request("r", prompt_ids, SamplingParams(temperature=0.0, max_tokens=max_tokens), budget)
+    outputs = run_to_end(engine)["r"]
     tokens = tokens_of(outputs)
-    assert tokens[:budget] == free_run[:budget]
+    assert (len(tokens), outputs[-1].finish_reason) == (max_tokens, "length")
+    assert tokens[:budget] == free_run
     assert tokens[budget : budget + len(forced)] == forced
     reasoning = "".join(o.reasoning for o in outputs)
     assert reasoning == TOKENIZER.decode(free_run[:budget]) + BUDGET_EXHAUSTED_TEXT.split("</think>")[0]
     assert outputs[-1].reasoning_tokens == budget + forced.index(end_id) + 1
     # after the forced end of thinking the model answers as it would after that text
     answer_start = budget + len(forced)
-    if len(tokens) > answer_start:
-        assert tokens[answer_start] == reference_greedy(prompt_ids + tokens[:answer_start], 1)[0]
-        assert text_of(outputs).startswith("\n\n")
+    assert tokens[answer_start] == reference_greedy(prompt_ids + tokens[:answer_start], 1, stop_token_ids=())[0]
+    assert text_of(outputs).startswith("\n\n")
 
 
 def test_thinking_budget_zero_closes_think_right_away():
