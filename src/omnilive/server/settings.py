@@ -24,59 +24,81 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMNILIVE_", extra="ignore", validate_default=True)
 
-    # what to serve: "default" = the embedded cascade of packaged models; later a DIR or hub id
-    model: str = "default"
-    llm: Literal["qwen2.5-coder-0.5b", "smollm2-135m"] = "qwen2.5-coder-0.5b"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Every field's description is its line in docs/configuration.md (scripts/configuration_doc.py
+    # renders it; tests/server/test_configuration_doc.py keeps the two in sync).
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    # when set, every /v1 route needs `Authorization: Bearer <api_key>`; /health, /metrics
-    # and the web app's static files stay open (a load balancer and Prometheus need them)
-    api_key: SecretStr | None = None  # SecretStr: never printed in logs or reprs
-    cors_origins: Annotated[list[str], NoDecode] = []  # "*" or a comma-separated list
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # what to serve
+    model: str = Field("default", description=(
+        '"default" = the embedded cascade of packaged models; or a Qwen2.5-Omni checkpoint directory, '
+        "or a hub id (owner/name)"))
+    llm: Literal["qwen2.5-coder-0.5b", "smollm2-135m"] = Field("qwen2.5-coder-0.5b", description=(
+        "LLM of the embedded default model: smollm2-135m is lighter and weaker"))
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        'model weights\' dtype; "auto" = bfloat16 where the hardware computes it natively '
+        "(AVX512-BF16 / AMX CPUs, GPUs), else float32"))
 
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    # assembled model files (joined packaged parts, dequantised weights); None = data_dir/models.
-    # Worth sharing between data dirs: building it costs tens of seconds.
-    cache_dir: Path | None = None
-    database_url: str | None = None  # None = sqlite file under data_dir
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    # SecretStr: never printed in logs or reprs
+    api_key: SecretStr | None = Field(None, description=(
+        "when set, every /v1 route needs `Authorization: Bearer <api_key>`; /health, /metrics and the "
+        "web app's static files stay open (a load balancer and Prometheus need them)"))
+    cors_origins: Annotated[list[str], NoDecode] = Field([], description=(
+        'browser origins allowed to call the API: "*" for any, or a comma-separated list '
+        "(the flag: once per origin); empty = no cross-origin requests"))
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description=(
+        "log level of omnilive and uvicorn"))
 
-    # engine sizing: decode slots batched together, context per slot, CPU threads
-    max_batch: int = Field(4, ge=1)
-    max_context_tokens: int = Field(8192, ge=256)
-    threads: int = Field(2, ge=1)
-    # prompt tokens computed per engine step: smaller keeps other streams flowing during a
-    # long prompt, larger finishes the prompt sooner
-    prefill_chunk_tokens: int = Field(64, ge=1)
-    # int8 weights for the LLM's linear layers (measured top-1 agreement with bf16 at every
-    # position): faster single-stream decode than plain bf16, slower than bf16 packed for
-    # oneDNN once several requests batch. "auto" = packed bf16 where the CPU runs bf16
-    # natively (AMX / AVX512-BF16), int8 on other CPUs running bfloat16
-    quantize: Literal["auto", "int8", "none"] = "auto"
-    # native Qwen2.5-Omni speech: token2wav's ODE steps (10 = the reference); fewer steps for
-    # the first streamed window only (its 0.12 s of audio; later windows re-solve those frames
-    # with every step), for an earlier first audio chunk; the streamed DiT solves' dtype
-    # ("auto" = bfloat16 when the model runs in bfloat16 on a GPU or an AMX CPU, else float32).
-    # bench/speech_quality.py prints the log-mel cost of each against the 10-step float32 reference.
-    token2wav_steps: int = Field(10, ge=2)
-    token2wav_first_chunk_steps: int = Field(4, ge=2)
-    speech_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # seconds of audio a stream keeps ahead of its listener before its next token2wav window
-    # must be solved; until then windows wait to be solved together with other streams'
-    speech_lead_seconds: float = Field(1.5, ge=0.0)
-    # native models: encoder outputs of recent images / audios / videos, kept so that the same
-    # media sent again (the earlier turns of a chat) is not encoded again; 0 turns it off
-    media_cache_mb: int = Field(256, ge=0)
+    data_dir: Path = Field(default_factory=_default_data_dir, description=(
+        "uploaded files, the SQLite history database and (unless OMNILIVE_CACHE_DIR is set) the model cache "
+        "live here"))
+    cache_dir: Path | None = Field(None, description=(
+        "assembled model files (joined packaged parts, dequantised weights); unset = DATA_DIR/models. "
+        "Worth sharing between data dirs: building it costs tens of seconds"))
+    database_url: str | None = Field(None, description=(
+        "history database, e.g. `postgresql://user@host/db`; unset = the SQLite file DATA_DIR/omnilive.db"))
+
+    # engine sizing
+    max_batch: int = Field(4, ge=1, description="requests decoded together (decode slots batched in one step)")
+    max_context_tokens: int = Field(8192, ge=256, description=(
+        "context per slot, in tokens (capped at the model's own maximum)"))
+    threads: int = Field(2, ge=1, description="CPU threads for the models")
+    prefill_chunk_tokens: int = Field(64, ge=1, description=(
+        "prompt tokens computed per engine step: smaller keeps other streams flowing during a long "
+        "prompt, larger finishes the prompt sooner"))
+    quantize: Literal["auto", "int8", "none"] = Field("auto", description=(
+        "int8 weights for the LLM's linear layers (measured top-1 agreement with bf16 at every position): "
+        "faster single-stream decode than plain bf16, slower than bf16 packed for oneDNN once several "
+        'requests batch. "auto" = packed bf16 where the CPU runs bf16 natively (AMX / AVX512-BF16), '
+        "int8 on other CPUs running bfloat16"))
+    # bench/speech_quality.py prints the log-mel cost of each speech setting against the 10-step
+    # float32 reference.
+    token2wav_steps: int = Field(10, ge=2, description=(
+        "native Qwen2.5-Omni speech: token2wav's ODE steps (10 = the reference)"))
+    token2wav_first_chunk_steps: int = Field(4, ge=2, description=(
+        "native speech: ODE steps for the first streamed window only (its 0.12 s of audio; later "
+        "windows re-solve those frames with every step), for an earlier first audio chunk"))
+    speech_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        'native speech: dtype of the streamed DiT solves; "auto" = bfloat16 when the model runs in '
+        "bfloat16 on a GPU or an AMX CPU, else float32"))
+    speech_lead_seconds: float = Field(1.5, ge=0.0, description=(
+        "native speech: seconds of audio a stream keeps ahead of its listener before its next "
+        "token2wav window must be solved; until then windows wait to be solved together with other "
+        "streams'"))
+    media_cache_mb: int = Field(256, ge=0, description=(
+        "native models: MB of encoder outputs of recent images / audios / videos, kept so that the "
+        "same media sent again (the earlier turns of a chat) is not encoded again; 0 turns it off"))
 
     # request and media bounds
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # whole HTTP request body
-    max_media_bytes: int = Field(25 * 1024 * 1024, ge=1024)  # one image/audio/video item
-    max_audio_seconds: float = Field(600.0, gt=0)
-    max_video_seconds: float = Field(180.0, gt=0)
-    max_speech_input_chars: int = Field(4096, ge=1)  # /v1/audio/speech, as OpenAI
-    allow_remote_media_urls: bool = False  # let clients make this server fetch http(s) URLs
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description=(
+        "largest HTTP request body, in bytes (also bounds a realtime WebSocket event)"))
+    max_media_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="largest image / audio / video item, in bytes")
+    max_audio_seconds: float = Field(600.0, gt=0, description="longest audio input, in seconds")
+    max_video_seconds: float = Field(180.0, gt=0, description="longest video input, in seconds")
+    max_speech_input_chars: int = Field(4096, ge=1, description=(
+        "longest text for /v1/audio/speech, in characters (as OpenAI)"))
+    allow_remote_media_urls: bool = Field(False, description=(
+        "let clients make this server fetch media from http(s) URLs"))
 
     @field_validator("cors_origins", mode="before")
     @classmethod
