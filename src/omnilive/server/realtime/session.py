@@ -1,4 +1,4 @@
-"""One Realtime session: its configuration, conversation, input audio buffer, VAD and response.
+"""One Realtime session: its conversation, input audio buffer, VAD and response (settings: config.py).
 
     session = RealtimeSession(engine, metrics, media_limits, dialect, send=outbox.put_nowait)
     session.open()                       # session.created
@@ -20,13 +20,11 @@ import binascii
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from omnilive.types import (
     ASR_SAMPLE_RATE,
-    SPEECH_SAMPLE_RATE,
     AudioInput,
     EngineRequest,
     Backend,
@@ -38,6 +36,7 @@ from omnilive.media.errors import MediaError
 from omnilive.media.limits import MediaLimits
 from omnilive.server.metrics import Metrics
 from omnilive.server.realtime import events as ev
+from omnilive.server.realtime.config import SessionConfig, response_plan, session_wire, updated_config
 from omnilive.server.realtime.conversation import (
     Content,
     Conversation,
@@ -62,27 +61,6 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as OpenAI: a shorter buffer cannot be committed
 LANGUAGE_DETECTION_MIN_S = 1.0  # shorter speech is too little to trust the detected language
 KEEP_BEFORE_SPEECH_MS = 1000  # audio kept while nobody speaks (covers any prefix padding asked)
-
-
-@dataclass(frozen=True)
-class TurnDetection:
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    voice: str
-    instructions: str = ""
-    audio_out: bool = True
-    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)  # None = push-to-talk
-    language: str | None = None
-    transcription_prompt: str | None = None
-    temperature: float | None = None
-    max_output_tokens: int | None = None
 
 
 class RealtimeSession:
@@ -110,7 +88,7 @@ class RealtimeSession:
         self._send({"type": self.dialect.event(ga_name), "event_id": new_id("event"), **fields})
 
     def open(self) -> None:
-        self.emit("session.created", session=self.session_wire())
+        self.emit("session.created", session=self._session_wire())
 
     async def handle(self, raw: str | bytes) -> None:
         event_id = None
@@ -146,54 +124,15 @@ class RealtimeSession:
 
     # -- session --------------------------------------------------------------------------------
 
-    def session_wire(self) -> dict:
-        c, td = self.config, self.config.turn_detection
-        detection = None if td is None else {"type": "server_vad", **{k: getattr(td, k) for k in (
-            "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response", "interrupt_response")}}
-        transcription = {"model": _asr_name(self.engine), "language": c.language, "prompt": c.transcription_prompt}
-        common = {"id": self.id, "object": "realtime.session", "instructions": c.instructions, "tools": [],
-                  "tool_choice": "auto"}
-        limit = c.max_output_tokens or "inf"
-        if self.dialect.beta:  # the beta schema lists only OpenAI's model names, so ours is left out
-            return {**common, "modalities": ["text", "audio"] if c.audio_out else ["text"], "voice": c.voice,
-                    "input_audio_format": "pcm16", "output_audio_format": "pcm16",
-                    "input_audio_transcription": transcription, "turn_detection": detection,
-                    "temperature": c.temperature or 0.8, "max_response_output_tokens": limit}
-        pcm = {"type": "audio/pcm", "rate": SPEECH_SAMPLE_RATE}
-        return {**common, "type": "realtime", "model": self.engine.card.id, "output_modalities": ["audio"] if c.audio_out else ["text"],
-                "max_output_tokens": limit,
-                "audio": {"input": {"format": pcm, "transcription": transcription, "turn_detection": detection},
-                          "output": {"format": pcm, "voice": c.voice, "speed": 1.0}}}
+    def _session_wire(self) -> dict:
+        return session_wire(self.config, self.id, self.engine.card, self.dialect)
 
     async def _on_session_update(self, event: ev.SessionUpdate) -> None:
-        s, changes = event.session, {}
-        audio_in = s.audio.input if s.audio and s.audio.input else None
-        audio_out = s.audio.output if s.audio and s.audio.output else None
-        for where, fmt in (("input_audio_format", s.input_audio_format), ("output_audio_format", s.output_audio_format),
-                           ("audio.input.format", audio_in and audio_in.format),
-                           ("audio.output.format", audio_out and audio_out.format)):
-            _check_format(fmt, "session." + where)
-        if s.instructions is not None:
-            changes["instructions"] = s.instructions
-        if voice := s.voice or (audio_out and audio_out.voice):
-            changes["voice"] = voice
-        if (modalities := s.output_modalities or s.modalities) is not None:
-            changes["audio_out"] = "audio" in modalities
-        detection, given = _turn_detection_update(s, audio_in)
-        if given:
-            changes["turn_detection"] = detection
-        transcription = s.input_audio_transcription or (audio_in and audio_in.transcription)
-        if transcription is not None:
-            changes.update(language=transcription.language, transcription_prompt=transcription.prompt)
-        if s.temperature is not None:
-            changes["temperature"] = s.temperature
-        if (limit := s.max_output_tokens or s.max_response_output_tokens) is not None:
-            changes["max_output_tokens"] = None if limit == "inf" else limit
         old = self.config
-        self.config = replace(old, **changes)
+        self.config = updated_config(old, event.session)
         if self.config.turn_detection != old.turn_detection:
             self._reset_detector()
-        self.emit("session.updated", session=self.session_wire())
+        self.emit("session.updated", session=self._session_wire())
 
     def _reset_detector(self) -> None:
         td = self.config.turn_detection
@@ -245,8 +184,8 @@ class RealtimeSession:
         if self.config.turn_detection.create_response and self.response is None:
             request = ev.ResponseIn()
             history = [item.id for item in self.conversation.items]
-            if speculation is not None and speculation.matches((start, event.speech_end_ms), history,
-                                                               self._plan(request)):
+            plan = response_plan(self.config, request)
+            if speculation is not None and speculation.matches((start, event.speech_end_ms), history, plan):
                 self._start_response(request, speculation)
                 return
             self._start_response(request)
@@ -262,7 +201,7 @@ class RealtimeSession:
             return
         turn = Item(self._turn[0], "user", [Content("input_audio", text=transcript)])
         history = [*self.conversation.items, turn]  # as the committed turn will leave it
-        plan = self._plan(ev.ResponseIn())
+        plan = response_plan(self.config, ev.ResponseIn())
         response_id = new_id("resp")
         self.speculation = Speculation(response_id, (start_ms, speech_end_ms), [item.id for item in history], plan,
                                        self._answer(response_id, plan, history), self.metrics, self._spawn)
@@ -406,25 +345,10 @@ class RealtimeSession:
             raise RealtimeError("Cancellation failed: no active response found.", "response_cancel_not_active")
         await self._cancel_response("client_cancelled")
 
-    def _plan(self, request: ev.ResponseIn) -> ResponsePlan:
-        c = self.config
-        modalities = request.output_modalities or request.modalities
-        out = request.audio.output if request.audio and request.audio.output else None
-        if out is not None:
-            _check_format(out.format, "response.audio.output.format")
-        limit = request.max_output_tokens or request.max_response_output_tokens
-        return ResponsePlan(
-            audio=c.audio_out if modalities is None else "audio" in modalities,
-            voice=request.voice or (out and out.voice) or c.voice,
-            instructions=c.instructions if request.instructions is None else request.instructions,
-            temperature=c.temperature if request.temperature is None else request.temperature,
-            max_output_tokens=c.max_output_tokens if limit is None else (None if limit == "inf" else limit),
-        )
-
     def _start_response(self, request: ev.ResponseIn, speculation: Speculation | None = None) -> None:
         """Start a response; with a matching `speculation`, it gives that answer, already begun."""
         self._drop_speculation()
-        plan = self._plan(request)
+        plan = response_plan(self.config, request)
         item = Item(new_id("item"), "assistant", [], status="in_progress")
         response_id = speculation.response_id if speculation is not None else None
         run = ResponseRun(plan, item, self.emit, self.dialect, self.metrics, response_id)
@@ -471,32 +395,3 @@ def _base64(text: str, max_bytes: int, param: str) -> bytes:
     except binascii.Error:
         raise RealtimeError("audio is not valid base64", "invalid_base64", param) from None
 
-
-def _check_format(fmt, param: str) -> None:
-    """Only PCM16 at 24 kHz ("pcm16", or GA's {"type": "audio/pcm", "rate": 24000})."""
-    if fmt is None or fmt == "pcm16":
-        return
-    if isinstance(fmt, ev.AudioFormatIn) and fmt.type == "audio/pcm" and fmt.rate in (None, SPEECH_SAMPLE_RATE):
-        return
-    raise RealtimeError("Only PCM16 audio at 24 kHz is supported ('pcm16' or {'type': 'audio/pcm', 'rate': 24000}).",
-                        "unsupported_audio_format", param)
-
-
-def _turn_detection_update(s: ev.SessionIn, audio_in: ev.AudioInputIn | None) -> tuple[TurnDetection | None, bool]:
-    """(new turn detection, whether the update sets it): an explicit null turns VAD off."""
-    if "turn_detection" in s.model_fields_set:
-        given = s.turn_detection
-    elif audio_in is not None and "turn_detection" in audio_in.model_fields_set:
-        given = audio_in.turn_detection
-    else:
-        return None, False
-    if given is None:
-        return None, True
-    defaults = TurnDetection()
-    values = {k: getattr(given, k) for k in ("threshold", "prefix_padding_ms", "silence_duration_ms",
-                                                "create_response", "interrupt_response")}
-    return replace(defaults, **{k: v for k, v in values.items() if v is not None}), True
-
-
-def _asr_name(engine: Backend) -> str:
-    return next((p.get("name", "asr") for p in engine.card.parts if p.get("role") == "asr"), engine.card.id)

@@ -1,0 +1,136 @@
+"""A Realtime session's settings: what session.update changes, how they read on the wire, and
+what one response takes from them.
+
+    config = SessionConfig(voice=card.default_voice)
+    config = updated_config(config, event.session)      # session.update; RealtimeError if refused
+    session = session_wire(config, session_id, card, dialect)  # session.created / .updated
+    plan = response_plan(config, request)                # a response's own overrides win
+
+Both dialects' shapes of a setting land in the same field (beta's flat `turn_detection`, GA's
+`audio.input.turn_detection`), so the rest of the session never asks which dialect it speaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from omnilive.types import SPEECH_SAMPLE_RATE, ModelCard
+from omnilive.server.realtime import events as ev
+from omnilive.server.realtime.events import Dialect, RealtimeError
+from omnilive.server.realtime.response import ResponsePlan
+
+TURN_DETECTION_FIELDS = ("threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
+                         "interrupt_response")
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    voice: str
+    instructions: str = ""
+    audio_out: bool = True
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)  # None = push-to-talk
+    language: str | None = None
+    transcription_prompt: str | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+
+
+def updated_config(config: SessionConfig, s: ev.SessionIn) -> SessionConfig:
+    """`config` with what a session.update sets; fields it leaves out keep their values."""
+    changes = {}
+    audio_in = s.audio.input if s.audio and s.audio.input else None
+    audio_out = s.audio.output if s.audio and s.audio.output else None
+    for where, fmt in (("input_audio_format", s.input_audio_format), ("output_audio_format", s.output_audio_format),
+                       ("audio.input.format", audio_in and audio_in.format),
+                       ("audio.output.format", audio_out and audio_out.format)):
+        _check_format(fmt, "session." + where)
+    if s.instructions is not None:
+        changes["instructions"] = s.instructions
+    if voice := s.voice or (audio_out and audio_out.voice):
+        changes["voice"] = voice
+    if (modalities := s.output_modalities or s.modalities) is not None:
+        changes["audio_out"] = "audio" in modalities
+    detection, given = _turn_detection_update(s, audio_in)
+    if given:
+        changes["turn_detection"] = detection
+    transcription = s.input_audio_transcription or (audio_in and audio_in.transcription)
+    if transcription is not None:
+        changes.update(language=transcription.language, transcription_prompt=transcription.prompt)
+    if s.temperature is not None:
+        changes["temperature"] = s.temperature
+    if (limit := s.max_output_tokens or s.max_response_output_tokens) is not None:
+        changes["max_output_tokens"] = None if limit == "inf" else limit
+    return replace(config, **changes)
+
+
+def session_wire(config: SessionConfig, session_id: str, card: ModelCard, dialect: Dialect) -> dict:
+    c, td = config, config.turn_detection
+    detection = None if td is None else {"type": "server_vad", **{k: getattr(td, k) for k in TURN_DETECTION_FIELDS}}
+    transcription = {"model": _asr_name(card), "language": c.language, "prompt": c.transcription_prompt}
+    common = {"id": session_id, "object": "realtime.session", "instructions": c.instructions, "tools": [],
+              "tool_choice": "auto"}
+    limit = c.max_output_tokens or "inf"
+    if dialect.beta:  # the beta schema lists only OpenAI's model names, so ours is left out
+        return {**common, "modalities": ["text", "audio"] if c.audio_out else ["text"], "voice": c.voice,
+                "input_audio_format": "pcm16", "output_audio_format": "pcm16",
+                "input_audio_transcription": transcription, "turn_detection": detection,
+                "temperature": c.temperature or 0.8, "max_response_output_tokens": limit}
+    pcm = {"type": "audio/pcm", "rate": SPEECH_SAMPLE_RATE}
+    return {**common, "type": "realtime", "model": card.id, "output_modalities": ["audio"] if c.audio_out else ["text"],
+            "max_output_tokens": limit,
+            "audio": {"input": {"format": pcm, "transcription": transcription, "turn_detection": detection},
+                      "output": {"format": pcm, "voice": c.voice, "speed": 1.0}}}
+
+
+def response_plan(config: SessionConfig, request: ev.ResponseIn) -> ResponsePlan:
+    """What one response runs with: the session's settings, less what response.create overrides."""
+    c = config
+    modalities = request.output_modalities or request.modalities
+    out = request.audio.output if request.audio and request.audio.output else None
+    if out is not None:
+        _check_format(out.format, "response.audio.output.format")
+    limit = request.max_output_tokens or request.max_response_output_tokens
+    return ResponsePlan(
+        audio=c.audio_out if modalities is None else "audio" in modalities,
+        voice=request.voice or (out and out.voice) or c.voice,
+        instructions=c.instructions if request.instructions is None else request.instructions,
+        temperature=c.temperature if request.temperature is None else request.temperature,
+        max_output_tokens=c.max_output_tokens if limit is None else (None if limit == "inf" else limit),
+    )
+
+
+def _check_format(fmt, param: str) -> None:
+    """Only PCM16 at 24 kHz ("pcm16", or GA's {"type": "audio/pcm", "rate": 24000})."""
+    if fmt is None or fmt == "pcm16":
+        return
+    if isinstance(fmt, ev.AudioFormatIn) and fmt.type == "audio/pcm" and fmt.rate in (None, SPEECH_SAMPLE_RATE):
+        return
+    raise RealtimeError("Only PCM16 audio at 24 kHz is supported ('pcm16' or {'type': 'audio/pcm', 'rate': 24000}).",
+                        "unsupported_audio_format", param)
+
+
+def _turn_detection_update(s: ev.SessionIn, audio_in: ev.AudioInputIn | None) -> tuple[TurnDetection | None, bool]:
+    """(new turn detection, whether the update sets it): an explicit null turns VAD off."""
+    if "turn_detection" in s.model_fields_set:
+        given = s.turn_detection
+    elif audio_in is not None and "turn_detection" in audio_in.model_fields_set:
+        given = audio_in.turn_detection
+    else:
+        return None, False
+    if given is None:
+        return None, True
+    values = {k: getattr(given, k) for k in TURN_DETECTION_FIELDS}
+    return replace(TurnDetection(), **{k: v for k, v in values.items() if v is not None}), True
+
+
+def _asr_name(card: ModelCard) -> str:
+    return next((p.get("name", "asr") for p in card.parts if p.get("role") == "asr"), card.id)
