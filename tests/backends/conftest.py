@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnilive.backends.native_generate import OmniRunner
+from tests.backends.native_engine import Runner
 
 TOKEN2WAV_STEPS = 3  # token2wav ODE steps: enough to chain windows, cheap on the tiny DiT
 
@@ -23,4 +23,4 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runner(model):
-    return OmniRunner(model, context_length=512, prefill_chunk_tokens=64, token2wav_steps=TOKEN2WAV_STEPS)
+    return Runner(model, context_length=512, prefill_chunk_tokens=64, token2wav_steps=TOKEN2WAV_STEPS)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnilive.backends import native_batch
-from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_speech import SpeechStream
+from omnilive.engine import speech_stage
+from tests.backends.native_engine import Batch, Job
+from omnilive.engine.speech import SpeechStream
 from omnilive.types import (
     AudioChunk,
     AudioInput,
@@ -41,10 +41,10 @@ class Ask:
     sampling: SamplingParams
     voice: str | None = None
 
-    def job(self, model, outputs: list) -> OmniJob:
+    def job(self, model, outputs: list) -> Job:
         prompt = model.processor.build((Message("user", self.content),), speak=self.voice is not None)
         voice = model.voices[self.voice] if self.voice else None
-        return OmniJob(prompt, self.sampling, voice, outputs.append)
+        return Job(prompt, self.sampling, voice, outputs.append)
 
 
 # text only, spoken in two voices and seeds, an image, an audio clip, different lengths and settings
@@ -62,7 +62,7 @@ ASKS = {
 
 @dataclasses.dataclass
 class Result:
-    job: OmniJob
+    job: Job
     outputs: list
 
     @property
@@ -90,7 +90,7 @@ def fresh(model, name: str) -> Result:
 
 
 def alone(model, runner, name: str) -> Result:
-    result, batch = fresh(model, name), OmniBatch(runner, max_batch=1)
+    result, batch = fresh(model, name), Batch(runner, max_batch=1)
     batch.add(result.job)
     batch.run_until_idle()
     return result
@@ -119,7 +119,7 @@ def assert_same(together: Result, by_itself: Result) -> None:
 
 
 def test_requests_stepped_together_equal_each_alone(model, runner, alone_results):
-    batch = OmniBatch(runner, max_batch=4)
+    batch = Batch(runner, max_batch=4)
     together = {name: fresh(model, name) for name in ASKS}
     for name in ("text", "spoken", "image", "audio"):
         batch.add(together[name].job)
@@ -154,7 +154,7 @@ def speak_two(model, runner, **batch_options) -> tuple[list[Result], list[int]]:
     dit = model.token2wav.code2wav_dit_model
     rows: list[int] = []
     hook = dit.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
-    batch = OmniBatch(runner, max_batch=2, **batch_options)
+    batch = Batch(runner, max_batch=2, **batch_options)
     results = [fresh(model, "spoken"), Result(TWIN.job(model, outputs := []), outputs)]
     try:
         for result in results:
@@ -171,7 +171,7 @@ TWIN = dataclasses.replace(ASKS["spoken"], voice="Ethan", sampling=dataclasses.r
 def twin_alone(model, runner) -> Result:
     """The TWIN request on an engine of its own."""
     result = Result(TWIN.job(model, outputs := []), outputs)
-    batch = OmniBatch(runner, max_batch=1)
+    batch = Batch(runner, max_batch=1)
     batch.add(result.job)
     batch.run_until_idle()
     return result
@@ -214,7 +214,7 @@ def test_a_stream_not_heard_yet_gets_its_first_window_before_waiting_windows_of_
 
     monkeypatch.setattr(SpeechStream, "complete", logged_complete)
     # room for many waiting windows: the tiny DiT's windows are a few codes each
-    batch = OmniBatch(runner, max_batch=32, speech_lead_s=0.0, clock=lambda: 0.0, windows_per_step=None)
+    batch = Batch(runner, max_batch=32, speech_lead_s=0.0, clock=lambda: 0.0, windows_per_step=None)
     long = {"sampling": dataclasses.replace(ASKS["spoken"].sampling, max_tokens=120)}  # they outlast its start
     first = Result(dataclasses.replace(ASKS["spoken"], **long).job(model, outputs := []), outputs)
     twin = Result(dataclasses.replace(TWIN, **long).job(model, outputs := []), outputs)
@@ -230,7 +230,8 @@ def test_a_stream_not_heard_yet_gets_its_first_window_before_waiting_windows_of_
 
     for result in (first, twin):
         batch.add(result.job)
-    run_until(lambda: all(r.job.first_audio_at is not None and r.job.windows for r in (first, twin)))
+    run_until(lambda: all(r.job.speech is not None and r.job.speech.first_audio_at is not None
+                          and r.job.speech.windows for r in (first, twin)))
     batch.add(late.job)
     run_until(lambda: not batch.has_work())
     late_step = next(s for s, name in completed if name == "late")
@@ -243,18 +244,18 @@ def test_a_stream_not_heard_yet_gets_its_first_window_before_waiting_windows_of_
 def test_on_a_cpu_each_step_solves_one_token2wav_window(model, runner, alone_results, monkeypatch):
     """A compute-bound DiT (CPU, the default there): one window per step, not all waiting ones
     in one long solve, and each stream still speaks exactly as it does alone."""
-    assert OmniBatch(runner).windows_per_step == 1  # "auto" on a CPU
+    assert Batch(runner).windows_per_step == 1  # "auto" on a CPU
     solves: list[list[str]] = []  # the streams of every solve, in order
-    solve = native_batch.solve_windows
+    solve = speech_stage.solve_windows
 
     def logged_solve(windows):
         names = {id(result.job.speech._wav): name for name, result in zip(("first", "twin"), results)}
         solves.append([names[id(window.stream)] for window in windows])
         return solve(windows)
 
-    monkeypatch.setattr(native_batch, "solve_windows", logged_solve)
+    monkeypatch.setattr(speech_stage, "solve_windows", logged_solve)
     now = [0.0]
-    batch = OmniBatch(runner, max_batch=2, speech_lead_s=1000.0, clock=lambda: now[0])  # always urgent
+    batch = Batch(runner, max_batch=2, speech_lead_s=1000.0, clock=lambda: now[0])  # always urgent
     results = [fresh(model, "spoken"), Result(TWIN.job(model, outputs := []), outputs)]
     for result in results:
         batch.add(result.job)
@@ -263,7 +264,7 @@ def test_on_a_cpu_each_step_solves_one_token2wav_window(model, runner, alone_res
         batch.step()
         now[0] += 0.01
         for name, result in zip(("first", "twin"), results):
-            if result.job.first_audio_at is not None and name not in heard:
+            if result.job.speech.first_audio_at is not None and name not in heard:
                 heard.append(name)
     assert solves and all(len(streams) == 1 for streams in solves)
     assert heard == ["first", "twin"]
@@ -273,7 +274,7 @@ def test_on_a_cpu_each_step_solves_one_token2wav_window(model, runner, alone_res
 
 
 def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runner, alone_results):
-    batch = OmniBatch(runner, max_batch=3)
+    batch = Batch(runner, max_batch=3)
     results = {name: fresh(model, name) for name in ("text", "spoken", "late")}
     for result in results.values():
         batch.add(result.job)
@@ -295,7 +296,7 @@ def test_abort_frees_the_slots_at_the_next_step_and_the_others_go_on(model, runn
 
 
 def test_more_requests_than_slots_queue_and_all_finish(model, runner, alone_results):
-    batch = OmniBatch(runner, max_batch=2)
+    batch = Batch(runner, max_batch=2)
     names = ["text", "spoken", "audio", "late", "image"]
     results = {name: fresh(model, name) for name in names}
     for result in results.values():
@@ -311,7 +312,7 @@ def test_more_requests_than_slots_queue_and_all_finish(model, runner, alone_resu
 
 
 def test_a_request_with_bad_media_fails_alone(model, runner, alone_results):
-    batch = OmniBatch(runner, max_batch=3)
+    batch = Batch(runner, max_batch=3)
     good = {name: fresh(model, name) for name in ("text", "spoken")}
     bad_outputs: list = []
     bad = ASKS["image"].job(model, bad_outputs)
@@ -328,7 +329,7 @@ def test_a_request_with_bad_media_fails_alone(model, runner, alone_results):
 
 
 def test_a_spoken_request_waiting_for_a_talker_slot_does_not_hold_up_text(model, runner, alone_results):
-    batch = OmniBatch(runner, max_batch=1)
+    batch = Batch(runner, max_batch=1)
     results = {name: fresh(model, name) for name in ("spoken", "late", "text")}
     batch.add(results["spoken"].job)
     speaker = results["spoken"].job

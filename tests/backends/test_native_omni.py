@@ -32,6 +32,7 @@ from omnilive.types import (
 )
 from omnilive.model.thinker import audio_placeholder_count
 from omnilive.server.settings import Settings
+from tests.backends.native_engine import Runner
 from tests.model.omni_tiny import CHAT_TEMPLATE, TOKENS, build_tiny_omni
 
 pytest.importorskip("transformers")
@@ -149,7 +150,9 @@ def test_speech_length_is_codes_times_upsampling(engine):
     samples = np.concatenate([c.samples for c in chunks])
 
     # the same seeded request, step by step: thinker → talker codes → whole-reply token2wav
-    runner, voice = engine.runner, engine.model.voices["Ethan"]
+    settings = engine.settings
+    runner = Runner(engine.model, settings.max_context_tokens, settings.prefill_chunk_tokens, engine.token2wav_steps)
+    voice = engine.model.voices["Ethan"]
     prompt = engine.model.processor.build(IMAGE_QUESTION, speak=True)
     reply = runner.think(prompt, SEEDED, emit=lambda out: None, cancelled=lambda: False, keep_hidden=True)
     codes = runner.speech_codes(runner.codec_tokens(reply, voice, SEEDED.seed))
@@ -199,7 +202,7 @@ def test_closing_the_stream_stops_the_request(engine):
     finally:
         hook.remove()
     assert isinstance(outputs[-1], Finished) and outputs[-1].finish_reason in ("stop", "length")
-    prefill_chunks = 2 * math.ceil(outputs[-1].usage.prompt_tokens / engine.runner.prefill_chunk_tokens)
+    prefill_chunks = 2 * math.ceil(outputs[-1].usage.prompt_tokens / engine.settings.prefill_chunk_tokens)
     assert len(forwards) < prefill_chunks + GREEDY.max_tokens + 20  # far from the 800 tokens asked for
 
 
@@ -231,7 +234,7 @@ def test_media_are_encoded_off_the_step_loop_while_others_stream(engine):
     finally:
         for hook in hooks:
             hook.remove()
-    assert encoded_on and "omni-engine" not in encoded_on  # the image was encoded, off the loop
+    assert encoded_on and "omnilive-llm-engine" not in encoded_on  # the image was encoded, off the loop
     assert text_of(first) == text_of(run(engine, streaming)) and first[-1].usage.completion_tokens == 60
     assert text_of(second) == text_of(run(engine, joining)) and second[-1].usage.image_prompt_tokens > 0
 
@@ -246,7 +249,7 @@ def test_speech_options_come_from_the_settings(tiny):
     engine = NativeBackend(settings)
     asyncio.run(engine.start())
     try:
-        speech = engine.runner.speech_settings
+        speech = engine.engine.speech.settings
         assert (speech.token2wav_steps, speech.first_chunk_steps, speech.dit_dtype) == (6, 3, torch.bfloat16)
     finally:
         asyncio.run(engine.stop())

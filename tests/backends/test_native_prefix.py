@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omnilive.backends.native_batch import OmniBatch, OmniJob
+from tests.backends.native_engine import Batch, Job
 from omnilive.backends.native_media_keys import MediaEncoderCache, media_items, media_spans
 from omnilive.types import EngineError, ImageInput, Message, SamplingParams
 from tests.backends.test_native_batching import ASKS, Result, assert_same, tone
@@ -29,16 +29,16 @@ def image(seed: int) -> ImageInput:
 def job(model, messages: tuple[Message, ...], sampling: SamplingParams = GREEDY, voice: str | None = None) -> Result:
     outputs: list = []
     prompt = model.processor.build(messages, speak=voice is not None)
-    return Result(OmniJob(prompt, sampling, model.voices[voice] if voice else None, outputs.append), outputs)
+    return Result(Job(prompt, sampling, model.voices[voice] if voice else None, outputs.append), outputs)
 
 
-def run(batch: OmniBatch, result: Result) -> Result:
+def run(batch: Batch, result: Result) -> Result:
     batch.add(result.job)
     batch.run_until_idle()
     return result
 
 
-def computed_by(batch: OmniBatch, result: Result) -> int:
+def computed_by(batch: Batch, result: Result) -> int:
     """Prompt tokens the batch ran through the thinker for this request."""
     before = batch.computed_prompt_tokens
     run(batch, result)
@@ -47,7 +47,7 @@ def computed_by(batch: OmniBatch, result: Result) -> int:
 
 def test_the_second_turn_of_a_chat_with_an_image_reuses_the_first_turns_blocks(model, runner):
     first_turn = (Message("user", (QUESTION, image(0))),)
-    batch = OmniBatch(runner, max_batch=2)
+    batch = Batch(runner, max_batch=2)
     first = job(model, first_turn)
     assert computed_by(batch, first) == len(first.job.prompt) and first.job.cached == 0
     second_turn = (*first_turn, Message("assistant", (first.text,)), Message("user", ("And its colours?",)))
@@ -56,19 +56,19 @@ def test_the_second_turn_of_a_chat_with_an_image_reuses_the_first_turns_blocks(m
     # every full block of the first prompt is reused: it ends mid-block, so 144 of its 152 tokens
     assert second.job.cached >= len(first.job.prompt) // BLOCK * BLOCK > 0
     assert computed == len(second.job.prompt) - second.job.cached < len(second.job.prompt)
-    assert_same(second, run(OmniBatch(runner, max_batch=1), job(model, second_turn)))
+    assert_same(second, run(Batch(runner, max_batch=1), job(model, second_turn)))
     assert second.finished.usage.prompt_tokens == len(second.job.prompt)  # usage counts the whole prompt
 
 
 def test_the_same_text_with_a_different_image_reuses_only_the_blocks_before_it(model, runner):
-    batch = OmniBatch(runner, max_batch=2)
+    batch = Batch(runner, max_batch=2)
     run(batch, job(model, (Message("user", (QUESTION, image(0))),)))
     other = job(model, (Message("user", (QUESTION, image(1))),))
     items = media_items(other.job.prompt.media, model.thinker.thinker_config.mrope_layout)
     (span,) = media_spans(other.job.prompt.input_ids, items)
     run(batch, other)
     assert other.job.cached == span.start // BLOCK * BLOCK > 0  # placeholders equal, pixels not
-    assert_same(other, run(OmniBatch(runner, max_batch=1), job(model, (Message("user", (QUESTION, image(1))),))))
+    assert_same(other, run(Batch(runner, max_batch=1), job(model, (Message("user", (QUESTION, image(1))),))))
     again = run(batch, job(model, (Message("user", (QUESTION, image(1))),)))
     assert again.job.cached > span.end  # the same image again: reused past it
     assert again.job.token_ids == other.job.token_ids
@@ -77,9 +77,9 @@ def test_the_same_text_with_a_different_image_reuses_only_the_blocks_before_it(m
 def test_a_spoken_request_reuses_cached_blocks_and_speaks_as_it_would_alone(model, runner):
     ask = ASKS["spoken"]
     messages = (Message("user", ask.content),)
-    alone = run(OmniBatch(runner, max_batch=1), job(model, messages, ask.sampling, ask.voice))
+    alone = run(Batch(runner, max_batch=1), job(model, messages, ask.sampling, ask.voice))
     assert alone.job.cached == 0
-    batch = OmniBatch(runner, max_batch=2)
+    batch = Batch(runner, max_batch=2)
     run(batch, job(model, messages, SamplingParams(temperature=0.0, max_tokens=4)))  # a text reply publishes the prompt
     spoken = job(model, messages, ask.sampling, ask.voice)
     computed = computed_by(batch, spoken)
@@ -94,7 +94,7 @@ def test_a_spoken_request_reuses_cached_blocks_and_speaks_as_it_would_alone(mode
     computed = computed_by(batch, second)
     assert second.job.cached >= len(spoken.job.prompt) // BLOCK * BLOCK
     assert computed == len(second.job.prompt) - second.job.cached < len(second.job.prompt) // 2
-    assert_same(second, run(OmniBatch(runner, max_batch=1), job(model, next_turn, ask.sampling, ask.voice)))
+    assert_same(second, run(Batch(runner, max_batch=1), job(model, next_turn, ask.sampling, ask.voice)))
 
 
 def test_requests_wait_for_blocks_and_a_prompt_that_never_fits_is_refused(model, runner):
@@ -104,7 +104,7 @@ def test_requests_wait_for_blocks_and_a_prompt_that_never_fits_is_refused(model,
     needed = -(-(length + 19) // BLOCK)  # the prompt and every reply token fed back
     shared = (length - 1) // BLOCK  # full prompt blocks a later request references
     # room for one request and a second that shares its prompt; not for a third
-    batch = OmniBatch(runner, max_batch=3, num_blocks=needed + (needed - shared))
+    batch = Batch(runner, max_batch=3, num_blocks=needed + (needed - shared))
     results = [job(model, messages, sampling) for _ in range(3)]
     for result in results:
         batch.add(result.job)
@@ -118,16 +118,16 @@ def test_requests_wait_for_blocks_and_a_prompt_that_never_fits_is_refused(model,
     assert most_running == 2 and waited_with_rows_free
     assert [result.job.cached for result in results] == [0, shared * BLOCK, shared * BLOCK]
     assert batch.blocks.num_free == batch.blocks.num_blocks and batch.cache.num_free_rows == 3
-    reference = run(OmniBatch(runner, max_batch=1), job(model, messages, sampling))
+    reference = run(Batch(runner, max_batch=1), job(model, messages, sampling))
     for result in results:
         assert_same(result, reference)
     too_long = job(model, messages, SamplingParams(temperature=0.0, max_tokens=batch.blocks.num_blocks * BLOCK))
-    with pytest.raises(EngineError, match="KV cache blocks"):
+    with pytest.raises(EngineError, match="exceeds the context length"):  # what the blocks can hold
         batch.add(too_long.job)
 
 
 def test_an_aborted_request_gives_its_blocks_back_at_the_next_step(model, runner):
-    batch = OmniBatch(runner, max_batch=2)
+    batch = Batch(runner, max_batch=2)
     victim = job(model, (Message("user", (QUESTION, image(2))),), SamplingParams(temperature=0.0, max_tokens=50))
     batch.add(victim.job)
     while not victim.job.token_ids:
@@ -145,14 +145,14 @@ def test_media_sent_again_are_not_encoded_again(model, runner):
     encoded: list[int] = []  # vision encoder calls: items in each
     hook = model.thinker.visual.register_forward_hook(lambda module, args, out: encoded.append(len(args[1])))
     first_turn = (Message("user", (QUESTION, image(0), image(1))),)
-    batch = OmniBatch(runner, max_batch=2)
+    batch = Batch(runner, max_batch=2)
     try:
         first = run(batch, job(model, first_turn))
         assert encoded == [1, 1]  # one image per encoder call
         second_turn = (*first_turn, Message("assistant", (first.text,)), Message("user", ("And this?", image(2))))
         second = run(batch, job(model, second_turn))
         assert encoded == [1, 1, 1] and batch.media_cache.hits == 2
-        uncached = run(OmniBatch(runner, max_batch=1, media_cache_bytes=0), job(model, second_turn))
+        uncached = run(Batch(runner, max_batch=1, media_cache_bytes=0), job(model, second_turn))
         assert len(encoded) == 6  # without a cache every image is encoded again
     finally:
         hook.remove()

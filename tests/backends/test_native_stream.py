@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_generate import OmniRunner
+from tests.backends.native_engine import Batch, Job, Runner
 from omnilive.engine.sampling import SamplingRow, make_generator
 from omnilive.types import (
     AudioChunk,
@@ -37,29 +36,29 @@ def prompt(model):
     return model.processor.build(QUESTION, speak=True)
 
 
-def runner_of(model, **options) -> OmniRunner:
-    return OmniRunner(model, context_length=512, prefill_chunk_tokens=16, token2wav_steps=STEPS, **options)
+def runner_of(model, **options) -> Runner:
+    return Runner(model, context_length=512, prefill_chunk_tokens=16, token2wav_steps=STEPS, **options)
 
 
-def streamed_job(runner: OmniRunner, prompt, voice, cancel_when=lambda outputs: False) -> tuple[OmniJob, list]:
+def streamed_job(runner: Runner, prompt, voice, cancel_when=lambda outputs: False) -> tuple[Job, list]:
     """Run one spoken request through the step loop; the job and its outputs in emission order.
     cancel_when(outputs) is asked after each output, as a caller closing its stream would."""
     outputs: list = []
-    batch = OmniBatch(runner, max_batch=1)
+    batch = Batch(runner, max_batch=1)
 
     def emit(output) -> None:
         outputs.append(output)
         if cancel_when(outputs):
             batch.abort(job)
 
-    job = OmniJob(prompt, REPLY, voice, emit)
+    job = Job(prompt, REPLY, voice, emit)
     batch.add(job)
     batch.run_until_idle()
     assert not any(isinstance(out, BaseException) for out in outputs), outputs
     return job, outputs
 
 
-def streamed(runner: OmniRunner, prompt, voice, cancel_when=lambda outputs: False) -> list:
+def streamed(runner: Runner, prompt, voice, cancel_when=lambda outputs: False) -> list:
     return streamed_job(runner, prompt, voice, cancel_when)[1]
 
 

@@ -12,7 +12,8 @@ import torch
 
 from omnilive.engine.detokenizer import Detokenizer, StopStringMatcher
 from omnilive.engine.llm_engine import LLMEngine
-from omnilive.engine.request import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT, LLMOutput, ThinkingTracker, ThinkMarkers
+from omnilive.engine.request import RequestOutput
+from omnilive.engine.thinking import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT, ThinkingTracker, ThinkMarkers
 from omnilive.types import EngineError, SamplingParams
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import CONTROL, NORMAL, USER_DEFINED, Tokenizer, TokenizerInfo, build_bpe, byte_alphabet
@@ -66,10 +67,10 @@ def prompt(text: str) -> list[int]:
     return TOKENIZER.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
 
 
-def run_to_end(engine: LLMEngine, arrivals: dict[int, list[tuple]] | None = None) -> dict[str, list[LLMOutput]]:
+def run_to_end(engine: LLMEngine, arrivals: dict[int, list[tuple]] | None = None) -> dict[str, list[RequestOutput]]:
     """Step until idle; `arrivals` maps a step number to add_request argument tuples."""
     arrivals = arrivals or {}
-    streams: dict[str, list[LLMOutput]] = {}
+    streams: dict[str, list[RequestOutput]] = {}
     step = 0
     while engine.has_work() or any(s >= step for s in arrivals):
         for args in arrivals.get(step, []):
@@ -80,15 +81,15 @@ def run_to_end(engine: LLMEngine, arrivals: dict[int, list[tuple]] | None = None
     return streams
 
 
-def tokens_of(outputs: list[LLMOutput]) -> list[int]:
+def tokens_of(outputs: list[RequestOutput]) -> list[int]:
     return [t for o in outputs for t in o.token_ids]
 
 
-def text_of(outputs: list[LLMOutput]) -> str:
+def text_of(outputs: list[RequestOutput]) -> str:
     return "".join(o.text for o in outputs)
 
 
-def assert_same_generation(got: list[LLMOutput], expected: list[LLMOutput]) -> None:
+def assert_same_generation(got: list[RequestOutput], expected: list[RequestOutput]) -> None:
     """Same tokens, same text, and (when requested) the same logprobs up to float noise."""
     assert tokens_of(got) == tokens_of(expected)
     assert text_of(got) == text_of(expected)
@@ -96,7 +97,7 @@ def assert_same_generation(got: list[LLMOutput], expected: list[LLMOutput]) -> N
     assert got_lp == pytest.approx(expected_lp, abs=1e-4)
 
 
-def generate_alone(prompt_ids: list[int], sampling: SamplingParams, **options) -> list[LLMOutput]:
+def generate_alone(prompt_ids: list[int], sampling: SamplingParams, **options) -> list[RequestOutput]:
     engine = make_engine(**options)
     engine.add_request("alone", prompt_ids, sampling)
     return run_to_end(engine)["alone"]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from omnilive.backends.tts import SynthesisQueue
+from omnilive.engine.async_engine import engine_outputs
 from omnilive.engine.torch_threads import run_in_fresh_thread
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.types import (
@@ -161,41 +162,14 @@ class EmbeddedBackend:
         voice = self._check_voice(request.voice) if speak else None
         chat = await self._render_chat(request.messages, speak)
         prompt_ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True)
-        if len(prompt_ids) >= self._context_length:
-            raise EngineError(
-                f"The prompt is {len(prompt_ids)} tokens; this model's context is {self._context_length}.",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        sampling = request.sampling
-        if sampling.max_tokens is not None and len(prompt_ids) + sampling.max_tokens > self._context_length:
-            raise EngineError(
-                f"max_tokens {sampling.max_tokens} + prompt {len(prompt_ids)} tokens exceeds the "
-                f"context length {self._context_length}.",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+        sampling = request.sampling  # the engine refuses a prompt or max_tokens beyond the context
         text_stream = self._llm.generate(request.request_id, prompt_ids, sampling, request.max_thinking_tokens)
         if not speak:
-            async for out in self._text_outputs(text_stream):
+            async for out in engine_outputs(text_stream):
                 yield out
             return
-        async for out in self._with_speech(self._text_outputs(text_stream), voice):
+        async for out in self._with_speech(engine_outputs(text_stream), voice):
             yield out
-
-    async def _text_outputs(self, stream) -> AsyncIterator[EngineOutput]:
-        try:
-            async for out in stream:
-                if out.reasoning:
-                    yield ReasoningDelta(out.reasoning)
-                if out.text or out.logprobs:
-                    yield TextDelta(out.text, tuple(out.logprobs or ()))
-                if out.finish_reason is not None:
-                    usage = Usage(out.prompt_tokens, out.completion_tokens, out.reasoning_tokens,
-                                  cached_prompt_tokens=out.cached_prompt_tokens)
-                    yield Finished(out.finish_reason, usage)
-        finally:
-            await stream.aclose()
 
     async def _with_speech(self, outputs: AsyncIterator[EngineOutput], voice: str) -> AsyncIterator[EngineOutput]:
         """Interleave text outputs with speech of each finished clause, as soon as it is ready."""

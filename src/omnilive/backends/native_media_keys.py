@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from omnilive.engine.block_manager import MediaSpan
+from omnilive.engine.request import PreparedPrompt
 from omnilive.types import EngineError
 from omnilive.media.qwen_preprocess import VisionPatches
 from omnilive.model.rope_index import MRopeLayout
@@ -131,10 +132,20 @@ def _bytes(tensor: torch.Tensor) -> bytes:
     return tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes()
 
 
+def prepare_prompt(thinker, prompt, cache: MediaEncoderCache) -> PreparedPrompt:
+    """An OmniPrompt ready for the engine: its media encoded (or found in `cache`: the earlier
+    turns of a chat) and merged into its embeddings, its M-RoPE ids, the media spans of its
+    block keys. Runs the vision and audio towers: call it off the engine thread."""
+    items = media_items(prompt.media, mrope_layout_of(thinker))
+    features = cache.features(items, thinker.encode_media)
+    prepared = thinker.prepare_prompt(prompt.input_ids, prompt.media, features=features)
+    return PreparedPrompt(prepared, media_spans(prompt.input_ids, items), prompt.audio_tokens, prompt.image_tokens)
+
+
 def mrope_layout_of(thinker) -> MRopeLayout:
     """The placeholder ids of an Omni thinker or a Qwen2.5-VL model."""
     config = getattr(thinker, "thinker_config", None) or thinker.vl_config
     return config.mrope_layout
 
 
-__all__ = ["MediaEncoderCache", "MediaItem", "media_items", "media_spans", "mrope_layout_of"]
+__all__ = ["MediaEncoderCache", "MediaItem", "media_items", "media_spans", "mrope_layout_of", "prepare_prompt"]

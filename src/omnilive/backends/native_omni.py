@@ -4,13 +4,13 @@
 
 Every part runs on our own modules (omnilive.model): the thinker reads text, images, audio
 and video; its talker and token2wav turn the reply into speech. Requests are batched
-continuously (native_batch.OmniBatch, up to settings.max_batch at once, the rest wait) and
-stepped on one engine thread, so torch never runs on the event loop; coroutines hand it
-commands (add, abort) through a condition variable, as engine.async_engine does. Each
-request's outputs reach its caller through its own asyncio queue; closing the caller's
-iterator frees its slots at the next step. Text streams token by token; speech streams
-along with it (native_speech.SpeechStream). A request's media are encoded on the prompt
-worker before it joins the batch, so the engine thread only runs its prefill chunks.
+continuously by the one engine (engine.llm_engine.LLMEngine, up to settings.max_batch at
+once, the rest wait, admission "reserve") behind its asyncio front (AsyncLLM), so torch never
+runs on the event loop and closing the caller's iterator aborts the request within a step.
+Text streams token by token; speech streams along with it (engine.speech_stage). What this
+backend adds is the model family's part: loading, the prompt (processor), the media encoded
+on the prompt worker before a request joins the engine (so the engine thread only runs its
+prefill chunks), voices, and whole-utterance speech for /v1/audio/speech (native_speech).
 """
 
 from __future__ import annotations
@@ -25,28 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_generate import OmniModel, OmniRunner
+from omnilive.backends.native_media_keys import MediaEncoderCache, prepare_prompt
 from omnilive.backends.native_prompt import (
     SPEECH_SYSTEM_PROMPT,
     OmniProcessor,
     load_omni_tokenizer,
 )
+from omnilive.backends.native_speech import OmniModel, WholeSpeech
+from omnilive.engine.async_engine import AsyncLLM, engine_outputs
+from omnilive.engine.llm_engine import LLMEngine, SpeechModel
+from omnilive.engine.request import PreparedPrompt
+from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_chunker import SpeechChunker
-from omnilive.engine.step_thread import StepThread
-from omnilive.engine.torch_threads import FreshThreadExecutor, set_torch_threads
-from omnilive.types import (
-    AudioInput,
-    EngineError,
-    EngineOutput,
-    EngineRequest,
-    Finished,
-    Message,
-    ModelCard,
-    SamplingParams,
-    TextDelta,
-    Transcript,
-)
+from omnilive.engine.torch_threads import FreshThreadExecutor
 from omnilive.model.omni_checkpoint import (
     load_thinker,
     read_config,
@@ -55,6 +46,17 @@ from omnilive.model.omni_checkpoint import (
 from omnilive.model.talker import load_talker
 from omnilive.model.token2wav import Voice, load_token2wav, pack_dit
 from omnilive.model.weights import pick_compute_dtype, pick_dtype, resolve_dtype
+from omnilive.types import (
+    AudioInput,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    Message,
+    ModelCard,
+    SamplingParams,
+    TextDelta,
+    Transcript,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +101,21 @@ def pick_voice(voices: dict[str, Voice], name: str | None) -> tuple[str, Voice]:
 
 
 class NativeBackend:
-    """Backend over a Qwen2.5-Omni checkpoint; loads in `start()`."""
+    """Backend over a Qwen2.5-Omni or Qwen2.5-VL checkpoint; loads in `start()`."""
 
     def __init__(self, settings, token2wav_steps: int | None = None):
         """token2wav_steps: overrides settings.token2wav_steps (tests use few)."""
         self.settings = settings
         self.token2wav_steps = token2wav_steps or settings.token2wav_steps
         self.model: OmniModel | None = None
-        self.runner: OmniRunner | None = None
-        self.batch: OmniBatch | None = None
+        self.engine: LLMEngine | None = None
+        self.whole_speech: WholeSpeech | None = None
+        self.media_cache = MediaEncoderCache(settings.media_cache_mb << 20)
+        self._llm: AsyncLLM | None = None
         self._card: ModelCard | None = None
         # loading, prompt building, media encoding and /v1/audio/speech, one call at a time;
         # requests run on the engine thread. Fresh threads: no second OpenMP pool outlives a call
         self._worker = FreshThreadExecutor(thread_name_prefix="omni")
-        self._thread: StepThread | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -130,45 +133,53 @@ class NativeBackend:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
+        speech = self._speech_model(device)
+        self.engine = LLMEngine(self.model.thinker, self.model.tokenizer, max_slots=s.max_batch,
+                                context_length=s.max_context_tokens, prefill_chunk_tokens=s.prefill_chunk_tokens,
+                                speech=speech, admission="reserve")
+        if speech is not None:
+            self.whole_speech = WholeSpeech(self.model, speech.settings, s.max_context_tokens, s.prefill_chunk_tokens)
+        self._llm = AsyncLLM(self.engine, threads=s.threads)
+        self._card = self._model_card(directory)
+        log.info("%s loaded from %s in %.1f s (%s, %s)", self.model.family, directory, time.perf_counter() - t0,
+                 self.model.thinker.dtype, device)
+
+    def _speech_model(self, device: str) -> SpeechModel | None:
+        """Talker, token2wav and how they stream, for a checkpoint that speaks."""
+        model, s = self.model, self.settings
+        if model.talker is None or model.token2wav is None:
+            return None
         speech_dtype = s.speech_dtype
         if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
             fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
-            speech_dtype = torch.bfloat16 if fast and self.model.thinker.dtype == torch.bfloat16 else torch.float32
+            speech_dtype = torch.bfloat16 if fast and model.thinker.dtype == torch.bfloat16 else torch.float32
         speech_dtype = resolve_dtype(speech_dtype)
-        if self.model.token2wav is not None:
-            pack_dit(self.model.token2wav, speech_dtype)
-        self.runner = OmniRunner(self.model, s.max_context_tokens, s.prefill_chunk_tokens, self.token2wav_steps,
-                                 first_chunk_steps=s.token2wav_first_chunk_steps,
-                                 speech_dtype=speech_dtype)
-        self.batch = OmniBatch(self.runner, s.max_batch, speech_lead_s=s.speech_lead_seconds,
-                               media_cache_bytes=s.media_cache_mb << 20)
-        batch = self.batch
-        self._thread = StepThread("omni-engine", batch.has_work, batch.step, batch.fail_all,
-                                  lambda: batch.fail_all(EngineError("the engine is shut down")),
-                                  on_start=lambda: set_torch_threads(s.threads))
-        is_directory = Path(s.model).expanduser().is_dir()
-        family = self.model.family
+        pack_dit(model.token2wav, speech_dtype)
+        settings = SpeechSettings.for_model(model.token2wav, self.token2wav_steps,
+                                            first_chunk_steps=s.token2wav_first_chunk_steps, dit_dtype=speech_dtype)
+        return SpeechModel(model.talker, model.token2wav, settings, speech_lead_s=s.speech_lead_seconds)
+
+    def _model_card(self, directory: Path) -> ModelCard:
+        s, family = self.settings, self.model.family
         parts = [{"role": "thinker", "name": f"{family} thinker", "source": str(directory)}]
         if self.model.talker is not None:
             parts += [{"role": "talker", "name": f"{family} talker", "source": str(directory)},
                       {"role": "token2wav", "name": f"{family} token2wav", "source": str(directory)}]
         voices = tuple(sorted(self.model.voices))
-        self._card = ModelCard(
-            id=directory.name if is_directory else s.model,
+        return ModelCard(
+            id=directory.name if Path(s.model).expanduser().is_dir() else s.model,
             owned_by="omnilive",
             parts=tuple(parts),
-            context_length=self.runner.context_length,
+            context_length=self.engine.max_request_tokens,
             voices=voices,
             default_voice=pick_voice(self.model.voices, None)[0] if voices else "",
             output_modalities=("text", "audio") if voices else ("text",),
             input_modalities=self.model.processor.input_modalities,
         )
-        log.info("%s loaded from %s in %.1f s (%s, %s)", family, directory, time.perf_counter() - t0,
-                 self.model.thinker.dtype, device)
 
     async def stop(self) -> None:
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.stop, 10.0)
+        if self._llm is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._llm.shutdown, 10.0)
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     # requests
@@ -178,57 +189,23 @@ class NativeBackend:
         voice = pick_voice(self.model.voices, request.voice)[1] if speak else None
         loop = asyncio.get_running_loop()
         prompt = await loop.run_in_executor(self._worker, self.model.processor.build, request.messages, speak)
-        self._check_length(len(prompt), request.sampling.max_tokens)
-        outputs: asyncio.Queue = asyncio.Queue()
-
-        def emit(item) -> None:
-            try:
-                loop.call_soon_threadsafe(outputs.put_nowait, item)
-            except RuntimeError:  # the caller's loop is closed: nobody is listening
-                pass
-
-        job = OmniJob(prompt, request.sampling, voice, emit, request.request_id)
         # the vision and audio towers run here, on the prompt worker: on the engine thread
         # they would stall every running stream for as long as they take
-        await loop.run_in_executor(self._worker, self._prepare_media, job)
+        prepared = await loop.run_in_executor(self._worker, self.prepare, prompt)
+        stream = self._llm.generate(request.request_id, prepared, request.sampling, request.max_thinking_tokens,
+                                    voice=voice)
+        async for output in engine_outputs(stream):
+            yield output
 
-        def add() -> None:
-            try:
-                self.batch.add(job)
-            except Exception as error:  # noqa: BLE001 - refused: the caller gets why
-                emit(error)
-
-        if not self._thread.submit(add):
-            raise EngineError("the engine is shut down")
+    def prepare(self, prompt) -> PreparedPrompt:
+        """The prompt's media encoded and merged (media cache first); EngineError when they cannot be."""
         try:
-            while True:
-                item = await outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Finished):
-                    return
-        finally:
-            if not job.done:  # the caller left early: free its slots next step
-                self._thread.submit(lambda: self.batch.abort(job))
-
-    def _prepare_media(self, job: OmniJob) -> None:
-        try:
-            self.batch.prepare_media(job)
+            return prepare_prompt(self.model.thinker, prompt, self.media_cache)
         except EngineError:
             raise
         except Exception as error:  # a media item the towers cannot take: this request fails alone
-            log.exception("request %s: media encoding failed", job.request_id)
+            log.exception("media encoding failed")
             raise EngineError(f"the engine failed: {error}") from error
-
-    def _check_length(self, prompt_tokens: int, max_tokens: int | None) -> None:
-        context = self.runner.context_length
-        if prompt_tokens >= context:
-            raise EngineError(f"The prompt is {prompt_tokens} tokens; this model's context is {context}.",
-                              param="messages", code="context_length_exceeded")
-        if max_tokens is not None and prompt_tokens + max_tokens > context:
-            raise EngineError(f"max_tokens {max_tokens} + prompt {prompt_tokens} tokens exceeds the context "
-                              f"length {context}.", param="max_tokens", code="context_length_exceeded")
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.model.processor.build(messages))
@@ -256,6 +233,6 @@ class NativeBackend:
         for sentence in chunker.feed(text) + chunker.flush():
             messages = (Message("system", (SPEECH_SYSTEM_PROMPT,)), Message("user", (f"Say: {sentence}",)))
             prompt = await loop.run_in_executor(self._worker, self.model.processor.build, messages, True)
-            samples = await loop.run_in_executor(self._worker, self.runner.speak_text, prompt, sentence, chosen)
+            samples = await loop.run_in_executor(self._worker, self.whole_speech.speak_text, prompt, sentence, chosen)
             if samples is not None:
                 yield samples

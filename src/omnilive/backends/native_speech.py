@@ -1,162 +1,164 @@
-"""The speech of one reply while the thinker writes it, on a talker cache shared by the batch.
+"""Whole-utterance speech with a Qwen2.5-Omni checkpoint: what /v1/audio/speech uses.
 
-    reply token k fed back ──its hidden state + embedding──▶ `add_reply_token`
-        k = 0: talker prefill into the stream's own slot, first codec token
-        k > 0: one more text input; the batch loop then steps every ready stream together
-    talker_step over every ready stream at once (the batch loop) ──codec token──▶ `take`
-        ──▶ its StreamingToken2Wav; `due_windows` hands out the DiT windows those codes
-        completed, the loop solves every stream's together (solve_windows) and gives each back
-        through `complete` ──▶ AudioChunk as soon as a waveform chunk is final
-    `finish_text` when the reply ends: the talker speaks on (text EOS, then PAD) to its end,
-    one batched step per loop step; `flush` hands token2wav's tail out.
+    text to say ──tokenised──▶ prompt + reply ids through the thinker as ONE prefill (the
+        talker gets exactly the hidden states generating those tokens would have given)
+    ──talker──▶ codec tokens ──token2wav (one solve over the whole utterance)──▶ 24 kHz waveform
 
-A stream only holds state; the loop (native_batch.OmniBatch) decides when each forward runs.
-QuickStartSchedule: token2wav's windows with a smaller first one, for an earlier first chunk.
+Chat replies are spoken while they are written, by the engine's speech stage
+(engine/speech_stage.py); this path dictates the reply instead of sampling it, and is the
+float32 reference the streamed speech is tested against (`speak` on a finished reply).
+Its single-slot thinker cache is allocated on first use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
+from omnilive.backends.native_prompt import OmniProcessor, OmniPrompt
+from omnilive.engine.speech import SpeechSettings
+from omnilive.engine.talker_generate import start_talker_stream, talker_step
 from omnilive.model.kv_cache import KVCache
-from omnilive.types import AudioChunk, SamplingParams
-from omnilive.model.talker import Talker, build_talker_prefill, new_talker_text_inputs
-from omnilive.engine.talker_generate import TalkerStream, start_talker_stream
-from omnilive.model.thinker import ThinkerPrompt
+from omnilive.model.rope_index import PromptPositions
+from omnilive.model.talker import Talker, build_talker_inputs
+from omnilive.model.thinker import OmniThinker, ThinkerPrompt
 from omnilive.model.token2wav import Token2Wav, Voice
-from omnilive.model.token2wav_stream import DiTWindow, StreamingSchedule, StreamingToken2Wav
+from omnilive.model.tokenizer import Tokenizer
+from omnilive.types import EngineError, FinishReason
 
 
-@dataclass(frozen=True)
-class QuickStartSchedule(StreamingSchedule):
-    """Qwen's streaming windows after a smaller first chunk, for an earlier first AudioChunk.
+@dataclass
+class OmniModel:
+    """A loaded Qwen2.5-Omni (or Qwen2.5-VL) checkpoint (see native_omni.load_omni)."""
 
-    The first audio needs (first chunk + future) blocks of codes solved, then the vocoder's
-    right context (vocoder_receptive_field: 36 frames at real size, 1.5 blocks) of final mel.
-    Qwen's 3-block first chunk waits for 48 codes and solves 96 frames; 2 blocks is the
-    smallest whose final mel outruns that context: 36 codes, 72 frames. Later chunks are
-    Qwen's own, so nothing after the first window is solved more often."""
-
-    first_chunk_blocks: int = 2
-
-    def window(self, chunk: int, block_size: int, utterance_frames: int | None = None) -> tuple[int, int, int, int]:
-        if chunk == 0:
-            first = StreamingSchedule(self.first_chunk_blocks, self.past_blocks, self.future_blocks)
-            return first.window(0, block_size, utterance_frames)
-        shift = (self.first_chunk_blocks - self.chunk_blocks) * block_size  # chunk k starts there, k >= 1
-        solve_start, chunk_start, chunk_end, solve_end = super().window(chunk, block_size)
-        solve_start, chunk_start = max(solve_start + shift, 0), chunk_start + shift
-        chunk_end, solve_end = chunk_end + shift, solve_end + shift
-        if utterance_frames is not None:
-            chunk_end, solve_end = min(chunk_end, utterance_frames), min(solve_end, utterance_frames)
-        return solve_start, chunk_start, chunk_end, solve_end
+    thinker: OmniThinker
+    tokenizer: Tokenizer
+    processor: OmniProcessor
+    talker: Talker | None = None  # None: the checkpoint cannot speak
+    token2wav: Token2Wav | None = None
+    voices: dict[str, Voice] = field(default_factory=dict)
+    family: str = "Qwen2.5-Omni"  # what the model card calls it
 
 
-@dataclass(frozen=True)
-class SpeechSettings:
-    """How every stream of one engine speaks (OmniRunner holds the values)."""
+@dataclass
+class ThinkerReply:
+    """A finished thinker reply with what the talker needs to speak it."""
 
-    token2wav_steps: int
-    talker_sampling: SamplingParams
-    schedule: StreamingSchedule
-    talker_max_new_tokens: int
-    speech_vocab_size: int
-    first_chunk_steps: int | None = None  # ODE steps of the first window (None: token2wav_steps)
-    dit_dtype: torch.dtype = torch.float32  # the streamed DiT solves' matmuls (autocast)
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    prompt: ThinkerPrompt
+    prompt_hidden: torch.Tensor | None  # [T, H] final hidden states of the prompt
+    reply_embeds: list[torch.Tensor]  # [H] thinker embedding of each reply token fed back
+    reply_hidden: list[torch.Tensor]  # [H] its final hidden state
 
 
-class SpeechStream:
-    def __init__(self, talker: Talker, token2wav: Token2Wav, thinker_embed: torch.nn.Embedding,
-                 settings: SpeechSettings, voice: Voice, seed: int | None, cache: KVCache, slot: int):
-        self.talker, self.token2wav, self.settings = talker, token2wav, settings
-        self.voice, self.seed, self.cache, self.slot = voice, seed, cache, slot
-        self._thinker_embed = thinker_embed
-        self._text_inputs = new_talker_text_inputs(talker, thinker_embed, thinker_embed.weight.device)
-        self._prompt: ThinkerPrompt | None = None
-        self._prompt_hidden: torch.Tensor | None = None  # [T, H]
-        self.talker_stream: TalkerStream | None = None
-        self._wav: StreamingToken2Wav | None = None
-        self._untold = ""  # reply text not yet attached to an AudioChunk
-        self.codes: list[int] = []  # every codec token sent to token2wav, in order
+class WholeSpeech:
+    def __init__(self, model: OmniModel, settings: SpeechSettings, context_length: int,
+                 prefill_chunk_tokens: int = 256):
+        """settings: the engine's speech settings (ODE steps, talker sampling and limits);
+        streaming-only options (schedule, first-chunk steps, DiT dtype) do not apply here."""
+        self.model, self.settings = model, settings
+        self.context_length = min(context_length, model.thinker.config.max_position_embeddings)
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._slot = torch.tensor([0], device=model.thinker.device)
 
-    def start(self, prompt: ThinkerPrompt, prompt_hidden: torch.Tensor) -> None:
-        """After the thinker's prefill: the prompt and its final hidden states [T, H]."""
-        self._prompt, self._prompt_hidden = prompt, prompt_hidden
+    @cached_property
+    def cache(self) -> KVCache:
+        return self.model.thinker.make_cache(1, self.context_length)
 
-    def tell(self, text: str) -> None:
-        """Reply text the caller has been sent; the next AudioChunk says it."""
-        self._untold += text
-
-    @property
-    def ready(self) -> bool:
-        """Whether a talker step can run for this stream now."""
-        return self.talker_stream is not None and self.talker_stream.ready
-
-    @property
-    def done(self) -> bool:
-        """The talker has ended (or never started and the reply is over): only `flush` is left."""
-        if self.talker_stream is None:
-            return self._text_inputs.finished
-        return self.talker_stream.finished
+    def _prefill(self, prepared: ThinkerPrompt) -> torch.Tensor:
+        """Run the prompt into the cache in chunks; its final hidden states [T, H]."""
+        kept = []
+        for start in range(0, len(prepared), self.prefill_chunk_tokens):
+            end = min(start + self.prefill_chunk_tokens, len(prepared))
+            kept.append(self.model.thinker(cache=self.cache, slots=self._slot, **prepared.prefill_inputs(start, end))[0])
+        return torch.cat(kept)
 
     @torch.inference_mode()
-    def add_reply_token(self, hidden: torch.Tensor, embed: torch.Tensor) -> None:
-        """Reply token k fed back: its final hidden state and thinker embedding, [H] each.
-        Token 0 runs the talker's prefill (its first codec token goes to token2wav)."""
-        reply_input = hidden + embed
-        if self.talker_stream is not None:
-            self._text_inputs.push(reply_input)
-            return
-        prompt, talker = self._prompt, self.talker
-        bos = self.voice.bos_token if self.voice.bos_token is not None else talker.talker_config.tts_text_start_token_id
-        prefill = build_talker_prefill(talker, self._thinker_embed, prompt.input_ids, prompt.embeds,
-                                       self._prompt_hidden, reply_input, bos, prompt.rope.positions)
-        s = self.settings
-        self.talker_stream = start_talker_stream(talker, prefill, self._text_inputs, self.cache, self.slot,
-                                                 s.talker_sampling, self.seed, s.talker_max_new_tokens,
-                                                 s.speech_vocab_size)
-        generator = None
-        if self.seed is not None:  # the same noise the whole-reply path draws for this seed
-            generator = torch.Generator(device=next(self.token2wav.parameters()).device).manual_seed(self.seed)
-        self._wav = StreamingToken2Wav(self.token2wav, self.voice, num_steps=s.token2wav_steps,
-                                       schedule=s.schedule, generator=generator, compute_dtype=s.dit_dtype,
-                                       first_chunk_steps=s.first_chunk_steps)
-        self.take(self.talker_stream.codes[-1] if self.talker_stream.codes else None)
-
-    def finish_text(self) -> None:
-        """The thinker's reply ended."""
-        self._text_inputs.finish()
-
-    def take(self, code: int | None) -> None:
-        """The talker's newest code (None: it ended) into token2wav."""
-        if code is not None:
-            self.codes.append(code)
-            self._wav.add_codes([code])
-
-    def due_windows(self) -> list[DiTWindow]:
-        """token2wav's windows the codes so far completed (each handed out once, in order)."""
-        return self._wav.due_windows() if self._wav is not None else []
-
-    @torch.inference_mode()
-    def complete(self, window: DiTWindow, mel: torch.Tensor) -> AudioChunk | None:
-        """A solved window of this stream (in `due_windows` order) → the audio that became final."""
-        return self._chunk([self._wav.complete(window, mel)])
-
-    @torch.inference_mode()
-    def flush(self) -> AudioChunk | None:
-        """After `done`: token2wav's remaining audio."""
-        return self._chunk(self._wav.finish()) if self._wav is not None else None
-
-    def _chunk(self, pieces: list[torch.Tensor]) -> AudioChunk | None:
-        pieces = [piece for piece in pieces if piece.numel()]
-        if not pieces:
+    def speak(self, reply: ThinkerReply, voice: Voice, seed: int | None = None,
+              cancelled: Callable[[], bool] = lambda: False) -> np.ndarray | None:
+        """24 kHz float32 speech of a finished reply; None when it has nothing to say (no
+        reply token was fed back) or the request was cancelled."""
+        codes = self.speech_codes(self.codec_tokens(reply, voice, seed, cancelled))
+        if not codes or cancelled():
             return None
-        samples = torch.cat(pieces).float().cpu().numpy().astype(np.float32)
-        chunk, self._untold = AudioChunk(samples, self._untold), ""
-        return chunk
+        return self.waveform(codes, voice, seed)
+
+    def codec_tokens(self, reply: ThinkerReply, voice: Voice, seed: int | None = None,
+                     cancelled: Callable[[], bool] = lambda: False) -> list[int]:
+        talker, thinker = self.model.talker, self.model.thinker
+        if talker is None:
+            raise RuntimeError("this checkpoint has no talker")
+        if not reply.reply_hidden or reply.prompt_hidden is None:
+            return []
+        bos = voice.bos_token if voice.bos_token is not None else talker.talker_config.tts_text_start_token_id
+        prefill, text_inputs = build_talker_inputs(
+            talker, thinker.model.embed_tokens, reply.prompt.input_ids, reply.prompt.embeds, reply.prompt_hidden,
+            torch.stack(reply.reply_embeds), torch.stack(reply.reply_hidden), bos, reply.prompt.rope.positions,
+        )
+        s = self.settings
+        cache = talker.make_cache(max_slots=1, max_len=prefill.length + s.talker_max_new_tokens)
+        stream = start_talker_stream(talker, prefill, text_inputs, cache, 0, s.talker_sampling, seed,
+                                     s.talker_max_new_tokens, s.speech_vocab_size)
+        while not stream.finished and not cancelled():
+            talker_step(talker, [stream], cache)
+        return stream.codes
+
+    def speech_codes(self, codes: Sequence[int]) -> list[int]:
+        """The codes token2wav can voice (all of them for codes our talker chose)."""
+        return [code for code in codes if code < self.settings.speech_vocab_size]
+
+    def waveform(self, codes: Sequence[int], voice: Voice, seed: int | None = None) -> np.ndarray:
+        """codec tokens → 24 kHz float32 samples (codes × repeats × hop of them)."""
+        token2wav = self.model.token2wav
+        if token2wav is None:
+            raise RuntimeError("this checkpoint has no token2wav")
+        device = next(token2wav.parameters()).device
+        noise = None
+        if seed is not None:  # reproducible speech for a seeded request, the same noise streaming draws
+            frames = len(codes) * token2wav.code2wav_dit_model.config.repeats
+            noise = seeded_noise(token2wav, seed, frames)
+        wav = token2wav.synthesize(torch.tensor([list(codes)], device=device), voice,
+                                   num_steps=self.settings.token2wav_steps, initial_noise=noise)
+        return wav[0].float().cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def speak_text(self, prompt: OmniPrompt, text: str, voice: Voice, seed: int | None = None) -> np.ndarray | None:
+        """Speech of a reply we dictate instead of sample: the prompt and the reply's tokens go
+        through the thinker as one prefill, which gives the talker exactly the hidden states
+        generating those tokens would have."""
+        thinker = self.model.thinker
+        reply_ids = self.model.tokenizer.encode(text)
+        if not reply_ids:
+            return None
+        if len(prompt) + len(reply_ids) >= self.context_length:
+            raise EngineError(f"{len(prompt) + len(reply_ids)} tokens do not fit the context of {self.context_length}",
+                              param="input", code="context_length_exceeded")
+        whole = thinker.prepare_prompt([*prompt.input_ids, *reply_ids], prompt.media)
+        hidden = self._prefill(whole)
+        n = len(prompt)
+        prepared = ThinkerPrompt(whole.input_ids[:n], whole.embeds[:n], _truncated_positions(whole, n))
+        reply = ThinkerReply(reply_ids, text, "stop", prepared, hidden[:n],
+                             list(whole.embeds[n:]), list(hidden[n:]))
+        return self.speak(reply, voice, seed)
 
 
-__all__ = ["SpeechSettings", "SpeechStream"]
+def _truncated_positions(prompt: ThinkerPrompt, length: int) -> PromptPositions:
+    """The rotary ids of the first `length` tokens (text follows, so the delta is unchanged)."""
+    return PromptPositions(prompt.rope.positions[:, :length], prompt.rope.delta)
+
+
+def seeded_noise(token2wav: Token2Wav, seed: int, frames: int) -> torch.Tensor:
+    """[1, frames, mel] ODE start of a seeded utterance, drawn block by block as
+    StreamingToken2Wav draws it, so streamed and whole speech start from the same noise."""
+    config = token2wav.code2wav_dit_model.config
+    device = next(token2wav.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    blocks = [torch.randn(1, config.block_size, config.mel_dim, generator=generator, device=device)
+              for _ in range(-(-frames // config.block_size))]
+    return torch.cat(blocks, dim=1)[:, :frames] if blocks else torch.zeros(1, 0, config.mel_dim, device=device)

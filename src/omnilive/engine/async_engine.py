@@ -1,4 +1,4 @@
-"""The asyncio front of `LLMEngine`: one background thread steps the engine, coroutines stream.
+"""The asyncio front of the engine (`LLMEngine`): one background thread steps the engine, coroutines stream.
 
 All torch work runs on the engine thread (StepThread), never on the event loop. Coroutines
 hand the thread commands (add, abort), which it runs between steps. Each step's outputs go to per-request `asyncio.Queue`s through
@@ -15,22 +15,31 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from omnilive.engine.llm_engine import LLMEngine
-from omnilive.engine.request import LLMOutput
+from omnilive.engine.request import PreparedPrompt, RequestOutput
 from omnilive.engine.step_thread import StepThread
 from omnilive.engine.torch_threads import set_torch_threads
-from omnilive.types import EngineError, SamplingParams
+from omnilive.model.token2wav import Voice
+from omnilive.types import (
+    EngineError,
+    EngineOutput,
+    Finished,
+    ReasoningDelta,
+    SamplingParams,
+    TextDelta,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncLLM", "LLMOutput"]
+__all__ = ["AsyncLLM", "RequestOutput", "as_engine_outputs", "engine_outputs"]
 
 
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue  # of LLMOutput | BaseException
+    queue: asyncio.Queue  # of RequestOutput | BaseException
 
-    def put(self, item: LLMOutput | BaseException) -> None:
+    def put(self, item: RequestOutput | BaseException) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the consumer's loop is closed: nobody is listening
@@ -49,17 +58,20 @@ class AsyncLLM:
     async def generate(
         self,
         request_id: str,
-        prompt_ids: Sequence[int],
+        prompt: Sequence[int] | PreparedPrompt,
         sampling: SamplingParams,
         thinking_budget: int | None = None,
         stop_token_ids: Sequence[int] = (),
-    ) -> AsyncIterator[LLMOutput]:
-        """Stream the request's outputs; the last one has a finish_reason.
+        voice: Voice | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream the request's outputs (LLMEngine.add_request's arguments); the last one has
+        a finish_reason.
 
-        Raises EngineError (on the first iteration) when the engine refuses the request.
+        Raises EngineError when the engine refuses the request (on the first iteration) or
+        the request fails alone (a bad media item, a bug in its speech).
         """
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        prompt = list(prompt_ids)
+        prompt = prompt if isinstance(prompt, PreparedPrompt) else list(prompt)
         with self._lock:
             if self._thread.stopping:
                 raise EngineError("the engine is shut down")
@@ -69,7 +81,7 @@ class AsyncLLM:
 
         def add() -> None:
             try:
-                self.engine.add_request(request_id, prompt, sampling, thinking_budget, stop_token_ids)
+                self.engine.add_request(request_id, prompt, sampling, thinking_budget, stop_token_ids, voice)
             except Exception as error:  # EngineError (bad request) or a bug: the caller gets it
                 stream.put(error)
 
@@ -81,12 +93,14 @@ class AsyncLLM:
                 ready = [await stream.queue.get()]
                 # A consumer that fell behind (many streams on one busy event loop) takes every
                 # output already queued as one: one event per catch-up, not one per token.
-                while isinstance(ready[-1], LLMOutput) and not ready[-1].finished and not stream.queue.empty():
+                while isinstance(ready[-1], RequestOutput) and not ready[-1].finished and not stream.queue.empty():
                     ready.append(stream.queue.get_nowait())
                 error = ready.pop() if isinstance(ready[-1], BaseException) else None
                 if ready:
                     output = _joined(ready)
                     finished = output.finished
+                    if output.error is not None:
+                        raise output.error
                     yield output
                     if finished:
                         return
@@ -131,10 +145,10 @@ class AsyncLLM:
             streams = dict(self._streams)
         for request_id, stream in streams.items():
             self.engine.abort(request_id)
-            stream.put(LLMOutput(request_id=request_id, finish_reason="abort"))
+            stream.put(RequestOutput(request_id=request_id, finish_reason="abort"))
 
 
-def _joined(outputs: list[LLMOutput]) -> LLMOutput:
+def _joined(outputs: list[RequestOutput]) -> RequestOutput:
     """Consecutive outputs of one request as one: deltas concatenated, running totals the latest."""
     if len(outputs) == 1:
         return outputs[0]
@@ -144,4 +158,33 @@ def _joined(outputs: list[LLMOutput]) -> LLMOutput:
         reasoning="".join(o.reasoning for o in outputs),
         logprobs=tuple(lp for o in outputs for lp in o.logprobs),
         token_ids=tuple(t for o in outputs for t in o.token_ids),
+        audio=tuple(chunk for o in outputs for chunk in o.audio),
     )
+
+
+def as_engine_outputs(out: RequestOutput) -> list[EngineOutput]:
+    """One engine output as the server's typed messages: reasoning and text deltas, audio
+    chunks, then Finished with the usage once the request is over."""
+    messages: list[EngineOutput] = []
+    if out.reasoning:
+        messages.append(ReasoningDelta(out.reasoning))
+    if out.text or out.logprobs:
+        messages.append(TextDelta(out.text, tuple(out.logprobs)))
+    messages.extend(out.audio)
+    if out.finish_reason is not None:
+        messages.append(Finished(out.finish_reason, Usage(
+            prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+            reasoning_tokens=out.reasoning_tokens, audio_prompt_tokens=out.audio_prompt_tokens,
+            image_prompt_tokens=out.image_prompt_tokens, cached_prompt_tokens=out.cached_prompt_tokens)))
+    return messages
+
+
+async def engine_outputs(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[EngineOutput]:
+    """A request's stream of engine outputs as the server's typed messages (as_engine_outputs).
+    Closing it closes (aborts) the stream."""
+    try:
+        async for out in stream:
+            for message in as_engine_outputs(out):
+                yield message
+    finally:
+        await stream.aclose()

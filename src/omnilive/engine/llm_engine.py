@@ -1,40 +1,56 @@
-"""The synchronous LLM engine: add requests, call `step()` until `has_work()` is False.
+"""The engine: add requests, call `step()` until `has_work()` is False. One for every model.
 
-One step = schedule (pick decodes and prefill chunks, grow block tables, admit waiting
-requests) → one forward for the decoding rows and the prefill chunks together → one batched
-sampling call for every request whose next token is due → detokenise, check stop conditions, free
-finished requests' blocks.
+    step = schedule   pick decodes and prefill chunks, grow block tables, admit waiting
+                      requests (scheduler.py)
+         → run        ONE forward for the decoding rows and the prefill chunks together
+                      (runner.py), whatever model: Qwen2 text, the Omni thinker, Qwen2.5-VL
+         → sample     one batched sampling call for every request whose next token is due;
+                      detokenise, thinking budget, stop conditions (request.py)
+         → speak      ONE talker step for every spoken request, token2wav windows
+                      (speech_stage.py; only for a model that speaks)
+         → outputs    each request's deltas; finished replies free their rows and blocks
 
 The KV cache is paged (see block_manager.py): requests whose prompts share a prefix with a
-running or finished request (a system prompt, the earlier turns of a chat) reference its
-blocks instead of computing them again. Its memory is that of `max_slots` rows of
-`context_length` tokens unless `num_kv_blocks` says otherwise.
+running or finished request (a system prompt, the earlier turns of a chat, the same image)
+reference its blocks instead of computing them again. Its memory is that of `max_slots` rows
+of `context_length` tokens unless `num_kv_blocks` says otherwise.
 
 Not thread-safe: `AsyncLLM` calls it from a single thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from omnilive.engine.detokenizer import Detokenizer
-from omnilive.engine.request import (
-    BUDGET_EXHAUSTED_TEXT,
-    NO_THINKING_TEXT,
-    LLMOutput,
-    Request,
-    ThinkingTracker,
-    ThinkMarkers,
-)
+from omnilive.engine.request import PreparedPrompt, Request, RequestOutput
+from omnilive.engine.runner import ModelRunner, Work
 from omnilive.engine.sampling import make_generator, sample
-from omnilive.engine.scheduler import Scheduler, StepPlan
-from omnilive.types import EngineError, SamplingParams
+from omnilive.engine.scheduler import AdmissionPolicy, Scheduler
+from omnilive.engine.speech import SpeechSettings
+from omnilive.engine.speech_stage import SpeechStage, guarded
+from omnilive.engine.thinking import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT, ThinkingTracker, ThinkMarkers
 from omnilive.model.qwen2 import Qwen2ForCausalLM
+from omnilive.model.talker import Talker
+from omnilive.model.token2wav import Token2Wav, Voice
+from omnilive.types import EngineError, SamplingParams
 
-StepOutput = LLMOutput  # what step() returns per request: the deltas of that step
+
+@dataclass(frozen=True)
+class SpeechModel:
+    """What a model that speaks adds to its decoder (the Omni thinker): talker and token2wav."""
+
+    talker: Talker
+    token2wav: Token2Wav
+    settings: SpeechSettings
+    speech_lead_s: float = 1.5  # see speech_stage.py
+    windows_per_step: int | None | str = "auto"
+    clock: Callable[[], float] = time.monotonic
 
 
 class EngineTokenizer(Protocol):
@@ -63,18 +79,34 @@ class LLMEngine:
         num_kv_blocks: int | None = None,  # None: max_slots × context_length worth of blocks
         think_start: str | None = "<think>",  # None: not a thinking model
         think_end: str | None = "</think>",
+        speech: SpeechModel | None = None,  # the model speaks
+        admission: AdmissionPolicy | None = None,  # None: "reserve" for a model that speaks, else "preempt"
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.context_length = min(context_length, model.config.max_position_embeddings)
         self.cache = model.make_paged_cache(max_slots, self.context_length, kv_block_size, num_kv_blocks)
-        self.scheduler = Scheduler(self.cache, prefill_chunk_tokens)
+        self.runner = ModelRunner(model, self.cache)
+        self.speech: SpeechStage | None = None
+        if speech is not None:
+            self.speech = SpeechStage(speech.talker, speech.token2wav, model.model.embed_tokens, speech.settings,
+                                      max_streams=max_slots, context_length=self.context_length,
+                                      kv_positions=self.cache.num_blocks * kv_block_size,
+                                      speech_lead_s=speech.speech_lead_s, clock=speech.clock,
+                                      windows_per_step=speech.windows_per_step)
+            if admission == "preempt":
+                raise ValueError("a model that speaks needs admission 'reserve': a talker stream cannot be recomputed")
+        self.scheduler = Scheduler(self.cache, prefill_chunk_tokens, admission or ("reserve" if speech else "preempt"),
+                                   self.speech.talker_cache if self.speech else None)
         # what one request can hold: the context, or every block when there are fewer
         self.max_request_tokens = min(self.context_length, self.cache.num_blocks * kv_block_size)
         self.think_markers = self._find_think_markers(think_start, think_end)
-        self._ready: list[LLMOutput] = []  # outputs decided outside a step (abort), sent by the next
+        self.speaking: list[Request] = []  # replies done, speech still going (talker rows held)
+        self._ready: list[RequestOutput] = []  # outputs decided outside a step (abort), sent by the next
+        self._in_step = False
         self.steps_run = 0
         self.num_computed_tokens = 0  # tokens run through the model, all requests together
+        self.num_computed_prompt_tokens = 0  # of those, prompt tokens (cached ones are not computed)
         self._token_text_cache: dict[int, tuple[str, bytes]] = {}
 
     # requests
@@ -82,57 +114,101 @@ class LLMEngine:
     def add_request(
         self,
         request_id: str,
-        prompt_ids: Sequence[int],
+        prompt: Sequence[int] | PreparedPrompt,
         sampling: SamplingParams,
         thinking_budget: int | None = None,
         stop_token_ids: Sequence[int] = (),
+        voice: Voice | None = None,
     ) -> None:
-        if self.scheduler.find(request_id) is not None:
-            raise EngineError(f"request id {request_id!r} is already running", param="request_id")
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise EngineError("the prompt is empty", param="messages")
-        if len(prompt) >= self.max_request_tokens:
-            raise EngineError(
-                f"the prompt has {len(prompt)} tokens; this engine's context is {self.max_request_tokens} tokens, "
-                "prompt and completion included",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        if sampling.max_tokens is not None and sampling.max_tokens < 1:
-            raise EngineError("max_tokens must be at least 1", param="max_tokens")
-        if thinking_budget is not None and thinking_budget < 0:
-            raise EngineError("the thinking budget must be >= 0", param="max_thinking_tokens")
-        room = self.max_request_tokens - len(prompt)
+        """Queue a request; EngineError when it cannot be served (the caller's 400).
+        prompt: token ids, or a multimodal prompt a model family's prompt builder prepared.
+        voice: speak the reply in this voice (a model that speaks only)."""
+        prepared = prompt if isinstance(prompt, PreparedPrompt) else None
+        prompt_ids = prepared.input_ids if prepared else [int(t) for t in prompt]
+        self._check(request_id, prompt_ids, sampling, thinking_budget, voice)
+        room = self.max_request_tokens - len(prompt_ids)
         request = Request(
             request_id=request_id,
-            prompt_ids=prompt,
+            prompt_ids=prompt_ids,
             sampling=sampling,
             max_new_tokens=min(sampling.max_tokens or room, room),
             stop_token_ids=self.tokenizer.stop_token_ids | frozenset(stop_token_ids),
             detokenizer=Detokenizer(self._text_bytes, sampling.stop),
             generator=make_generator(sampling.seed),
             token_text=self._token_text,
-            thinking=ThinkingTracker(self.think_markers, thinking_budget, prompt) if self.think_markers else None,
+            thinking=ThinkingTracker(self.think_markers, thinking_budget, prompt_ids) if self.think_markers else None,
+            prepared=prepared.prompt if prepared else None,
+            voice=voice,
+            audio_prompt_tokens=prepared.audio_tokens if prepared else 0,
+            image_prompt_tokens=prepared.image_tokens if prepared else 0,
         )
+        if prepared is not None:
+            request.blocks.media_spans = prepared.media_spans
         request.force_at_start()
         if request.finished:  # the forced tokens alone used up max_tokens
+            request.speech_done = True  # nothing was said
             self._ready.append(request.take_output())
             return
         self.scheduler.add(request)
 
+    def _check(self, request_id: str, prompt_ids: list[int], sampling: SamplingParams,
+               thinking_budget: int | None, voice: Voice | None) -> None:
+        if self.find(request_id) is not None:
+            raise EngineError(f"request id {request_id!r} is already running", param="request_id")
+        if not prompt_ids:
+            raise EngineError("the prompt is empty", param="messages")
+        if len(prompt_ids) >= self.max_request_tokens:
+            raise EngineError(f"The prompt is {len(prompt_ids)} tokens; this model's context is "
+                              f"{self.max_request_tokens} tokens, prompt and completion included.",
+                              param="messages", code="context_length_exceeded")
+        if sampling.max_tokens is not None and sampling.max_tokens < 1:
+            raise EngineError("max_tokens must be at least 1", param="max_tokens")
+        if sampling.max_tokens is not None and len(prompt_ids) + sampling.max_tokens > self.max_request_tokens:
+            raise EngineError(f"max_tokens {sampling.max_tokens} + prompt {len(prompt_ids)} tokens exceeds the "
+                              f"context length {self.max_request_tokens}.", param="max_tokens",
+                              code="context_length_exceeded")
+        if thinking_budget is not None and thinking_budget < 0:
+            raise EngineError("the thinking budget must be >= 0", param="max_thinking_tokens")
+        if voice is not None and self.speech is None:
+            raise EngineError("this model cannot speak: its checkpoint has no talker", param="modalities")
+
+    def find(self, request_id: str) -> Request | None:
+        found = self.scheduler.find(request_id)
+        return found or next((r for r in self.speaking if r.request_id == request_id), None)
+
     def abort(self, request_id: str) -> bool:
-        """Stop a request now; its row and blocks are free at once, the next step reports finish "abort"."""
-        request = self.scheduler.find(request_id)
+        """Stop a request now; its rows and blocks are free at once, the next step reports finish "abort"."""
+        request = self.find(request_id)
         if request is None:
             return False
         request.finish("abort")
-        self.scheduler.remove(request)
+        self._drop(request)
         self._ready.append(request.take_output())
         return True
 
+    def fail(self, request: Request, error: BaseException) -> None:
+        """The request alone failed (its speech, a bug in its work): it ends now with the error,
+        reported by this step or, outside one, the next."""
+        if request.done:
+            return
+        request.fail(error)
+        self._drop(request)
+        if not self._in_step:
+            self._ready.append(request.take_output())
+
+    def fail_all(self, error: BaseException) -> None:
+        """A step failed outside any one request (a bug): every request gets the error."""
+        for request in [*self.scheduler.running, *self.scheduler.waiting, *self.speaking]:
+            self.fail(request, error)
+
+    def _drop(self, request: Request) -> None:
+        self.scheduler.remove(request)
+        if request in self.speaking:
+            self.speaking.remove(request)
+        self.scheduler.release_talker(request)
+
     def has_work(self) -> bool:
-        return self.scheduler.has_work() or bool(self._ready)
+        return self.scheduler.has_work() or bool(self.speaking) or bool(self._ready)
 
     @property
     def num_free_slots(self) -> int:
@@ -142,53 +218,57 @@ class LLMEngine:
     # the step
 
     @torch.inference_mode()
-    def step(self) -> list[StepOutput]:
+    def step(self) -> list[RequestOutput]:
         self.steps_run += 1
+        self._in_step = True
+        try:
+            return self._step()
+        finally:
+            self._in_step = False
+
+    def _step(self) -> list[RequestOutput]:
         outputs, self._ready = self._ready, []
         plan = self.scheduler.schedule()
+        reporting = [*self.scheduler.running, *self.speaking]  # whose outputs this step hands out
+        for request in self.scheduler.running:
+            if request.voice is not None and request.speech is None:
+                self.speech.open(request)  # just admitted with a talker row
         if not plan.empty:
-            due, logits = self._run(plan)
+            work = [Work(r, r.num_computed, r.num_computed + 1) for r in plan.decodes]
+            work += [Work(chunk.request, chunk.start, chunk.end) for chunk in plan.prefills]
+            hidden = self.runner.run(work)  # [rows, width, H]
+            self._computed(work, hidden)
+            due, logits = self.runner.logits(work, hidden)
+            due = [request for request in due if not request.failed]
             if due:
                 samples = sample(logits, [request.sampling_row() for request in due])
                 for request, token in zip(due, samples):
                     request.append_sampled(token)
         for request in list(self.scheduler.running):
-            output = request.take_output()
             if request.finished:
                 self.scheduler.remove(request)
+                if not request.done:
+                    self.speaking.append(request)
+        if self.speech is not None:
+            self.speech.step([r for r in [*self.scheduler.running, *self.speaking] if r.speech is not None], self.fail)
+        for request in reporting:
+            output = request.take_output()
+            if request.done:
+                self._drop(request)
             if output is not None:
                 outputs.append(output)
         return outputs
 
-    def _run(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
-        """One forward for every decoding row and prefill chunk of the step (the weights are
-        read once: a decode step's cost on a CPU); returns the requests whose next token is due
-        and their logits [len(due), V].
-
-        Rows are right-padded to the longest chunk; the model runs only real tokens.
-        """
-        work = [(r, r.num_computed, r.num_computed + 1) for r in plan.decodes]
-        work += [(chunk.request, chunk.start, chunk.end) for chunk in plan.prefills]
-        width = max(end - start for _, start, end in work)
-        input_ids = torch.zeros((len(work), width), dtype=torch.long)
-        positions = torch.full((len(work), width), -1, dtype=torch.long)
-        for i, (request, start, end) in enumerate(work):
-            input_ids[i, : end - start] = torch.tensor(request.token_ids[start:end])
-            positions[i, : end - start] = torch.arange(start, end)
-        device = self.model.device
-        rows = torch.tensor([request.row for request, _, _ in work], dtype=torch.long, device=device)
-        hidden = self.model(input_ids.to(device), positions.to(device), self.cache, rows)  # [rows, width, H]
-        due, last = [], []  # a row's next token is due once its chunk reaches its last token
-        for i, (request, start, end) in enumerate(work):
-            self.scheduler.computed(request, end)
-            self.num_computed_tokens += end - start
-            if end == len(request.token_ids):
-                due.append(request)
-                last.append(i * width + end - start - 1)
-        if not due:
-            return due, hidden.new_empty(0)
-        states = hidden.view(-1, hidden.shape[-1])[torch.tensor(last, device=device)]  # [len(due), H]
-        return due, self.model.compute_logits(states)
+    def _computed(self, work: list[Work], hidden: torch.Tensor) -> None:
+        """After the forward: the rows' tokens are in the cache; a model that speaks keeps
+        their hidden states and feeds its talkers."""
+        for i, w in enumerate(work):
+            self.scheduler.computed(w.request, w.end)
+            self.num_computed_tokens += w.size
+            self.num_computed_prompt_tokens += max(0, min(w.end, len(w.request.prompt_ids)) - w.start)
+            if self.speech is not None:
+                guarded(w.request, self.fail, self.speech.computed, w.request, w.start, w.end,
+                        hidden[i, : w.size], self.cache.block_size)
 
     # tokenizer helpers
 

@@ -6,79 +6,46 @@ while it runs); the rest are computed by the next step(s) (a prefill
 chunk when several are missing, a decode when one is), and the logits of the last one give
 the next token. Forced tokens (thinking budget) are appended as output without sampling, so
 they are computed like a short prefill.
+
+A multimodal request carries its `prepared` prompt: the embeddings with its media merged in
+and its M-RoPE ids (the runner feeds those for prompt positions, token embeddings for the
+rest). A spoken request carries a `voice`; once admitted it holds a talker row and a
+`speech` stream, and it is `done` only when its speech has ended too, after its reply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
-from omnilive.engine.block_manager import BlockTable
+from omnilive.engine.block_manager import BlockTable, MediaSpan
 from omnilive.engine.detokenizer import Detokenizer, TextDeltas
 from omnilive.engine.sampling import SamplingRow, TokenSample
-from omnilive.types import FinishReason, SamplingParams, TokenLogprob
-
-BUDGET_EXHAUSTED_TEXT = (
-    "Considering the limited time by the user, I have to give the solution based on the thinking directly now.\n"
-    "</think>\n\n"
-)
-NO_THINKING_TEXT = "\n\n</think>\n\n"  # closes a think block that was just opened (budget 0)
+from omnilive.engine.speech import SpeechStream
+from omnilive.engine.thinking import Channel, ThinkingTracker
+from omnilive.model.thinker import ThinkerPrompt
+from omnilive.model.token2wav import Voice
+from omnilive.types import AudioChunk, EngineError, FinishReason, SamplingParams, TokenLogprob
 
 
 @dataclass(frozen=True)
-class ThinkMarkers:
-    """Token ids of a thinking model's `<think>` / `</think>` and the texts we may force."""
+class PreparedPrompt:
+    """A multimodal prompt ready for the engine: what a model family's prompt builder gives."""
 
-    start_id: int
-    end_id: int
-    budget_exhausted_ids: tuple[int, ...]  # BUDGET_EXHAUSTED_TEXT, tokenised
-    no_thinking_ids: tuple[int, ...]  # NO_THINKING_TEXT, tokenised
+    prompt: ThinkerPrompt  # token ids, embeddings with the media merged in, M-RoPE ids
+    media_spans: tuple[MediaSpan, ...] = ()  # the media behind placeholder runs: part of the block keys
+    audio_tokens: int = 0  # audio placeholders (usage)
+    image_tokens: int = 0  # image and video placeholders (usage)
 
-
-Channel = Literal["content", "reasoning", "marker"]
-
-
-class ThinkingTracker:
-    """Knows whether the model is inside a think block and enforces the thinking budget.
-
-    The budget counts the tokens the model *samples* inside a think block (not the markers,
-    not forced tokens). When the count reaches the budget the engine force-feeds
-    `budget_exhausted_ids`; budget 0 closes every think block as soon as it opens.
-    """
-
-    def __init__(self, markers: ThinkMarkers, budget: int | None, prompt_ids: list[int]):
-        self.markers, self.budget = markers, budget
-        last_start = max((i for i, t in enumerate(prompt_ids) if t == markers.start_id), default=-1)
-        last_end = max((i for i, t in enumerate(prompt_ids) if t == markers.end_id), default=-1)
-        self.inside = last_start > last_end  # the prompt opened a think block (QwQ/R1 templates)
-        self.sampled_inside = 0
-
-    def tokens_to_force_at_start(self) -> tuple[int, ...]:
-        return self.markers.no_thinking_ids if self.inside and self.budget == 0 else ()
-
-    def observe(self, token_id: int, forced: bool) -> tuple[Channel, tuple[int, ...]]:
-        """Classify one new token; returns its channel and the tokens to force after it."""
-        if token_id == self.markers.end_id and self.inside:
-            self.inside = False
-            return "marker", ()
-        if token_id == self.markers.start_id and not self.inside:
-            self.inside, self.sampled_inside = True, 0
-            return "marker", (self.markers.no_thinking_ids if self.budget == 0 and not forced else ())
-        if not self.inside:
-            return "content", ()
-        if forced:
-            return "reasoning", ()
-        self.sampled_inside += 1
-        if self.budget is not None and self.sampled_inside == self.budget:
-            return "reasoning", self.markers.budget_exhausted_ids
-        return "reasoning", ()
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt.input_ids.tolist()
 
 
 @dataclass(frozen=True)
-class LLMOutput:
+class RequestOutput:
     """What one engine step produced for one request (deltas since the previous output)."""
 
     request_id: str
@@ -86,14 +53,19 @@ class LLMOutput:
     reasoning: str = ""  # reasoning (inside <think>) delta
     logprobs: tuple[TokenLogprob, ...] = ()  # one per sampled content token
     token_ids: tuple[int, ...] = ()  # new output tokens (sampled and forced)
-    finish_reason: FinishReason | None = None
+    audio: tuple[AudioChunk, ...] = ()  # speech that became final, in order
+    finish_reason: FinishReason | None = None  # set once the request is done (its speech too)
+    error: EngineError | None = None  # the request failed alone (finish_reason "abort")
     prompt_tokens: int = 0
     completion_tokens: int = 0  # total so far, reasoning included
     reasoning_tokens: int = 0  # total so far: tokens inside think blocks, markers included
     cached_prompt_tokens: int = 0  # prompt tokens whose KV was reused, not recomputed
+    audio_prompt_tokens: int = 0  # of prompt_tokens, audio placeholders
+    image_prompt_tokens: int = 0  # of prompt_tokens, image and video placeholders
 
     @property
     def finished(self) -> bool:
+        """The request is over (its speech too): nothing more will come."""
         return self.finish_reason is not None
 
 
@@ -108,14 +80,23 @@ class Request:
     generator: torch.Generator
     token_text: Callable[[int], tuple[str, bytes]]  # for logprobs
     thinking: ThinkingTracker | None = None
+    prepared: ThinkerPrompt | None = None  # a multimodal prompt: embeddings, M-RoPE ids
+    voice: Voice | None = None  # None: text only
+    audio_prompt_tokens: int = 0
+    image_prompt_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
     num_cached: int | None = None  # prompt tokens found in the cache at (first) admission
     row: int | None = None  # the cache's block-table row while running
     blocks: BlockTable = field(default_factory=BlockTable)
     reasoning_tokens: int = 0
-    finish_reason: FinishReason | None = None
+    finish_reason: FinishReason | None = None  # the reply's end
+    talker_slot: int | None = None  # the talker cache row while it speaks
+    speech: SpeechStream | None = None
+    speech_done: bool = False
+    error: EngineError | None = None
     # what this step produced, handed out (and reset) by take_output()
+    audio: list[AudioChunk] = field(default_factory=list)
     _deltas: TextDeltas = field(default_factory=TextDeltas)
     _logprobs: list[TokenLogprob] = field(default_factory=list)
     _new_token_ids: list[int] = field(default_factory=list)
@@ -133,7 +114,18 @@ class Request:
 
     @property
     def finished(self) -> bool:
+        """The reply has ended (its speech may go on)."""
         return self.finish_reason is not None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will come: the reply ended and so did its speech, if any."""
+        return self.finished and (self.voice is None or self.speech_done or self.failed
+                                  or self.finish_reason == "abort")
 
     def sampling_row(self) -> SamplingRow:
         return SamplingRow(self.sampling, self.generator, self.token_ids)
@@ -152,26 +144,44 @@ class Request:
             return
         self.finish_reason = reason
         if reason != "abort":
-            self._deltas += self.detokenizer.finish()
+            self._add_deltas(self.detokenizer.finish())
+        if self.speech is not None:
+            self.speech.finish_text()
 
-    def take_output(self) -> LLMOutput | None:
+    def fail(self, error: BaseException) -> None:
+        """This request alone failed (a bad media item, a bug in its speech): it ends now."""
+        if self.error is None:
+            self.error = error if isinstance(error, EngineError) else EngineError(f"the engine failed: {error}")
+        self.finish_reason = self.finish_reason or "abort"
+
+    def take_output(self) -> RequestOutput | None:
         """The step's deltas for this request, or None when there is nothing to report."""
-        if not (self._new_token_ids or self.finished):
+        done = self.done
+        if not (self._new_token_ids or self.audio or done):
             return None
-        output = LLMOutput(
+        output = RequestOutput(
             request_id=self.request_id,
             text=self._deltas.content,
             reasoning=self._deltas.reasoning,
             logprobs=tuple(self._logprobs),
             token_ids=tuple(self._new_token_ids),
-            finish_reason=self.finish_reason,
+            audio=tuple(self.audio),
+            finish_reason=self.finish_reason if done else None,
+            error=self.error,
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=self.num_output,
             reasoning_tokens=self.reasoning_tokens,
             cached_prompt_tokens=self.num_cached or 0,
+            audio_prompt_tokens=self.audio_prompt_tokens,
+            image_prompt_tokens=self.image_prompt_tokens,
         )
-        self._deltas, self._logprobs, self._new_token_ids = TextDeltas(), [], []
+        self._deltas, self._logprobs, self._new_token_ids, self.audio = TextDeltas(), [], [], []
         return output
+
+    def _add_deltas(self, deltas: TextDeltas) -> None:
+        self._deltas += deltas
+        if self.speech is not None and deltas.content:
+            self.speech.tell(deltas.content)  # the next AudioChunk says it
 
     def _append_forced(self, token_ids: tuple[int, ...]) -> None:
         for token_id in token_ids:
@@ -190,7 +200,7 @@ class Request:
         if self.thinking is not None:
             channel, to_force = self.thinking.observe(token_id, forced)
         if channel == "content":
-            self._deltas += self.detokenizer.add_token(token_id, reasoning=False)
+            self._add_deltas(self.detokenizer.add_token(token_id, reasoning=False))
             if sample is not None and sample.logprob is not None:
                 self._logprobs.append(self._token_logprob(token_id, sample))
         else:

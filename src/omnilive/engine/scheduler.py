@@ -8,20 +8,31 @@ in one forward.
 A running request holds a block-table row of the cache and blocks for every token it has
 or is about to compute (the BlockManager shares cached prefix blocks between requests). A
 waiting request is admitted, oldest first, when a row is free and blocks for all its tokens
-are; it then skips computing its cached prefix. When a running request needs a new block
-and none is free, the newest running request is preempted: it gives its blocks back and
-waits at the front of the queue to be recomputed (mostly from its own blocks, which stay
-cached unless evicted meanwhile).
+are; it then skips computing its cached prefix. What happens when blocks run short is the
+admission policy:
+- "preempt": a request is admitted with a block to spare per running request; when a
+  running request needs a new block and none is free, the newest running request is
+  preempted: it gives its blocks back and waits at the front of the queue to be recomputed
+  (mostly from its own blocks, which stay cached unless evicted meanwhile).
+- "reserve": a request is admitted only if the blocks every admitted request may still grow
+  into (its whole reply) stay free, so none is ever preempted: what a spoken request needs,
+  whose talker stream cannot be recomputed.
+A spoken request also needs a talker row (`talker_rows`, held until its speech ends, past its
+reply); one that finds none stays first in line, but the requests behind it that fit go
+first: text replies are not held up behind speech.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from omnilive.engine.block_manager import BlockManager
-from omnilive.model.kv_cache import PagedKVCache
 from omnilive.engine.request import Request
+from omnilive.model.kv_cache import KVCache, PagedKVCache
+
+AdmissionPolicy = Literal["preempt", "reserve"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +53,13 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, cache: PagedKVCache, prefill_chunk_tokens: int = 256):
+    def __init__(self, cache: PagedKVCache, prefill_chunk_tokens: int = 256, admission: AdmissionPolicy = "preempt",
+                 talker_rows: KVCache | None = None):
         self.cache = cache
         self.blocks = BlockManager(cache.num_blocks, cache.block_size)
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.admission = admission
+        self.talker_rows = talker_rows
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
         self.num_preemptions = 0
@@ -94,12 +108,24 @@ class Scheduler:
         self.blocks.commit(request.blocks, request.token_ids, num_computed)
 
     def remove(self, request: Request) -> None:
-        """Take a finished or aborted request out; its blocks and row are free at once."""
+        """Take a finished or aborted request out; its blocks and row are free at once (its
+        talker row too, unless it still speaks: `release_talker` then)."""
         if request in self.waiting:
             self.waiting.remove(request)
-            return
-        self.running.remove(request)
-        self._release(request)
+        elif request in self.running:
+            self.running.remove(request)
+            self._release(request)
+        if request.done:
+            self.release_talker(request)
+
+    def release_talker(self, request: Request) -> None:
+        if request.talker_slot is not None:
+            self.talker_rows.free(request.talker_slot)
+            request.talker_slot = None
+
+    def blocks_needed(self, request: Request) -> int:
+        """Blocks the request holds at most: its prompt and every reply token fed back (all but the last)."""
+        return self.blocks.blocks_for(len(request.prompt_ids) + max(request.max_new_tokens - 1, 0))
 
     # internals
 
@@ -126,6 +152,8 @@ class Scheduler:
             if self.blocks.grow(table, num_tokens):
                 self.cache.set_blocks(request.row, before, table.block_ids[before:])
                 return True
+            if self.admission == "reserve":
+                raise RuntimeError(f"no KV block for request {request.request_id}: the reservation is wrong")
             victim = self.running[-1]
             self._preempt(victim)
             if victim is request:
@@ -147,13 +175,17 @@ class Scheduler:
 
     def _admit_waiting(self) -> list[Request]:
         admitted = []
-        while self.waiting and self.cache.num_free_rows:
-            request = self.waiting[0]
-            # one block to spare per running request, so they can grow without preempting it at once
-            cached = self.blocks.admit(request.blocks, request.token_ids, keep_free=len(self.running))
-            if cached is None:
+        for request in list(self.waiting):
+            if not self.cache.num_free_rows:
                 break
-            self.waiting.popleft()
+            if request.voice is not None and not self.talker_rows.num_free:
+                continue  # it keeps its place; those behind it that fit go first
+            cached = self.blocks.admit(request.blocks, request.token_ids, keep_free=self._keep_free(request))
+            if cached is None:
+                break  # it goes first once blocks are freed; so do those behind it
+            self.waiting.remove(request)
+            if request.voice is not None:
+                request.talker_slot = self.talker_rows.allocate()
             request.row = self.cache.allocate_row()
             self.cache.set_blocks(request.row, 0, request.blocks.block_ids)
             request.num_computed = cached
@@ -162,3 +194,10 @@ class Scheduler:
             self.running.append(request)
             admitted.append(request)
         return admitted
+
+    def _keep_free(self, request: Request) -> int:
+        """Blocks admitting `request` must leave free."""
+        if self.admission == "preempt":  # one to spare per running request: they can grow without preempting it at once
+            return len(self.running)
+        reserved = sum(self.blocks_needed(r) - len(r.blocks.block_ids) for r in self.running)
+        return reserved + self.blocks_needed(request) - self.blocks.blocks_for(len(request.token_ids))
