@@ -12,8 +12,8 @@ directory with --model (see below). GGUF mode measures, each after a warm-up:
     python bench/decode.py [--threads 2] [--new-tokens 32] [--dtype bfloat16]
 
 --model DIR times a Qwen2.5-Omni thinker, text only, batch 1, greedy: omnilive's OmniThinker
-(load_thinker, prefill + one-token decode steps over our KV cache, as OmniRunner.think runs
-them) against transformers' Qwen2_5OmniThinkerForConditionalGeneration `generate`, same
+(load_thinker, prefill + one-token decode steps over a slot KV cache: the model alone, no
+engine) against transformers' Qwen2_5OmniThinkerForConditionalGeneration `generate`, same
 dtype, same prompt ids (from DIR/tokenizer.json); prefill time, decode tok/s, the ratio, and
 the fraction of the bandwidth bound. The models are loaded one after the other, never both.
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/token2wav.py's
 
 from token2wav import build  # noqa: E402
 
-from omnilive.backends.native_generate import SPEECH_SCHEDULE  # noqa: E402
+from omnilive.engine.speech import SPEECH_SCHEDULE  # noqa: E402
 from omnilive.model.token2wav_stream import StreamingToken2Wav  # noqa: E402
 
 SAMPLE_RATE, N_FFT, HOP, MELS = 24_000, 1024, 256, 80

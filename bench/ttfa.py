@@ -18,7 +18,7 @@ ends early by chance: replies run to the limits.
     python bench/ttfa.py [--text-tokens 32] [--codec-tokens 72] [--threads 2] [--schedule 3,2,1] [--levels 1 4 8]
 
 Then (--levels) the same request N times at once through the served engine's batched step loop
-(OmniBatch): TTFA p50/p95 over the N, and the aggregate text and codec tokens per second.
+(engine.llm_engine.LLMEngine): TTFA p50/p95 over the N, and the aggregate text and codec tokens per second.
 
 --schedule: token2wav's streaming windows in DiT blocks, chunk,past,future[,first chunk]
 (default: the engine's SPEECH_SCHEDULE, Qwen's 3,2,1 after a 2-block first chunk);
@@ -41,12 +41,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.model.omni_tiny
 
-from omnilive.backends.native_batch import OmniBatch, OmniJob
-from omnilive.backends.native_generate import SPEECH_SCHEDULE, OmniRunner
-from omnilive.backends.native_speech import QuickStartSchedule
+from omnilive.backends.native_media_keys import MediaEncoderCache, prepare_prompt
 from omnilive.backends.native_omni import load_omni
-from omnilive.types import AudioChunk, Message, SamplingParams, TextDelta
+from omnilive.engine.async_engine import as_engine_outputs
+from omnilive.engine.llm_engine import LLMEngine, SpeechModel
+from omnilive.engine.speech import SPEECH_SCHEDULE, QuickStartSchedule, SpeechSettings
 from omnilive.engine.talker_generate import TALKER_GREEDY
+from omnilive.types import AudioChunk, Message, SamplingParams, TextDelta
 from omnilive.model.token2wav import pack_dit
 from omnilive.model.token2wav_stream import StreamingSchedule
 from tests.model import omni_tiny
@@ -92,23 +93,45 @@ def build_checkpoint(directory: Path, talker_layers: int, dit_layers: int):
     return model
 
 
+def served_engine(model, clients: int, codec_tokens: int, schedule: StreamingSchedule,
+                  first_chunk_steps: int | None, speech_dtype: torch.dtype) -> LLMEngine:
+    """The engine NativeBackend serves with, greedy talker, `clients` rows."""
+    settings = SpeechSettings.for_model(model.token2wav, STEPS, TALKER_GREEDY, schedule, codec_tokens,
+                                       first_chunk_steps, speech_dtype)
+    return LLMEngine(model.thinker, model.tokenizer, max_slots=clients, context_length=2048,
+                     speech=SpeechModel(model.talker, model.token2wav, settings), admission="reserve")
+
+
+def run_requests(model, engine: LLMEngine, seeds: list[int], text_tokens: int, emit) -> list:
+    """Spoken requests arriving together, stepped to the end; emit(i, t, output) as they come."""
+    prompt = model.processor.build(PROMPT, speak=True)
+    prepared = prepare_prompt(model.thinker, prompt, MediaEncoderCache(0))
+    start = time.perf_counter()
+    for i, seed in enumerate(seeds):  # greedy text and codes; each its own token2wav noise
+        engine.add_request(f"r{i}", prepared, SamplingParams(temperature=0.0, max_tokens=text_tokens, seed=seed),
+                           voice=model.voices["Chelsie"])
+    requests = [engine.find(f"r{i}") for i in range(len(seeds))]
+    while engine.has_work():
+        for out in engine.step():
+            if out.error is not None:
+                raise out.error
+            for message in as_engine_outputs(out):
+                emit(int(out.request_id[1:]), time.perf_counter() - start, message)
+    return requests
+
+
 def run_omnilive(model, text_tokens: int, codec_tokens: int, schedule: StreamingSchedule = SPEECH_SCHEDULE,
                  first_chunk_steps: int | None = None, speech_dtype: torch.dtype = torch.float32) -> dict:
-    runner = OmniRunner(model, context_length=2048, token2wav_steps=STEPS, talker_sampling=TALKER_GREEDY,
-                        talker_max_new_tokens=codec_tokens, speech_schedule=schedule,
-                        first_chunk_steps=first_chunk_steps, speech_dtype=speech_dtype)
-    prompt = model.processor.build(PROMPT, speak=True)
-    batch = OmniBatch(runner, max_batch=1)  # the served engine's step loop, one request
+    engine = served_engine(model, 1, codec_tokens, schedule, first_chunk_steps, speech_dtype)
     events: list[tuple[float, object]] = []
     start = time.perf_counter()
-    batch.add(OmniJob(prompt, SamplingParams(temperature=0.0, max_tokens=text_tokens, seed=0), model.voices["Chelsie"],
-                      lambda out: events.append((time.perf_counter() - start, out))))
-    batch.run_until_idle()
+    run_requests(model, engine, [0], text_tokens, lambda i, t, out: events.append((t, out)))
     total = time.perf_counter() - start
     audio = [(t, out) for t, out in events if isinstance(out, AudioChunk)]
     texts = [t for t, out in events if isinstance(out, TextDelta)]
     return {"ttfa": audio[0][0], "total": total, "chunks": len(audio), "last_text": texts[-1],
-            "samples": sum(len(out.samples) for _, out in audio), "input_ids": prompt.input_ids}
+            "samples": sum(len(out.samples) for _, out in audio),
+            "input_ids": model.processor.build(PROMPT, speak=True).input_ids}
 
 
 def run_concurrent(model, clients: int, text_tokens: int, codec_tokens: int, schedule: StreamingSchedule,
@@ -116,36 +139,24 @@ def run_concurrent(model, clients: int, text_tokens: int, codec_tokens: int, sch
     """`clients` spoken requests arriving together (a burst), batched by the served step loop:
     TTFA of each; thinker tokens per second until the last text token (the text phase), talker
     codec tokens per second over the whole run (speech ends last)."""
-    runner = OmniRunner(model, context_length=2048, token2wav_steps=STEPS, talker_sampling=TALKER_GREEDY,
-                        talker_max_new_tokens=codec_tokens, speech_schedule=schedule,
-                        first_chunk_steps=first_chunk_steps, speech_dtype=speech_dtype)
-    prompt = model.processor.build(PROMPT, speak=True)
-    batch = OmniBatch(runner, max_batch=clients)
+    engine = served_engine(model, clients, codec_tokens, schedule, first_chunk_steps, speech_dtype)
     first_audio: dict[int, float] = {}
     text = [0] * clients
     last_text = [0.0] * clients
     samples = [0] * clients
+
+    def emit(i: int, t: float, out) -> None:
+        if isinstance(out, AudioChunk):
+            first_audio.setdefault(i, t)
+            samples[i] += len(out.samples)
+        elif isinstance(out, TextDelta):
+            text[i] += 1
+            last_text[i] = t
+
     start = time.perf_counter()
-
-    def emit_for(i: int):
-        def emit(out) -> None:
-            if isinstance(out, AudioChunk):
-                first_audio.setdefault(i, time.perf_counter() - start)
-                samples[i] += len(out.samples)
-            elif isinstance(out, TextDelta):
-                text[i] += 1
-                last_text[i] = time.perf_counter() - start
-            elif isinstance(out, BaseException):
-                raise out
-        return emit
-
-    jobs = [OmniJob(prompt, SamplingParams(temperature=0.0, max_tokens=text_tokens, seed=i), model.voices["Chelsie"],
-                    emit_for(i)) for i in range(clients)]  # greedy text and codes; each its own token2wav noise
-    for job in jobs:
-        batch.add(job)
-    batch.run_until_idle()
+    requests = run_requests(model, engine, list(range(clients)), text_tokens, emit)
     wall = time.perf_counter() - start
-    codes = sum(len(job.speech.codes) for job in jobs)
+    codes = sum(len(request.speech.codes) for request in requests)
     ttfa = sorted(first_audio.values())
     return {"clients": clients, "ttfa_p50": statistics.median(ttfa), "ttfa_p95": _p95(ttfa), "wall": wall,
             "text_done": max(last_text), "text_tps": sum(text) / max(last_text), "codec_tps": codes / wall,

@@ -328,6 +328,31 @@ def test_a_request_with_bad_media_fails_alone(model, runner, alone_results):
     assert batch.cache.num_free_rows == 3 and batch.talker_cache.num_free == 3
 
 
+def test_a_request_whose_speech_fails_ends_alone_with_the_error(model, runner, alone_results):
+    """A failure inside one request's work on the engine thread (here its talker input) ends
+    that request with an EngineError and frees its rows; the others go on as if alone."""
+    batch = Batch(runner, max_batch=3)
+    results = {name: fresh(model, name) for name in ("text", "spoken", "late")}
+    for result in results.values():
+        batch.add(result.job)
+    victim = results["late"].job
+    while victim.speech is None:
+        batch.step()
+
+    def broken(hidden, embed):
+        raise RuntimeError("talker input broke")
+
+    victim.speech.add_reply_token = broken
+    batch.run_until_idle()
+    outputs = results["late"].outputs
+    assert isinstance(outputs[-1], EngineError) and "talker input broke" in outputs[-1].message
+    assert not any(isinstance(out, (Finished, AudioChunk)) for out in outputs)
+    assert victim.slot is None and victim.talker_slot is None and victim.request.failed
+    for name in ("text", "spoken"):
+        assert_same(results[name], alone_results[name])
+    assert batch.cache.num_free_rows == 3 and batch.talker_cache.num_free == 3
+
+
 def test_a_spoken_request_waiting_for_a_talker_slot_does_not_hold_up_text(model, runner, alone_results):
     batch = Batch(runner, max_batch=1)
     results = {name: fresh(model, name) for name in ("spoken", "late", "text")}

@@ -18,6 +18,7 @@ import torch
 from omnilive.model.talker import (
     Talker,
     TalkerConfig,
+    TalkerPrefill,
     TalkerTextInputs,
     build_talker_inputs,
     load_talker,
@@ -25,14 +26,17 @@ from omnilive.model.talker import (
 )
 from omnilive.engine.talker_generate import (
     TALKER_GREEDY,
+    TALKER_MAX_NEW_TOKENS,
+    TALKER_SAMPLING,
     choose_codec_tokens,
     decode_logits,
-    generate_codec_tokens,
     prefill_logits,
     start_talker_stream,
     talker_step,
 )
+from omnilive.model.kv_cache import KVCache
 from omnilive.model.weights import WeightsMismatchError, load_state_dict_strict
+from omnilive.types import SamplingParams
 from tests.model.omni_tiny import (
     CODEC_TOKENS,
     TOKENS,
@@ -45,6 +49,29 @@ pytest.importorskip("transformers")
 TOLERANCE = 1e-4
 MAX_CODES = 40
 IMAGE_GRID = (1, 4, 4)  # 16 patches of 14 x 14 → 4 image tokens after the 2 x 2 merge
+
+
+def generate_codec_tokens(
+    talker: Talker,
+    prefill: TalkerPrefill,
+    text_inputs: TalkerTextInputs,
+    sampling: SamplingParams = TALKER_SAMPLING,
+    seed: int | None = None,
+    max_new_tokens: int = TALKER_MAX_NEW_TOKENS,
+    cache: KVCache | None = None,
+    slot: int = 0,
+) -> list[int]:
+    """All speech codes of one request whose thinker reply has finished (`text_inputs`
+    finished), end token excluded: what token2wav consumes."""
+    if not text_inputs.finished:
+        raise ValueError("generate_codec_tokens needs the whole thinker reply: call text_inputs.finish()")
+    if cache is None:
+        cache = talker.make_cache(max_slots=slot + 1, max_len=prefill.length + max_new_tokens)
+    stream = start_talker_stream(talker, prefill, text_inputs, cache, slot, sampling, seed, max_new_tokens)
+    while not stream.finished:
+        talker_step(talker, [stream], cache)
+    return stream.codes
+
 
 
 @pytest.fixture(scope="module")

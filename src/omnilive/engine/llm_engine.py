@@ -239,7 +239,9 @@ class LLMEngine:
             hidden = self.runner.run(work)  # [rows, width, H]
             self._computed(work, hidden)
             due, logits = self.runner.logits(work, hidden)
-            due = [request for request in due if not request.failed]
+            if any(request.failed for request in due):  # failed in `_computed`: nothing more to sample
+                kept = [i for i, request in enumerate(due) if not request.failed]
+                due, logits = [due[i] for i in kept], logits[kept]
             if due:
                 samples = sample(logits, [request.sampling_row() for request in due])
                 for request, token in zip(due, samples):

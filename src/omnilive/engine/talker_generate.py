@@ -4,7 +4,7 @@ One request's talker state is a `TalkerStream`: `start_talker_stream` runs its p
 picks its first codec token; each `talker_step` then feeds every given stream its last codec
 token plus its next text input (one batched decode step) and picks the next token. The engine
 calls `talker_step` whenever a stream's text input is ready (the thinker runs ahead);
-`generate_codec_tokens` runs one request to its end (parity tests, non-streaming use).
+backends/native_speech.py runs one request to its end (whole-utterance speech).
 
 Token choice follows the reference generate: the codec BOS token is suppressed, then the
 engine's sampler applies repetition penalty (over the talker's input ids and its output so
@@ -176,28 +176,6 @@ def _take(talker: Talker, stream: TalkerStream, token: int) -> int | None:
     return token
 
 
-def generate_codec_tokens(
-    talker: Talker,
-    prefill: TalkerPrefill,
-    text_inputs: TalkerTextInputs,
-    sampling: SamplingParams = TALKER_SAMPLING,
-    seed: int | None = None,
-    max_new_tokens: int = TALKER_MAX_NEW_TOKENS,
-    cache: KVCache | None = None,
-    slot: int = 0,
-) -> list[int]:
-    """All speech codes of one request whose thinker reply has finished (`text_inputs`
-    finished), end token excluded: what token2wav consumes."""
-    if not text_inputs.finished:
-        raise ValueError("generate_codec_tokens needs the whole thinker reply: call text_inputs.finish()")
-    if cache is None:
-        cache = talker.make_cache(max_slots=slot + 1, max_len=prefill.length + max_new_tokens)
-    stream = start_talker_stream(talker, prefill, text_inputs, cache, slot, sampling, seed, max_new_tokens)
-    while not stream.finished:
-        talker_step(talker, [stream], cache)
-    return stream.codes
-
-
 __all__ = [
     "TALKER_GREEDY",
     "TALKER_MAX_NEW_TOKENS",
@@ -205,7 +183,6 @@ __all__ = [
     "TalkerStream",
     "choose_codec_tokens",
     "decode_logits",
-    "generate_codec_tokens",
     "prefill_logits",
     "start_talker_stream",
     "talker_step",
