@@ -66,15 +66,18 @@ TRANSCRIPT_MAX_TOKENS = 448
 
 
 def load_omni(directory: str | Path, dtype: torch.dtype | str | None = None, device: str = "cpu") -> OmniModel:
-    """Thinker, tokenizer and processor of a Qwen2.5-Omni checkpoint directory (or hub id),
-    plus its talker, token2wav and voices when it can speak (a talker config, audio output
-    enabled and spk_dict.pt present)."""
+    """The checkpoint directory (or hub id) loaded by its family's loader (backends/registry.py)."""
+    from omnilive.backends.registry import loader_for
+
     directory = resolve_checkpoint_dir(directory)
     dtype = pick_dtype(device) if dtype in (None, "auto") else resolve_dtype(dtype)
-    if read_config(directory).get("model_type") == "qwen2_5_vl":  # sees and reads; never speaks
-        from omnilive.backends.native_vl import load_vl
+    return loader_for(read_config(directory).get("model_type"), directory)(directory, dtype, device)
 
-        return load_vl(directory, dtype, device)
+
+def load_qwen2_5_omni(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
+    """Thinker, tokenizer and processor of a Qwen2.5-Omni checkpoint, plus its talker,
+    token2wav and voices when it can speak (a talker config, audio output enabled and
+    spk_dict.pt present)."""
     thinker = load_thinker(directory, dtype, device)
     tokenizer = load_omni_tokenizer(directory)
     model = OmniModel(thinker, tokenizer, OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config))
