@@ -31,7 +31,7 @@ from omnilive.engine.detokenizer import Detokenizer
 from omnilive.engine.request import PreparedPrompt, Request, RequestOutput
 from omnilive.engine.runner import ModelRunner, Work
 from omnilive.engine.sampling import make_generator, sample
-from omnilive.engine.scheduler import AdmissionPolicy, Scheduler
+from omnilive.engine.scheduler import AdmissionPolicy, Scheduler, StepPlan
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_stage import SpeechStage, guarded
 from omnilive.engine.thinking import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT, ThinkingTracker, ThinkMarkers
@@ -230,30 +230,52 @@ class LLMEngine:
         outputs, self._ready = self._ready, []
         plan = self.scheduler.schedule()
         reporting = [*self.scheduler.running, *self.speaking]  # whose outputs this step hands out
+        if self.speech is not None:
+            self._open_speech()
+        if not plan.empty:
+            due, logits = self._run(plan)
+            self._sample(due, logits)
+        self._end_replies()
+        if self.speech is not None:
+            self.speech.step([r for r in [*self.scheduler.running, *self.speaking] if r.speech is not None], self.fail)
+        return outputs + self._take_outputs(reporting)
+
+    def _open_speech(self) -> None:
         for request in self.scheduler.running:
             if request.voice is not None and request.speech is None:
                 self.speech.open(request)  # just admitted with a talker row
-        if not plan.empty:
-            work = [Work(r, r.num_computed, r.num_computed + 1) for r in plan.decodes]
-            work += [Work(chunk.request, chunk.start, chunk.end) for chunk in plan.prefills]
-            hidden = self.runner.run(work)  # [rows, width, H]
-            self._computed(work, hidden)
-            due, logits = self.runner.logits(work, hidden)
-            if any(request.failed for request in due):  # failed in `_computed`: nothing more to sample
-                kept = [i for i, request in enumerate(due) if not request.failed]
-                due, logits = [due[i] for i in kept], logits[kept]
-            if due:
-                samples = sample(logits, [request.sampling_row() for request in due])
-                for request, token in zip(due, samples):
-                    request.append_sampled(token)
+
+    def _run(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
+        """ONE forward for the plan's decodes and prefill chunks; the requests whose next token
+        is due and their logits."""
+        work = [Work(r, r.num_computed, r.num_computed + 1) for r in plan.decodes]
+        work += [Work(chunk.request, chunk.start, chunk.end) for chunk in plan.prefills]
+        hidden = self.runner.run(work)  # [rows, width, H]
+        self._computed(work, hidden)
+        due, logits = self.runner.logits(work, hidden)
+        if any(request.failed for request in due):  # failed in `_computed`: nothing more to sample
+            kept = [i for i, request in enumerate(due) if not request.failed]
+            due, logits = [due[i] for i in kept], logits[kept]
+        return due, logits
+
+    def _sample(self, due: list[Request], logits: torch.Tensor) -> None:
+        """One sampling call for every due request; each takes its token (text, stop, limits)."""
+        if due:
+            samples = sample(logits, [request.sampling_row() for request in due])
+            for request, token in zip(due, samples):
+                request.append_sampled(token)
+
+    def _end_replies(self) -> None:
+        """Finished replies give their thinker rows and blocks back; a spoken one speaks on."""
         for request in list(self.scheduler.running):
             if request.finished:
                 self.scheduler.remove(request)
                 if not request.done:
                     self.speaking.append(request)
-        if self.speech is not None:
-            self.speech.step([r for r in [*self.scheduler.running, *self.speaking] if r.speech is not None], self.fail)
-        for request in reporting:
+
+    def _take_outputs(self, requests: list[Request]) -> list[RequestOutput]:
+        outputs = []
+        for request in requests:
             output = request.take_output()
             if request.done:
                 self._drop(request)
