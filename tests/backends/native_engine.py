@@ -19,7 +19,8 @@ import torch
 
 from omnilive.backends.native_media_keys import MediaEncoderCache, prepare_prompt
 from omnilive.backends.native_prompt import OmniPrompt
-from omnilive.backends.native_speech import OmniModel, ThinkerReply, WholeSpeech
+from omnilive.backends.native_speech import ThinkerReply, WholeSpeech
+from omnilive.backends.registry import OmniModel
 from omnilive.engine.async_engine import as_engine_outputs
 from omnilive.engine.detokenizer import Detokenizer
 from omnilive.engine.llm_engine import LLMEngine, SpeechModel

@@ -1,4 +1,4 @@
-"""Our Qwen2/Llama decoder against transformers, and cache/batch invariances (tiny random models)."""
+"""Our Qwen2 / Llama / Qwen3 decoder against transformers, and cache/batch invariances (tiny random models)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module", params=["qwen2", "llama"])
+@pytest.fixture(scope="module", params=["qwen2", "llama", "qwen3"])
 def hf_checkpoint(request, tmp_path_factory):
     """A tiny random HF model saved with save_pretrained: (directory, hf_model)."""
     transformers = pytest.importorskip("transformers")
@@ -34,9 +34,13 @@ def hf_checkpoint(request, tmp_path_factory):
     if request.param == "qwen2":
         config = transformers.Qwen2Config(**TINY, rope_theta=10000.0, tie_word_embeddings=False)
         hf = transformers.Qwen2ForCausalLM(config)
-    else:  # SmolLM2-like: no biases, tied output
+    elif request.param == "llama":  # SmolLM2-like: no biases, tied output
         config = transformers.LlamaConfig(**TINY, rope_theta=100000.0, tie_word_embeddings=True, attention_bias=False)
         hf = transformers.LlamaForCausalLM(config)
+    else:  # Qwen3: q/k head norms, no biases, head_dim apart from hidden / heads, tied output
+        config = transformers.Qwen3Config(**TINY, head_dim=24, rope_theta=1e6, tie_word_embeddings=True,
+                                          attention_bias=False, use_sliding_window=False)
+        hf = transformers.Qwen3ForCausalLM(config)
     with torch.no_grad():  # random biases / norm weights, so a mix-up cannot hide behind zeros and ones
         for name, p in hf.named_parameters():
             if name.endswith("bias") or "norm" in name:

@@ -161,7 +161,8 @@ class EmbeddedBackend:
         speak = "audio" in request.modalities
         voice = self._check_voice(request.voice) if speak else None
         chat = await self._render_chat(request.messages, speak)
-        prompt_ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+        prompt_ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                                         **dict(request.chat_template_kwargs))
         sampling = request.sampling  # the engine refuses a prompt or max_tokens beyond the context
         text_stream = self._llm.generate(request.request_id, prompt_ids, sampling, request.max_thinking_tokens)
         if not speak:

@@ -31,7 +31,8 @@ from omnilive.backends.native_prompt import (
     OmniProcessor,
     load_omni_tokenizer,
 )
-from omnilive.backends.native_speech import OmniModel, WholeSpeech
+from omnilive.backends.native_speech import WholeSpeech
+from omnilive.backends.registry import OmniModel
 from omnilive.engine.async_engine import AsyncLLM, engine_outputs
 from omnilive.engine.llm_engine import LLMEngine, SpeechModel
 from omnilive.engine.request import PreparedPrompt
@@ -164,7 +165,8 @@ class NativeBackend:
 
     def _model_card(self, directory: Path) -> ModelCard:
         s, family = self.settings, self.model.family
-        parts = [{"role": "thinker", "name": f"{family} thinker", "source": str(directory)}]
+        role = "thinker" if hasattr(self.model.thinker, "encode_media") else "llm"  # a text-only model: "llm"
+        parts = [{"role": role, "name": f"{family} {role}", "source": str(directory)}]
         if self.model.talker is not None:
             parts += [{"role": "talker", "name": f"{family} talker", "source": str(directory)},
                       {"role": "token2wav", "name": f"{family} token2wav", "source": str(directory)}]
@@ -191,10 +193,13 @@ class NativeBackend:
         speak = "audio" in request.modalities
         voice = pick_voice(self.model.voices, request.voice)[1] if speak else None
         loop = asyncio.get_running_loop()
-        prompt = await loop.run_in_executor(self._worker, self.model.processor.build, request.messages, speak)
-        # the vision and audio towers run here, on the prompt worker: on the engine thread
-        # they would stall every running stream for as long as they take
-        prepared = await loop.run_in_executor(self._worker, self.prepare, prompt)
+        prompt = await loop.run_in_executor(self._worker, self.model.processor.build, request.messages, speak,
+                                            dict(request.chat_template_kwargs))
+        prepared: PreparedPrompt | list[int] = prompt.input_ids  # a text-only model takes token ids
+        if hasattr(self.model.thinker, "encode_media"):
+            # the vision and audio towers run here, on the prompt worker: on the engine thread
+            # they would stall every running stream for as long as they take
+            prepared = await loop.run_in_executor(self._worker, self.prepare, prompt)
         stream = self._llm.generate(request.request_id, prepared, request.sampling, request.max_thinking_tokens,
                                     voice=voice)
         async for output in engine_outputs(stream):

@@ -15,9 +15,10 @@ audio inputs at that place. Qwen2.5-VL's processor (native_vl) hears nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer as HFTokenizer
@@ -184,10 +185,13 @@ class QwenProcessor:
         """Template input: content parts as Qwen's processors take them."""
         return [{"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages]
 
-    def build(self, messages: Sequence[Message], speak: bool = False) -> OmniPrompt:
+    def build(self, messages: Sequence[Message], speak: bool = False,
+              template_kwargs: Mapping[str, Any] | None = None) -> OmniPrompt:
+        """template_kwargs: extra variables of the chat template (a request's chat_template_kwargs)."""
         chat = self.chat(messages, speak)
         items = [part["media"] for message in chat for part in message["content"] if "media" in part]
-        ids = self.tokenizer.encode(self.tokenizer.render_chat(chat, add_generation_prompt=True))
+        text = self.tokenizer.render_chat(chat, add_generation_prompt=True, **dict(template_kwargs or {}))
+        ids = self.tokenizer.encode(text)
         return self._expand(ids, items)
 
     def _expand(self, ids: list[int], items: list[ImageInput | AudioInput | VideoInput]) -> OmniPrompt:

@@ -13,35 +13,22 @@ Its single-slot thinker cache is allocated on first use.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from omnilive.backends.native_prompt import OmniProcessor, OmniPrompt
+from omnilive.backends.native_prompt import OmniPrompt
+from omnilive.backends.registry import OmniModel
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.talker_generate import start_talker_stream, talker_step
 from omnilive.model.kv_cache import KVCache
 from omnilive.model.rope_index import PromptPositions
-from omnilive.model.talker import Talker, build_talker_inputs
-from omnilive.model.thinker import OmniThinker, ThinkerPrompt
+from omnilive.model.talker import build_talker_inputs
+from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Token2Wav, Voice
-from omnilive.model.tokenizer import Tokenizer
 from omnilive.types import EngineError, FinishReason
-
-
-@dataclass
-class OmniModel:
-    """A loaded Qwen2.5-Omni (or Qwen2.5-VL) checkpoint (see native_omni.load_omni)."""
-
-    thinker: OmniThinker
-    tokenizer: Tokenizer
-    processor: OmniProcessor
-    talker: Talker | None = None  # None: the checkpoint cannot speak
-    token2wav: Token2Wav | None = None
-    voices: dict[str, Voice] = field(default_factory=dict)
-    family: str = "Qwen2.5-Omni"  # what the model card calls it
 
 
 @dataclass

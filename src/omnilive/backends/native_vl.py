@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from omnilive.backends.native_speech import OmniModel
+from omnilive.backends.registry import OmniModel
 from omnilive.backends.native_prompt import (
     MediaTokens,
     QwenProcessor,

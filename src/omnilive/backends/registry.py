@@ -8,13 +8,43 @@ prompt builder in backends/, and a line here (docs/architecture.md lists what ea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
-from omnilive.backends.native_speech import OmniModel
-from omnilive.types import EngineError
+from omnilive.backends.native_prompt import OmniPrompt
+from omnilive.model.qwen2 import Qwen2ForCausalLM
+from omnilive.model.talker import Talker
+from omnilive.model.token2wav import Token2Wav, Voice
+from omnilive.model.tokenizer import Tokenizer
+from omnilive.types import EngineError, Message
+
+
+class PromptBuilder(Protocol):
+    """A family's processor: messages → token ids with expanded placeholders and media inputs."""
+
+    @property
+    def input_modalities(self) -> tuple[str, ...]: ...
+
+    def build(self, messages: Sequence[Message], speak: bool = False,
+              template_kwargs: Mapping[str, Any] | None = None) -> OmniPrompt: ...
+
+
+@dataclass
+class OmniModel:
+    """A loaded checkpoint, what a family loader returns: Qwen2.5-Omni, Qwen2.5-VL or Qwen3 (no talker)."""
+
+    thinker: Qwen2ForCausalLM  # the decoder: an Omni thinker, a Qwen2.5-VL model, a Qwen3
+    tokenizer: Tokenizer
+    processor: PromptBuilder
+    talker: Talker | None = None  # None: the checkpoint cannot speak
+    token2wav: Token2Wav | None = None
+    voices: dict[str, Voice] = field(default_factory=dict)
+    family: str = "Qwen2.5-Omni"  # what the model card calls it
+
 
 Loader = Callable[[Path, torch.dtype, str], OmniModel]
 
@@ -31,9 +61,16 @@ def _qwen2_5_vl(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
     return load_vl(directory, dtype, device)
 
 
+def _qwen3(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
+    from omnilive.backends.native_text import load_qwen3
+
+    return load_qwen3(directory, dtype, device)
+
+
 FAMILIES: dict[str, Loader] = {
     "qwen2_5_omni": _qwen2_5_omni,  # text, images, audio, video in; text and speech out
     "qwen2_5_vl": _qwen2_5_vl,  # text, images, video in; text out
+    "qwen3": _qwen3,  # text in, text out; thinks
 }
 
 

@@ -99,6 +99,7 @@ class Attention(nn.Module):
         head_dim: int,
         qkv_bias: bool,
         output_bias: bool = False,
+        qk_norm_eps: float | None = None,  # Qwen3: RMSNorm of each query and key head before rotary
     ):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -106,6 +107,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=output_bias)
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(head_dim, qk_norm_eps)
+            self.k_norm = RMSNorm(head_dim, qk_norm_eps)
+        self.qk_norm = qk_norm_eps is not None
 
     def forward(
         self,
@@ -120,6 +125,8 @@ class Attention(nn.Module):
         q = self.q_proj(tokens).view(-1, self.num_heads, self.head_dim)
         k = self.k_proj(tokens).view(-1, self.num_kv_heads, self.head_dim)
         v = self.v_proj(tokens).view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         write.store(k_cache, k)

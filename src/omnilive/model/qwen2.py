@@ -1,4 +1,5 @@
-"""Qwen2 (and Llama, which differs only in biases) decoder-only language model.
+"""Qwen2 decoder-only language model, and the decoders that differ from it in a detail:
+Llama (biases), Qwen3 (no q/k/v bias, an RMSNorm on every query and key head).
 
 Parameter names equal the Hugging Face checkpoint keys, so a safetensors checkpoint loads
 with no renaming. The model holds no request state: every call gets the KV cache, the cache
@@ -49,6 +50,11 @@ class Qwen2Config:
     eos_token_id: int | list[int] | None = None
 
     @property
+    def qk_norm(self) -> bool:
+        """Qwen3: each query and key head is RMS-normalised before the rotary embedding."""
+        return self.model_type == "qwen3"
+
+    @property
     def attention_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
@@ -61,6 +67,8 @@ class Qwen2Config:
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
         if "rope_theta" not in d and "rope_theta" in rope:
             d["rope_theta"] = rope["rope_theta"]
+        if d.get("use_sliding_window"):
+            raise NotImplementedError("sliding-window attention is not supported")
         if rope.get("rope_type", "default") not in ("default", None):
             raise NotImplementedError(f"rope type {rope['rope_type']!r} is not supported")
         if d.get("mrope_section") is None and rope.get("mrope_section") is not None:
@@ -90,6 +98,7 @@ class DecoderLayer(nn.Module):
             config.attention_head_dim,
             qkv_bias=config.attention_bias,
             output_bias=config.attention_output_bias,
+            qk_norm_eps=config.rms_norm_eps if config.qk_norm else None,
         )
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -1,0 +1,127 @@
+"""`omnilive serve --model DIR` on a tiny random Qwen3 thinking checkpoint, through the OpenAI client.
+
+A real server subprocess. The model thinks until its budget runs out (its `</think>` and stop
+rows are zeroed, see tests/model/qwen3_tiny.py), so every budget is reached and checked: the
+reasoning comes apart from the answer, reasoning_tokens = the budget + the closing text the
+engine forces, an answer follows, a stream joins to the whole reply, `enable_thinking: false`
+answers without thinking, and the greedy answer equals transformers' generate.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omnilive.backends.native_prompt import load_omni_tokenizer
+from omnilive.engine.thinking import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT
+from tests.model.qwen3_tiny import build_tiny_qwen3
+from tests.server.test_native_server import png_bytes
+from tests.server.test_media_chat import data_url
+from tests.server_process import ServerProcess
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # building the checkpoint and starting a server: ~10 s
+
+API_KEY = "qwen3-test-key"
+QUESTION = [{"role": "user", "content": "What is two plus two?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    return load_omni_tokenizer(tiny.directory)
+
+
+@pytest.fixture(scope="module")
+def client(tiny, tmp_path_factory):
+    from openai import OpenAI
+
+    args = ["--model", str(tiny.directory), "--dtype", "float32"]
+    with ServerProcess(tmp_path_factory.mktemp("qwen3-data"), api_key=API_KEY, env={"OMNILIVE_THREADS": "1"},
+                       args=args) as running:
+        with OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+            yield openai_client
+
+
+def ask(client, **extra):
+    model = client.models.list().data[0].id
+    return client.chat.completions.create(model=model, messages=QUESTION, temperature=0, **extra)
+
+
+def test_the_card_names_a_text_model(client, tiny):
+    (model,) = client.models.list().data
+    assert model.id == tiny.directory.name
+
+
+@pytest.mark.parametrize("budget", [5, 12])
+def test_the_thinking_budget_is_exact_and_an_answer_follows(client, tiny, tokenizer, budget):
+    closing = tokenizer.encode(BUDGET_EXHAUSTED_TEXT)  # the tiny vocabulary spells it in many tokens
+    max_tokens = budget + len(closing) + 6
+    response = ask(client, max_tokens=max_tokens, extra_body={"max_thinking_tokens": budget})
+    message, usage = response.choices[0].message, response.usage
+    # the budget's sampled tokens, then the closing text up to </think> count as reasoning
+    assert usage.completion_tokens_details.reasoning_tokens == budget + closing.index(tiny.end_think_id) + 1
+    assert message.reasoning_content.endswith(BUDGET_EXHAUSTED_TEXT.split("</think>")[0])
+    assert len(message.reasoning_content) > len(BUDGET_EXHAUSTED_TEXT.split("</think>")[0])  # its own thoughts first
+    assert message.content  # the answer after the forced end of thinking
+    assert usage.completion_tokens == max_tokens and response.choices[0].finish_reason == "length"
+
+
+def test_a_stream_joins_to_the_whole_reply(client, tokenizer):
+    max_tokens = 8 + len(tokenizer.encode(BUDGET_EXHAUSTED_TEXT)) + 6  # thoughts, closing text, an answer
+    whole = ask(client, max_tokens=max_tokens, extra_body={"max_thinking_tokens": 8})
+    assert whole.choices[0].message.reasoning_content and whole.choices[0].message.content
+    model = client.models.list().data[0].id
+    chunks = list(client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=max_tokens,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"max_thinking_tokens": 8}))
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert reasoning == whole.choices[0].message.reasoning_content
+    assert content == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == \
+        whole.usage.completion_tokens_details.reasoning_tokens
+
+
+def test_effort_minimal_closes_the_think_block_at_once(client, tiny, tokenizer):
+    closing = tokenizer.encode(NO_THINKING_TEXT)
+    response = ask(client, max_tokens=len(closing) + 6, reasoning_effort="minimal")
+    assert response.usage.completion_tokens_details.reasoning_tokens == closing.index(tiny.end_think_id) + 1
+    assert response.choices[0].message.content
+
+
+def test_enable_thinking_false_answers_as_transformers_generates(client, tiny, tokenizer):
+    response = ask(client, max_tokens=10, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert response.usage.completion_tokens_details.reasoning_tokens == 0
+    assert not response.choices[0].message.reasoning_content
+    prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, enable_thinking=False)
+    assert prompt[-4:] != tokenizer.encode("<think>\n")  # the template closed the think block
+    with torch.no_grad():
+        generated = tiny.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10)
+    expected = generated[0, len(prompt):].tolist()
+    assert len(set(expected)) > 3  # a varied reply
+    assert response.choices[0].message.content == tokenizer.decode(expected, skip_special_tokens=True)
+    assert response.usage.prompt_tokens == len(prompt)
+
+
+def test_media_are_refused_with_a_400(client):
+    from openai import BadRequestError
+
+    model = client.models.list().data[0].id
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image_url", "image_url": {"url": data_url("image/png", png_bytes())}}]
+    with pytest.raises(BadRequestError) as error:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}])
+    assert "text only" in str(error.value)
+
+
+def test_chat_template_kwargs_take_plain_values_only(client):
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError):
+        ask(client, max_tokens=4, extra_body={"chat_template_kwargs": {"enable_thinking": {"nested": True}}})
+    assert ask(client, max_tokens=4).usage.completion_tokens == 4  # the server serves on
