@@ -79,6 +79,7 @@ class EngineRequest:
     modalities: tuple[Modality, ...] = ("text",)
     voice: str | None = None  # None = the engine's default voice
     max_thinking_tokens: int | None = None  # None = unlimited (thinking models only)
+    min_thinking_tokens: int = 0  # think at least this long: an earlier </think> becomes "Wait"
     chat_template_kwargs: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # e.g. enable_thinking
 
 

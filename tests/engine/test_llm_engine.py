@@ -13,7 +13,14 @@ import torch
 from omnilive.engine.detokenizer import Detokenizer, StopStringMatcher
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import RequestOutput
-from omnilive.engine.thinking import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT, ThinkingTracker, ThinkMarkers
+from omnilive.engine import llm_engine
+from omnilive.engine.thinking import (
+    BUDGET_EXHAUSTED_TEXT,
+    NO_THINKING_TEXT,
+    THINK_LONGER_TEXT,
+    ThinkingTracker,
+    ThinkMarkers,
+)
 from omnilive.types import EngineError, SamplingParams
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import CONTROL, NORMAL, USER_DEFINED, Tokenizer, TokenizerInfo, build_bpe, byte_alphabet
@@ -303,6 +310,33 @@ def test_thinking_budget_zero_closes_think_right_away():
     (only,) = engine.step()
     assert (only.token_ids, only.finish_reason) == (tuple(closing[:1]), "length")
     assert not engine.has_work() and engine.num_free_slots == 4
+
+
+def test_min_thinking_tokens_turns_an_early_end_of_thinking_into_wait(monkeypatch):
+    """The model picks </think> after 1 thinking token (forced here at the sampler, where the
+    model's choice lands): below the minimum of 4 it becomes "Wait" and thinking goes on; at
+    sampling step 5, with 4 tokens thought, the same choice ends the think block."""
+    engine, prompt_ids, end_id = think_engine(NEVER_STOPS)
+    real_sample, steps = llm_engine.sample, []
+
+    def model_tries_to_stop(logits, rows):
+        samples = real_sample(logits, rows)
+        steps.append(None)
+        if len(steps) in (2, 6):  # sampling steps 1 and 5
+            samples[0] = replace(samples[0], token_id=end_id)
+        return samples
+
+    monkeypatch.setattr(llm_engine, "sample", model_tries_to_stop)
+    engine.add_request("r", prompt_ids, SamplingParams(temperature=0.0, max_tokens=16), min_thinking_tokens=4)
+    outputs = run_to_end(engine)["r"]
+    tokens, wait = tokens_of(outputs), list(TOKENIZER.encode(THINK_LONGER_TEXT))
+    assert tokens[1 : 1 + len(wait)] == wait and end_id not in tokens[: 4 + len(wait)]
+    assert tokens[4 + len(wait)] == end_id  # four thinking tokens sampled: now it may stop
+    assert outputs[-1].reasoning_tokens == 4 + len(wait) + 1
+    assert "Wait" in "".join(o.reasoning for o in outputs) and text_of(outputs)
+    with pytest.raises(EngineError) as error:
+        engine.add_request("bad", prompt_ids, SamplingParams(max_tokens=8), 2, min_thinking_tokens=3)
+    assert error.value.param == "min_thinking_tokens"
 
 
 def test_thinking_tracker_when_the_model_opens_the_think_block():

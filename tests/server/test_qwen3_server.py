@@ -71,6 +71,14 @@ def test_the_thinking_budget_is_exact_and_an_answer_follows(client, tiny, tokeni
     assert usage.completion_tokens == max_tokens and response.choices[0].finish_reason == "length"
 
 
+def test_min_thinking_tokens_above_the_budget_is_a_400(client):
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as error:
+        ask(client, max_tokens=8, extra_body={"max_thinking_tokens": 2, "min_thinking_tokens": 3})
+    assert "min_thinking_tokens" in str(error.value)
+
+
 def test_a_stream_joins_to_the_whole_reply(client, tokenizer):
     max_tokens = 8 + len(tokenizer.encode(BUDGET_EXHAUSTED_TEXT)) + 6  # thoughts, closing text, an answer
     whole = ask(client, max_tokens=max_tokens, extra_body={"max_thinking_tokens": 8})

@@ -164,7 +164,8 @@ class EmbeddedBackend:
         prompt_ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True,
                                                          **dict(request.chat_template_kwargs))
         sampling = request.sampling  # the engine refuses a prompt or max_tokens beyond the context
-        text_stream = self._llm.generate(request.request_id, prompt_ids, sampling, request.max_thinking_tokens)
+        text_stream = self._llm.generate(request.request_id, prompt_ids, sampling, request.max_thinking_tokens,
+                                         min_thinking_tokens=request.min_thinking_tokens)
         if not speak:
             async for out in engine_outputs(text_stream):
                 yield out

@@ -201,7 +201,7 @@ class NativeBackend:
             # they would stall every running stream for as long as they take
             prepared = await loop.run_in_executor(self._worker, self.prepare, prompt)
         stream = self._llm.generate(request.request_id, prepared, request.sampling, request.max_thinking_tokens,
-                                    voice=voice)
+                                    voice=voice, min_thinking_tokens=request.min_thinking_tokens)
         async for output in engine_outputs(stream):
             yield output
 

@@ -63,6 +63,7 @@ class AsyncLLM:
         thinking_budget: int | None = None,
         stop_token_ids: Sequence[int] = (),
         voice: Voice | None = None,
+        min_thinking_tokens: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """Stream the request's outputs (LLMEngine.add_request's arguments); the last one has
         a finish_reason.
@@ -81,7 +82,8 @@ class AsyncLLM:
 
         def add() -> None:
             try:
-                self.engine.add_request(request_id, prompt, sampling, thinking_budget, stop_token_ids, voice)
+                self.engine.add_request(request_id, prompt, sampling, thinking_budget, stop_token_ids, voice,
+                                        min_thinking_tokens)
             except Exception as error:  # EngineError (bad request) or a bug: the caller gets it
                 stream.put(error)
 

@@ -34,7 +34,13 @@ from omnilive.engine.sampling import make_generator, sample
 from omnilive.engine.scheduler import AdmissionPolicy, Scheduler, StepPlan
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_stage import SpeechStage, guarded
-from omnilive.engine.thinking import BUDGET_EXHAUSTED_TEXT, NO_THINKING_TEXT, ThinkingTracker, ThinkMarkers
+from omnilive.engine.thinking import (
+    BUDGET_EXHAUSTED_TEXT,
+    NO_THINKING_TEXT,
+    THINK_LONGER_TEXT,
+    ThinkingTracker,
+    ThinkMarkers,
+)
 from omnilive.model.qwen2 import Qwen2ForCausalLM
 from omnilive.model.talker import Talker
 from omnilive.model.token2wav import Token2Wav, Voice
@@ -119,13 +125,18 @@ class LLMEngine:
         thinking_budget: int | None = None,
         stop_token_ids: Sequence[int] = (),
         voice: Voice | None = None,
+        min_thinking_tokens: int = 0,
     ) -> None:
         """Queue a request; EngineError when it cannot be served (the caller's 400).
         prompt: token ids, or a multimodal prompt a model family's prompt builder prepared.
-        voice: speak the reply in this voice (a model that speaks only)."""
+        thinking_budget / min_thinking_tokens: at most / at least this many sampled thinking
+        tokens (engine/thinking.py). voice: speak the reply in this voice (a model that speaks only)."""
         prepared = prompt if isinstance(prompt, PreparedPrompt) else None
         prompt_ids = prepared.input_ids if prepared else [int(t) for t in prompt]
         self._check(request_id, prompt_ids, sampling, thinking_budget, voice)
+        if min_thinking_tokens < 0 or (thinking_budget is not None and min_thinking_tokens > thinking_budget):
+            raise EngineError("min_thinking_tokens must be >= 0 and at most the thinking budget",
+                              param="min_thinking_tokens")
         room = self.max_request_tokens - len(prompt_ids)
         request = Request(
             request_id=request_id,
@@ -136,7 +147,8 @@ class LLMEngine:
             detokenizer=Detokenizer(self._text_bytes, sampling.stop),
             generator=make_generator(sampling.seed),
             token_text=self._token_text,
-            thinking=ThinkingTracker(self.think_markers, thinking_budget, prompt_ids) if self.think_markers else None,
+            thinking=(ThinkingTracker(self.think_markers, thinking_budget, prompt_ids, min_thinking_tokens)
+                      if self.think_markers else None),
             prepared=prepared.prompt if prepared else None,
             voice=voice,
             audio_prompt_tokens=prepared.audio_tokens if prepared else 0,
@@ -321,4 +333,4 @@ class LLMEngine:
         for ids in (exhausted, no_thinking):
             if end_id not in ids:
                 raise ValueError(f"{end!r} is not one token when it ends the forced text: {ids}")
-        return ThinkMarkers(start_id, end_id, exhausted, no_thinking)
+        return ThinkMarkers(start_id, end_id, exhausted, no_thinking, tuple(self.tokenizer.encode(THINK_LONGER_TEXT)))

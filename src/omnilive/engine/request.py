@@ -136,6 +136,9 @@ class Request:
 
     def append_sampled(self, sample: TokenSample) -> None:
         """Add the token drawn from the logits after our last token, then any forced ones."""
+        if self.thinking is not None and (instead := self.thinking.instead_of(sample.token_id)) is not None:
+            self._append_forced(instead)  # it ended its thinking too soon: it thinks on
+            return
         forced = self._append(sample.token_id, sample, forced=False)
         self._append_forced(forced)
 

@@ -3,7 +3,9 @@
 A thinking model writes its reasoning between `<think>` and `</think>`. The budget counts the
 tokens it *samples* inside a think block; when the count reaches the budget the engine
 force-feeds a closing text (Qwen's own wording), and budget 0 closes every think block as soon
-as it opens. Forced tokens are appended as output without sampling.
+as it opens. A minimum extends thinking instead (budget forcing, as in the s1 paper): while the
+model has sampled fewer thinking tokens than the minimum, a `</think>` it picks is replaced by
+"Wait", and it thinks on. Forced tokens are appended as output without sampling.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ BUDGET_EXHAUSTED_TEXT = (
     "</think>\n\n"
 )
 NO_THINKING_TEXT = "\n\n</think>\n\n"  # closes a think block that was just opened (budget 0)
+THINK_LONGER_TEXT = "\nWait"  # replaces an end of thinking that comes before the minimum
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class ThinkMarkers:
     end_id: int
     budget_exhausted_ids: tuple[int, ...]  # BUDGET_EXHAUSTED_TEXT, tokenised
     no_thinking_ids: tuple[int, ...]  # NO_THINKING_TEXT, tokenised
+    think_longer_ids: tuple[int, ...] = ()  # THINK_LONGER_TEXT, tokenised
 
 
 Channel = Literal["content", "reasoning", "marker"]
@@ -39,8 +43,8 @@ class ThinkingTracker:
     `budget_exhausted_ids`; budget 0 closes every think block as soon as it opens.
     """
 
-    def __init__(self, markers: ThinkMarkers, budget: int | None, prompt_ids: list[int]):
-        self.markers, self.budget = markers, budget
+    def __init__(self, markers: ThinkMarkers, budget: int | None, prompt_ids: list[int], minimum: int = 0):
+        self.markers, self.budget, self.minimum = markers, budget, minimum
         last_start = max((i for i, t in enumerate(prompt_ids) if t == markers.start_id), default=-1)
         last_end = max((i for i, t in enumerate(prompt_ids) if t == markers.end_id), default=-1)
         self.inside = last_start > last_end  # the prompt opened a think block (QwQ/R1 templates)
@@ -48,6 +52,13 @@ class ThinkingTracker:
 
     def tokens_to_force_at_start(self) -> tuple[int, ...]:
         return self.markers.no_thinking_ids if self.inside and self.budget == 0 else ()
+
+    def instead_of(self, token_id: int) -> tuple[int, ...] | None:
+        """The tokens to force in place of a sampled one (None: keep it): the end of a think
+        block the model has not thought `minimum` tokens in yet becomes "Wait"."""
+        if token_id == self.markers.end_id and self.inside and self.sampled_inside < self.minimum:
+            return self.markers.think_longer_ids
+        return None
 
     def observe(self, token_id: int, forced: bool) -> tuple[Channel, tuple[int, ...]]:
         """Classify one new token; returns its channel and the tokens to force after it."""

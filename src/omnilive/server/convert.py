@@ -46,6 +46,7 @@ async def to_engine_request(
         modalities=("text", "audio") if request.wants_audio else ("text",),
         voice=voice,
         max_thinking_tokens=request.thinking_budget,
+        min_thinking_tokens=request.min_thinking_tokens or 0,
         chat_template_kwargs=tuple(sorted((request.chat_template_kwargs or {}).items())),
     )
 

@@ -146,6 +146,7 @@ class ChatCompletionRequest(_Lenient):
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     max_thinking_tokens: int | None = Field(None, ge=0)  # extension
     thinking_token_budget: int | None = Field(None, ge=0)  # extension (vLLM's name)
+    min_thinking_tokens: int | None = Field(None, ge=0)  # extension: think at least this long
     # extension (vLLM's): extra variables of the model's chat template, e.g. {"enable_thinking": false}
     chat_template_kwargs: dict[str, str | int | float | bool | None] | None = Field(None, max_length=16)
     user: str | None = None
