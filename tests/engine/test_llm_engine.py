@@ -298,6 +298,24 @@ def test_thinking_budget_is_exact(budget):
     assert text_of(outputs).startswith("\n\n")
 
 
+def test_requests_with_different_budgets_in_one_batch_each_get_their_own():
+    engine, prompt_ids, end_id = think_engine(NEVER_STOPS)
+    forced = list(TOKENIZER.encode(BUDGET_EXHAUSTED_TEXT))
+    budgets = {"none": None, "zero": 0, "two": 2, "seven": 7}
+    sampling = SamplingParams(temperature=0.0, max_tokens=7 + len(forced) + 3)
+    together = run_to_end(engine, {0: [(name, prompt_ids, sampling, budget) for name, budget in budgets.items()]})
+    assert engine.steps_run < sum(len(tokens_of(outputs)) for outputs in together.values())  # batched
+    for name, budget in budgets.items():
+        alone = think_engine(NEVER_STOPS)[0]
+        alone.add_request(name, prompt_ids, sampling, budget)
+        assert tokens_of(together[name]) == tokens_of(run_to_end(alone)[name])
+    assert end_id not in tokens_of(together["none"])  # no budget: it thinks to the end
+    for name in ("two", "seven"):
+        tokens = tokens_of(together[name])
+        assert tokens[budgets[name]: budgets[name] + len(forced)] == forced
+        assert together[name][-1].reasoning_tokens == budgets[name] + forced.index(end_id) + 1
+
+
 def test_thinking_budget_zero_closes_think_right_away():
     engine, prompt_ids, _ = think_engine()
     engine.add_request("r", prompt_ids, SamplingParams(temperature=0.0, max_tokens=20), 0)
