@@ -67,8 +67,24 @@ def tiny_vl_config():
     )
 
 
-def build_tiny_vl(directory: str | Path, seed: int = 0, with_tokenizer: bool = True) -> TinyVL:
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def tiny_qwen2_vl_config():
+    """Qwen2-VL (QVQ's architecture): the same text model and tokens, its older ViT."""
+    from transformers import Qwen2VLConfig
+
+    text = tiny_vl_config().text_config.to_dict()
+    return Qwen2VLConfig(
+        text_config={key: text[key] for key in ("vocab_size", "hidden_size", "intermediate_size",
+                                                "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                                "max_position_embeddings", "rope_parameters")},
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2, "num_heads": 2},
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_BOS, vision_end_token_id=VISION_EOS,
+    )
+
+
+def build_tiny_vl(directory: str | Path, seed: int = 0, with_tokenizer: bool = True,
+                  family: str = "qwen2_5_vl") -> TinyVL:
+    """family: "qwen2_5_vl" or "qwen2_vl"."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
     from transformers.utils import logging as transformers_logging
 
     directory = Path(directory)
@@ -76,7 +92,10 @@ def build_tiny_vl(directory: str | Path, seed: int = 0, with_tokenizer: bool = T
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # tiny vocabularies trip token-id range warnings
     try:
-        model = Qwen2_5_VLForConditionalGeneration(tiny_vl_config()).float().eval()
+        if family == "qwen2_vl":
+            model = Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config()).float().eval()
+        else:
+            model = Qwen2_5_VLForConditionalGeneration(tiny_vl_config()).float().eval()
         randomize(model, seed)
         model.save_pretrained(directory)
     finally:

@@ -79,6 +79,16 @@ def test_min_thinking_tokens_above_the_budget_is_a_400(client):
     assert "min_thinking_tokens" in str(error.value)
 
 
+def test_anthropic_style_thinking_sets_the_same_budget(client, tiny, tokenizer):
+    closing = tokenizer.encode(BUDGET_EXHAUSTED_TEXT)
+    response = ask(client, max_tokens=4 + len(closing) + 2,
+                   extra_body={"thinking": {"type": "enabled", "budget_tokens": 4}})
+    assert response.usage.completion_tokens_details.reasoning_tokens == 4 + closing.index(tiny.end_think_id) + 1
+    disabled = ask(client, max_tokens=12, extra_body={"thinking": {"type": "disabled"}})
+    closing = tokenizer.encode(NO_THINKING_TEXT)
+    assert disabled.usage.completion_tokens_details.reasoning_tokens == closing.index(tiny.end_think_id) + 1
+
+
 def test_a_stream_joins_to_the_whole_reply(client, tokenizer):
     max_tokens = 8 + len(tokenizer.encode(BUDGET_EXHAUSTED_TEXT)) + 6  # thoughts, closing text, an answer
     whole = ask(client, max_tokens=max_tokens, extra_body={"max_thinking_tokens": 8})

@@ -1,4 +1,4 @@
-"""`omnilive serve --model DIR` on a tiny random Qwen2.5-VL checkpoint, through the OpenAI client.
+"""`omnilive serve --model DIR` on tiny random Qwen2.5-VL and Qwen2-VL checkpoints, through the OpenAI client.
 
 A real server subprocess; requests carry an image or a video as data URLs. The greedy reply
 equals transformers' generate on the same checkpoint, with transformers' own processor's inputs
@@ -27,9 +27,11 @@ API_KEY = "vl-test-key"
 MAX_TOKENS = 12
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_vl(tmp_path_factory.mktemp("tiny-vl"), seed=6)  # seed 6: a varied greedy reply
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])  # Qwen2-VL: QVQ's architecture
+def tiny(request, tmp_path_factory):
+    # seeds that give a varied greedy reply
+    seed = {"qwen2_5_vl": 6, "qwen2_vl": 6}[request.param]
+    return build_tiny_vl(tmp_path_factory.mktemp(request.param), seed=seed, family=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from omnilive.backends.native_prompt import (
 )
 from omnilive.types import AudioInput, EngineError, Message
 from omnilive.model.qwen2_5_vl import VLConfig, load_qwen2_5_vl
+from omnilive.model.qwen2_vl import load_qwen2_vl
 from omnilive.model.tokenizer import Tokenizer
 
 FAMILY = "Qwen2.5-VL"
@@ -54,26 +55,40 @@ VL_CHAT_TEMPLATE = (
 
 
 class VLProcessor(QwenProcessor):
-    """Qwen2.5-VL's processor: images and videos, no audio; the template's own system prompt."""
+    """Qwen2.5-VL's (and Qwen2-VL's) processor: images and videos, no audio; the template's own
+    system prompt."""
+
+    family = FAMILY
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, config: VLConfig) -> VLProcessor:
+    def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer, config: VLConfig,
+                        family: str = FAMILY) -> VLProcessor:
         tokens = MediaTokens(image=config.image_token_id, video=config.video_token_id)
-        return cls(tokenizer, tokens, VisualPreprocessing.from_checkpoint(directory),
-                   max_prompt_tokens=config.text_config.max_position_embeddings)
+        processor = cls(tokenizer, tokens, VisualPreprocessing.from_checkpoint(directory),
+                        max_prompt_tokens=config.text_config.max_position_embeddings)
+        processor.family = family
+        return processor
 
     def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
         if any(isinstance(part, AudioInput) for message in messages for part in message.content):
-            raise EngineError(f"{FAMILY} cannot hear: send images, videos and text, not audio", param="messages",
-                              code="unsupported_input")
+            raise EngineError(f"{self.family} cannot hear: send images, videos and text, not audio",
+                              param="messages", code="unsupported_input")
         return super().chat(messages, speak)
 
 
 def load_vl(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
     """Model, tokenizer and processor of a Qwen2.5-VL checkpoint directory, as an OmniModel
     without a talker (text out only)."""
-    directory = Path(directory)
-    model = load_qwen2_5_vl(directory, dtype, device)
+    return _vl_model(Path(directory), load_qwen2_5_vl(directory, dtype, device), FAMILY)
+
+
+def load_qwen2_vl_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
+    """The same for a Qwen2-VL checkpoint (QVQ-72B-Preview is one): Qwen2-VL's ViT, the same
+    processor and template (Qwen2-VL-Instruct's is Qwen2.5-VL's)."""
+    return _vl_model(Path(directory), load_qwen2_vl(directory, dtype, device), "Qwen2-VL")
+
+
+def _vl_model(directory: Path, model, family: str) -> OmniModel:
     tokenizer = load_omni_tokenizer(directory, fallback_template=VL_CHAT_TEMPLATE)
-    processor = VLProcessor.from_checkpoint(directory, tokenizer, model.vl_config)
-    return OmniModel(thinker=model, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
+    processor = VLProcessor.from_checkpoint(directory, tokenizer, model.vl_config, family)
+    return OmniModel(thinker=model, tokenizer=tokenizer, processor=processor, talker=None, family=family)

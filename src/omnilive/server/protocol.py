@@ -116,6 +116,13 @@ class StreamOptions(_Lenient):
 THINKING_BUDGET_BY_EFFORT = {"minimal": 0, "low": 512, "medium": 2048, "high": None}
 
 
+class ThinkingParams(_Lenient):
+    """Anthropic's `thinking`: enabled with a budget of thinking tokens, or disabled (budget 0)."""
+
+    type: Literal["enabled", "disabled"]
+    budget_tokens: int | None = Field(None, ge=0)
+
+
 class ChatCompletionRequest(_Lenient):
     """POST /v1/chat/completions.
 
@@ -147,6 +154,7 @@ class ChatCompletionRequest(_Lenient):
     max_thinking_tokens: int | None = Field(None, ge=0)  # extension
     thinking_token_budget: int | None = Field(None, ge=0)  # extension (vLLM's name)
     min_thinking_tokens: int | None = Field(None, ge=0)  # extension: think at least this long
+    thinking: ThinkingParams | None = None  # extension (Anthropic's shape)
     # extension (vLLM's): extra variables of the model's chat template, e.g. {"enable_thinking": false}
     chat_template_kwargs: dict[str, str | int | float | bool | None] | None = Field(None, max_length=16)
     user: str | None = None
@@ -189,6 +197,8 @@ class ChatCompletionRequest(_Lenient):
         for budget in (self.max_thinking_tokens, self.thinking_token_budget):
             if budget is not None:
                 return budget
+        if self.thinking is not None:
+            return 0 if self.thinking.type == "disabled" else self.thinking.budget_tokens
         return THINKING_BUDGET_BY_EFFORT[self.reasoning_effort] if self.reasoning_effort else None
 
 
