@@ -42,9 +42,14 @@ class TinyQwen3:
     end_think_id: int
 
 
-def build_tiny_qwen3(directory: str | Path, seed: int = 0) -> TinyQwen3:
+MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 48, "norm_topk_prob": True,
+       "decoder_sparse_step": 1, "mlp_only_layers": []}
+
+
+def build_tiny_qwen3(directory: str | Path, seed: int = 0, moe: bool = False) -> TinyQwen3:
+    """moe: a Qwen3-MoE checkpoint (4 experts, top 2) instead of a dense one."""
     from tokenizers import AddedToken
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
@@ -56,7 +61,10 @@ def build_tiny_qwen3(directory: str | Path, seed: int = 0) -> TinyQwen3:
               "bos_token": None, "tokenizer_class": "Qwen2Tokenizer"}
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(Qwen3Config(**CONFIG)).float().eval()
+    if moe:
+        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**CONFIG, **MOE)).float().eval()
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**CONFIG)).float().eval()
     randomize(model, seed)
     with torch.no_grad():
         for token in (END_THINK, "<|im_end|>", "<|endoftext|>"):

@@ -1,4 +1,5 @@
-"""`omnilive serve --model DIR` on a tiny random Qwen3 thinking checkpoint, through the OpenAI client.
+"""`omnilive serve --model DIR` on tiny random Qwen3 and Qwen3-MoE thinking checkpoints, through the
+OpenAI client.
 
 A real server subprocess. The model thinks until its budget runs out (its `</think>` and stop
 rows are zeroed, see tests/model/qwen3_tiny.py), so every budget is reached and checked: the
@@ -26,9 +27,10 @@ API_KEY = "qwen3-test-key"
 QUESTION = [{"role": "user", "content": "What is two plus two?"}]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"), seed=3)
+@pytest.fixture(scope="module", params=["qwen3", "qwen3_moe"])
+def tiny(request, tmp_path_factory):
+    seed = {"qwen3": 3, "qwen3_moe": 8}[request.param]  # seeds whose greedy replies vary
+    return build_tiny_qwen3(tmp_path_factory.mktemp(request.param), seed=seed, moe=request.param == "qwen3_moe")
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,7 @@ FAMILIES: dict[str, Loader] = {
     "qwen2_5_vl": _qwen2_5_vl,  # text, images, video in; text out
     "qwen2_vl": _qwen2_vl,  # the same (Qwen2-VL, QVQ)
     "qwen3": _qwen3,  # text in, text out; thinks
+    "qwen3_moe": _qwen3,  # the same, with sparse expert MLPs
 }
 
 

@@ -327,10 +327,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(linear.weight.dtype))
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        # torch's int8 kernel crashes (SIGSEGV) when in_features is not a multiple of 16
+        self.int8_kernel = linear.in_features % 16 == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] <= self.max_rows_for_int8_kernel:
+        if rows.shape[0] <= self.max_rows_for_int8_kernel and self.int8_kernel:
             y = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)
         elif self.packed:
             y = packed_linear(rows.to(torch.bfloat16), self.weight_int8_as_float) * self.scale

@@ -1,5 +1,6 @@
 """Qwen2 decoder-only language model, and the decoders that differ from it in a detail:
-Llama (biases), Qwen3 (no q/k/v bias, an RMSNorm on every query and key head).
+Llama (biases), Qwen3 (no q/k/v bias, an RMSNorm on every query and key head), Qwen3-MoE
+(Qwen3 with a sparse mixture of experts as the MLP of most layers, model/moe.py).
 
 Parameter names equal the Hugging Face checkpoint keys, so a safetensors checkpoint loads
 with no renaming. The model holds no request state: every call gets the KV cache, the cache
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from omnilive.model.kv_cache import KVCache, PagedKVCache
+from omnilive.model.moe import SparseMoE
 from omnilive.model.layers import (
     Attention,
     CacheWrite,
@@ -44,6 +46,13 @@ class Qwen2Config:
     head_dim: int | None = None  # None = hidden_size // num_attention_heads
     # M-RoPE (Qwen2-VL / Qwen2.5-Omni): rotary frequencies per position axis (t, h, w)
     mrope_section: tuple[int, ...] | None = None
+    # Qwen3-MoE: a sparse expert MLP in every decoder_sparse_step-th layer but mlp_only_layers
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
     model_type: str = "qwen2"
     torch_dtype: str | None = None
     bos_token_id: int | None = None
@@ -52,7 +61,11 @@ class Qwen2Config:
     @property
     def qk_norm(self) -> bool:
         """Qwen3: each query and key head is RMS-normalised before the rotary embedding."""
-        return self.model_type == "qwen3"
+        return self.model_type in ("qwen3", "qwen3_moe")
+
+    def is_moe_layer(self, index: int) -> bool:
+        return (self.num_experts > 0 and index not in self.mlp_only_layers
+                and (index + 1) % self.decoder_sparse_step == 0)
 
     @property
     def attention_head_dim(self) -> int:
@@ -75,6 +88,9 @@ class Qwen2Config:
             d["mrope_section"] = rope["mrope_section"]
         if d.get("mrope_section") is not None:
             d["mrope_section"] = tuple(d["mrope_section"])
+        if "num_experts" not in d and "num_local_experts" in d:  # transformers 5's name
+            d["num_experts"] = d["num_local_experts"]
+        d["mlp_only_layers"] = tuple(d.get("mlp_only_layers") or ())
         if "torch_dtype" not in d and "dtype" in d:
             d["torch_dtype"] = d["dtype"]
         if "attention_bias" not in d:
@@ -89,7 +105,7 @@ class Qwen2Config:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: Qwen2Config):
+    def __init__(self, config: Qwen2Config, index: int = 0):
         super().__init__()
         self.self_attn = Attention(
             config.hidden_size,
@@ -100,7 +116,11 @@ class DecoderLayer(nn.Module):
             output_bias=config.attention_output_bias,
             qk_norm_eps=config.rms_norm_eps if config.qk_norm else None,
         )
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        if config.is_moe_layer(index):
+            self.mlp = SparseMoE(config.hidden_size, config.moe_intermediate_size, config.num_experts,
+                                 config.num_experts_per_tok, config.norm_topk_prob)
+        else:
+            self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -113,7 +133,7 @@ class Qwen2Model(nn.Module):
     def __init__(self, config: Qwen2Config):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, index) for index in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta, config.mrope_section)
 
