@@ -1,0 +1,162 @@
+"""Decode speed of a native text checkpoint (Qwen3, Qwen3-MoE): omnilive vs transformers, in one run.
+
+Prints, never asserts. Both load the same directory in the same dtype, one after the other
+(never both in memory), and decode the same prompt greedily at batch 1: omnilive's engine
+(LLMEngine over the paged cache, as `omnilive serve --model DIR` runs it) against transformers'
+`generate`. Also prints the memory-bandwidth bound: bytes of weights one decode step reads (for
+a MoE, the attention, router and the `num_experts_per_tok` experts a token uses, i.e. the active
+parameters) ÷ measured copy bandwidth.
+
+    python bench/decode_text.py --make-random qwen3-4b /tmp/qwen3-4b [--layers 8]
+    python bench/decode_text.py --model /tmp/qwen3-4b [--threads 2] [--new-tokens 16] [--dtype bfloat16]
+
+--make-random writes a random-weight checkpoint of a real model's shape (qwen3-4b: Qwen3-4B;
+qwen3-30b-a3b: Qwen3-30B-A3B) with --layers of its layers (all by default), plus the packaged
+Qwen2.5 tokenizer.json (same vocabulary and chat tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from decode import copy_bandwidth_gbs, write_packaged_tokenizer
+from omnilive.backends.registry import loader_for
+from omnilive.engine.llm_engine import LLMEngine
+from omnilive.model.omni_checkpoint import read_config
+from omnilive.model.weights import resolve_dtype
+from omnilive.types import SamplingParams
+
+PROMPT = "<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n"
+SHAPES = {
+    "qwen3-4b": ("qwen3", {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                           "tie_word_embeddings": True}),
+    "qwen3-30b-a3b": ("qwen3_moe", {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+                                    "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                                    "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                                    "norm_topk_prob": True, "tie_word_embeddings": False}),
+}
+
+
+def make_random(shape: str, directory: Path, layers: int | None, dtype: torch.dtype) -> None:
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    model_type, sizes = SHAPES[shape]
+    sizes = {**sizes, "num_hidden_layers": layers or sizes["num_hidden_layers"], "vocab_size": 151936,
+             "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1e6}
+    config_cls, model_cls = ((Qwen3MoeConfig, Qwen3MoeForCausalLM) if model_type == "qwen3_moe"
+                             else (Qwen3Config, Qwen3ForCausalLM))
+    with torch.device("meta"):  # no random init of billions of weights: filled below
+        model = model_cls(config_cls(**sizes))
+    model = model.to(dtype).to_empty(device="cpu").eval()
+    model.tie_weights()  # to_empty gave lm_head its own tensor: a tied checkpoint shares it again
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:  # norms near 1
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=generator))
+            else:  # scaled so activations stay O(1) through the layers
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=dtype) / p.shape[-1] ** 0.5)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, max_shard_size="2GB")
+    write_packaged_tokenizer(directory)
+
+
+def bytes_per_token(model) -> int:
+    """Weights one decode step reads (of transformers' model, whose parameters are plain): every
+    parameter, except the experts a token does not use and the embedding rows."""
+    config = model.config
+    total = 0
+    for name, p in model.named_parameters():  # a tied head is listed once, as the embedding
+        if name == "model.embed_tokens.weight" and config.tie_word_embeddings:
+            total += p.numel() * p.element_size()  # read whole by the tied output head
+            continue
+        if ".experts." in name:  # transformers keeps each layer's experts as one 3D tensor
+            total += p.numel() * p.element_size() * config.num_experts_per_tok // config.num_experts
+        elif name != "model.embed_tokens.weight":  # one row of the embedding is read
+            total += p.numel() * p.element_size()
+    return total
+
+
+def ours_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int):
+    """(decode tok/s, tokens) through the served engine's step loop."""
+    loaded = loader_for(read_config(directory).get("model_type"), directory)(directory, dtype, "cpu")
+    engine = LLMEngine(loaded.thinker, loaded.tokenizer, max_slots=1, context_length=len(ids) + new_tokens + 8)
+    greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens)
+
+    def run(request_id: str, count: int) -> tuple[list[int], list[float]]:
+        engine.add_request(request_id, ids, SamplingParams(temperature=0.0, max_tokens=count),
+                           stop_token_ids=())
+        tokens, times = [], []
+        while engine.has_work():
+            t0 = time.perf_counter()
+            outputs = engine.step()
+            times.append(time.perf_counter() - t0)
+            tokens += [t for out in outputs for t in out.token_ids]
+        return tokens, times
+
+    run("warm-up", 2)
+    tokens, times = run("timed", greedy.max_tokens)
+    return (len(times) - 1) / sum(times[1:]), tokens  # the first step is the prefill
+
+
+def transformers_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    greedy = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=2, **greedy)  # warm-up
+        t0 = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=1, **greedy)
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
+        total = time.perf_counter() - t0
+    return (new_tokens - 1) / (total - prefill), out[0, len(ids):].tolist(), bytes_per_token(model)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--make-random", nargs=2, metavar=("SHAPE", "DIR"), help=f"SHAPE: {', '.join(SHAPES)}")
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--model", default=None, help="a qwen3 / qwen3_moe checkpoint directory")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--dtype", default="bfloat16")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = resolve_dtype(args.dtype)
+    if args.make_random:
+        shape, directory = args.make_random
+        make_random(shape, Path(directory), args.layers, dtype)
+        return
+    directory = Path(args.model)
+    from tokenizers import Tokenizer as HFTokenizer
+
+    ids = HFTokenizer.from_file(str(directory / "tokenizer.json")).encode(PROMPT, add_special_tokens=False).ids
+    bandwidth = copy_bandwidth_gbs()
+    with torch.inference_mode():
+        ours, ours_tokens = ours_decode(directory, dtype, ids, args.new_tokens)
+    gc.collect()
+    reference, ref_tokens, per_token = transformers_decode(directory, dtype, ids, args.new_tokens)
+    bound = bandwidth * 1e9 / per_token
+    same = next((i for i, (a, b) in enumerate(zip(ours_tokens, ref_tokens)) if a != b), len(ours_tokens))
+    config = read_config(directory)
+    print(f"{directory.name} ({config['model_type']}): hidden {config['hidden_size']}, {config['num_hidden_layers']} "
+          f"layers, {dtype}, {args.threads} threads, {os.cpu_count()} cores; prompt {len(ids)} tokens, "
+          f"{args.new_tokens} new, greedy; first {same} tokens identical")
+    print(f"copy bandwidth {bandwidth:.1f} GB/s; {per_token / 1e9:.2f} GB read per token → bound {bound:.2f} tok/s")
+    print(f"transformers generate: {reference:.2f} tok/s ({reference / bound:.2f} of bound)")
+    print(f"omnilive engine:       {ours:.2f} tok/s ({ours / bound:.2f} of bound, {ours / reference:.2f}x transformers)")
+
+
+if __name__ == "__main__":
+    main()
