@@ -3,8 +3,6 @@ and drop and paste, errors, stop, spoken replies, and the Markdown renderer's sa
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from tests.web.conftest import SIGN_WORD, app_state, needs_browser, screenshot
@@ -148,13 +146,59 @@ def test_wrong_api_key_and_server_errors_are_explained(browser):
 
 
 def test_markdown_is_rendered_safely(browser):
+    """Replies go through the vendored marked + KaTeX + DOMPurify: GFM tables, lists, code and
+    maths render; injection payloads stay inert (raw HTML shown as text, no script, image,
+    event handler or javascript: link), also through KaTeX's \\href."""
     page = browser.open()
-    html = page.evaluate("""async () => {
+    result = page.evaluate("""async () => {
         const { renderMarkdown } = await import('/js/markdown.js');
-        return renderMarkdown('**bold** <img src=x onerror=alert(1)> [x](javascript:alert(1)) [ok](https://a.b/?q=1&r=2)\\n\\n- one\\n- two\\n\\n```js\\nlet a = "<b>";\\n```');
+        const source = [
+            '**bold** <img src=x onerror=alert(1)> <script>alert(2)</script>',
+            '[x](javascript:alert(3)) [ok](https://a.b/?q=1&r=2) <a href="javascript:alert(4)">raw</a>',
+            '[y](JaVaScRiPt:alert(5)) ![pic](https://evil.example/t.png) <https://auto.link/x>',
+            '', '- one', '- two', '', '```js', 'let a = "<b>";', '```', '',
+            '| a | b |', '|---|---|', '| 1 | $x^2$ |', '',
+            'Inline \\\\(y_1\\\\) and costs $5 and $10. $\\\\href{javascript:alert(6)}{click}$', '',
+            '\\\\[\\\\int_0^1 x\\\\,dx\\\\]',
+        ].join('\\n');
+        const box = document.createElement('div');
+        box.className = 'message-body';
+        box.innerHTML = renderMarkdown(source);
+        document.querySelector('#empty-state')?.remove();
+        document.querySelector('#messages').append(box);  // where replies show, for the screenshot
+        const all = [...box.querySelectorAll('*')];
+        const streaming = document.createElement('div');
+        streaming.innerHTML = renderMarkdown('Take $$x^') + renderMarkdown('```py\\nprint(1');
+        return {
+            strong: box.querySelector('strong')?.textContent,
+            dangerous: box.querySelectorAll('script, img, iframe, object, embed, style, form').length,
+            handlers: all.filter(el => [...el.attributes].some(a => a.name.startsWith('on'))).length,
+            links: [...box.querySelectorAll('a')].map(a => [a.getAttribute('href'), a.target, a.rel]),
+            text: box.textContent,
+            items: [...box.querySelectorAll('ul > li')].map(li => li.textContent),
+            code: [box.querySelector('pre')?.dataset.language, box.querySelector('pre code')?.textContent],
+            cells: [...box.querySelectorAll('table td, table th')].map(td => td.textContent.trim().slice(0, 1)),
+            formulas: box.querySelectorAll('.katex').length,
+            display: box.querySelectorAll('.katex-display').length,
+            tex: [...box.querySelectorAll('annotation')].map(a => a.textContent),
+            streamingText: streaming.textContent,
+            streamingCode: streaming.querySelector('pre code')?.textContent,
+            streamingFormulas: streaming.querySelectorAll('.katex').length,
+        };
     }""")
-    assert "<strong>bold</strong>" in html
-    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
-    assert 'href="javascript' not in html and 'href="https://a.b/?q=1&amp;r=2"' in html
-    assert "<ul><li>one</li><li>two</li></ul>" in html
-    assert re.search(r'<pre data-language="js"><code>let a = &quot;&lt;b&gt;&quot;;</code></pre>', html)
+    assert result["strong"] == "bold"
+    assert result["dangerous"] == 0 and result["handlers"] == 0
+    assert "<img src=x onerror=alert(1)>" in result["text"] and "<script>alert(2)</script>" in result["text"]
+    hrefs = [href for href, _, _ in result["links"]]
+    assert all(href is None or href.startswith(("https://", "mailto:")) for href in hrefs), hrefs
+    assert {"https://a.b/?q=1&r=2", "https://auto.link/x", "https://evil.example/t.png"} <= set(hrefs)
+    assert all(target == "_blank" and "noopener" in rel for _, target, rel in result["links"])
+    assert result["items"] == ["one", "two"]
+    assert result["code"] == ["js", 'let a = "<b>";']
+    assert result["cells"] == ["a", "b", "1", "x"]  # the last cell is a formula
+    assert result["formulas"] == 4 and result["display"] == 1  # x^2, y_1, the \href one, the integral
+    assert "x^2" in result["tex"] and "y_1" in result["tex"]
+    assert "costs $5 and $10." in result["text"]  # prices are not maths
+    assert "Take $$x^" in result["streamingText"] and result["streamingFormulas"] == 0  # an open formula waits
+    assert result["streamingCode"] == "print(1"  # an open fence is code while it streams
+    screenshot(page, "09-markdown")

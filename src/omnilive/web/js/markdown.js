@@ -1,7 +1,14 @@
-// A small Markdown renderer for model replies. Safety first: the text is HTML-escaped before
-// any markup is added, and links keep only http(s) and mailto targets. Handles fenced code
-// (an unclosed fence while streaming counts as code), inline code, bold, italics, headings,
-// bullet and numbered lists, block quotes, links and paragraphs.
+// Model replies as Markdown, rendered by vendored libraries (web/vendor/README.md): marked parses
+// GitHub-flavoured Markdown (tables, strikethrough, task lists, autolinks), KaTeX renders maths
+// ($…$, $$…$$, \(…\), \[…\], as thinking models write them), DOMPurify sanitises the result.
+// Safety as before: raw HTML in a reply is shown as text, links keep only http(s) and mailto
+// targets and open in a new tab, images are shown as links (no request leaves the page by
+// itself), and DOMPurify removes anything executable that would still get through. Called on
+// every streamed delta: an unclosed code fence is code, an unclosed formula stays plain text.
+
+import { Marked } from "../vendor/marked.esm.js";
+import DOMPurify from "../vendor/purify.es.mjs";
+import katex from "../vendor/katex/katex.mjs";
 
 export function escapeHtml(text) {
   return text
@@ -12,108 +19,82 @@ export function escapeHtml(text) {
     .replace(/'/g, "&#39;");
 }
 
-export function renderMarkdown(source) {
-  const parts = source.replace(/\r\n?/g, "\n").split(/^```/m);
-  // parts alternate: prose, fence body, prose, fence body...
-  return parts
-    .map((part, i) => (i % 2 === 1 ? codeBlock(part) : renderBlocks(part)))
-    .join("");
+const SAFE_URL = /^(https?:\/\/|mailto:)/i;
+
+function renderMath(tex, displayMode) {
+  // trust: false keeps \href, \url and \htmlClass from making links or attributes
+  return katex.renderToString(tex, { displayMode, throwOnError: false, output: "htmlAndMathml", trust: false });
 }
 
-function codeBlock(fence) {
-  const newline = fence.indexOf("\n");
-  const language = newline >= 0 ? fence.slice(0, newline).trim() : fence.trim();
-  const code = newline >= 0 ? fence.slice(newline + 1).replace(/\n$/, "") : "";
-  const label = /^[\w+#.-]{1,20}$/.test(language) ? language : "";
-  const attribute = label ? ` data-language="${escapeHtml(label)}"` : "";
-  return `<pre${attribute}><code>${escapeHtml(code)}</code></pre>`;
+function mathExtension(name, open, close, displayMode) {
+  const quote = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  // $…$ must hug its formula and not be followed by a digit, so "$5 and $10" stays text
+  const body = open === "$" ? "(?!\\s)([^\\n$]+?)(?<!\\s)" : "([\\s\\S]+?)";
+  const after = open === "$" ? "(?!\\d)" : "";
+  const rule = new RegExp(`^${quote(open)}${body}${quote(close)}${after}`);
+  return {
+    name,
+    level: "inline",
+    start(src) {
+      const index = src.indexOf(open);
+      return index < 0 ? undefined : index;
+    },
+    tokenizer(src) {
+      const match = rule.exec(src);
+      if (match) return { type: name, raw: match[0], text: match[1].trim() };
+      return undefined;
+    },
+    renderer(token) {
+      return renderMath(token.text, displayMode);
+    },
+  };
 }
 
-function renderBlocks(text) {
-  const lines = text.split("\n");
-  const html = [];
-  let paragraph = [];
-  let list = null; // { tag: "ul" | "ol", items: [] }
-  let quote = [];
+const renderer = {
+  html({ text }) {
+    return escapeHtml(text); // raw HTML from the model is shown, never interpreted
+  },
+  heading({ tokens, depth }) {
+    const level = Math.min(depth + 2, 6); // the page's own headings come first
+    return `<h${level}>${this.parser.parseInline(tokens)}</h${level}>`;
+  },
+  code({ text, lang }) {
+    const label = /^[\w+#.-]{1,20}$/.test(lang || "") ? lang : "";
+    const attribute = label ? ` data-language="${escapeHtml(label)}"` : "";
+    return `<pre${attribute}><code>${escapeHtml(text)}</code></pre>`;
+  },
+  link({ href, tokens }) {
+    const label = this.parser.parseInline(tokens);
+    return SAFE_URL.test(href || "") ? `<a href="${escapeHtml(href)}">${label}</a>` : label;
+  },
+  image({ href, text }) {
+    return SAFE_URL.test(href || "") ? `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>` : escapeHtml(text);
+  },
+};
 
-  const flushParagraph = () => {
-    if (paragraph.length) html.push(`<p>${paragraph.map(inline).join("<br>")}</p>`);
-    paragraph = [];
-  };
-  const flushList = () => {
-    if (list) html.push(`<${list.tag}>${list.items.map((item) => `<li>${inline(item)}</li>`).join("")}</${list.tag}>`);
-    list = null;
-  };
-  const flushQuote = () => {
-    if (quote.length) html.push(`<blockquote>${quote.map(inline).join("<br>")}</blockquote>`);
-    quote = [];
-  };
-  const flushAll = () => {
-    flushParagraph();
-    flushList();
-    flushQuote();
-  };
+const marked = new Marked({
+  gfm: true,
+  breaks: true, // a line break in a reply is a line break on screen
+  renderer,
+  extensions: [
+    mathExtension("displayDollars", "$$", "$$", true),
+    mathExtension("displayBrackets", "\\[", "\\]", true),
+    mathExtension("inlineParens", "\\(", "\\)", false),
+    mathExtension("inlineDollar", "$", "$", false),
+  ],
+});
 
-  for (const line of lines) {
-    const heading = /^(#{1,6})\s+(.*)$/.exec(line);
-    const bullet = /^\s*[-*+]\s+(.*)$/.exec(line);
-    const numbered = /^\s*\d+[.)]\s+(.*)$/.exec(line);
-    const quoted = /^>\s?(.*)$/.exec(line);
-    if (!line.trim()) {
-      flushAll();
-    } else if (heading) {
-      flushAll();
-      const level = Math.min(heading[1].length + 2, 6); // the page's own headings come first
-      html.push(`<h${level}>${inline(heading[2])}</h${level}>`);
-    } else if (/^\s*([-*_])(\s*\1){2,}\s*$/.test(line)) {
-      flushAll();
-      html.push("<hr>");
-    } else if (bullet || numbered) {
-      flushParagraph();
-      flushQuote();
-      const tag = bullet ? "ul" : "ol";
-      if (list && list.tag !== tag) flushList();
-      if (!list) list = { tag, items: [] };
-      list.items.push((bullet || numbered)[1]);
-    } else if (quoted) {
-      flushParagraph();
-      flushList();
-      quote.push(quoted[1]);
-    } else if (list && /^\s+\S/.test(line)) {
-      list.items[list.items.length - 1] += " " + line.trim(); // a wrapped list item
-    } else {
-      flushList();
-      flushQuote();
-      paragraph.push(line);
-    }
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") {
+    if (!SAFE_URL.test(node.getAttribute("href") || "")) node.removeAttribute("href");
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer");
   }
-  flushAll();
-  return html.join("");
-}
+});
 
-// Inline markup on one escaped line. Code spans are set aside first so nothing inside them
-// is treated as markup.
-function inline(raw) {
-  const spans = [];
-  let text = escapeHtml(raw).replace(/`([^`]+)`/g, (_, code) => {
-    spans.push(`<code>${code}</code>`);
-    return `\u0000${spans.length - 1}\u0000`;
-  });
-  text = text
-    .replace(/\[([^\]]+)\]\(([^)\s]+)\)/g, (whole, label, url) =>
-      safeUrl(url) ? `<a href="${url}" target="_blank" rel="noopener noreferrer">${label}</a>` : whole,
-    )
-    .replace(/(^|[\s(])(https?:\/\/[^\s<)]*[^\s<).,;:!?])/g, (_, before, url) =>
-      `${before}<a href="${url}" target="_blank" rel="noopener noreferrer">${url}</a>`,
-    )
-    .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
-    .replace(/__([^_]+)__/g, "<strong>$1</strong>")
-    .replace(/(^|[^*\w])\*([^*\s][^*]*?)\*(?!\w)/g, "$1<em>$2</em>")
-    .replace(/(^|[^_\w])_([^_\s][^_]*?)_(?!\w)/g, "$1<em>$2</em>")
-    .replace(/~~([^~]+)~~/g, "<del>$1</del>");
-  return text.replace(/\u0000(\d+)\u0000/g, (_, i) => spans[Number(i)]);
-}
-
-function safeUrl(url) {
-  return /^(https?:\/\/|mailto:)/i.test(url.replace(/&amp;/g, "&"));
+export function renderMarkdown(source) {
+  const html = marked.parse(source.replace(/\r\n?/g, "\n"));
+  // KaTeX's MathML keeps its TeX source in <annotation> (copy, screen readers): plain text, allowed
+  return DOMPurify.sanitize(html, { ADD_TAGS: ["annotation"], ADD_ATTR: ["target", "encoding"],
+                                   FORBID_TAGS: ["style", "form", "img"] });
 }
