@@ -225,6 +225,8 @@ async function reply() {
       onAudio: (data) => player.enqueue(data, audioItem),
     });
     if (result.finishReason === "length") view.setStatus("The reply hit the length limit.");
+    const thought = result.usage?.completion_tokens_details?.reasoning_tokens;
+    if (thought) view.setThinkingUsage(thought, body.max_thinking_tokens);
   } catch (err) {
     if (err.name === "AbortError") {
       view.setStatus("Stopped.");

@@ -99,6 +99,12 @@ export class MessageView {
     this.schedule();
   }
 
+  // after the reply: how long it thought, against the budget the request set (if any)
+  setThinkingUsage(tokens, budget) {
+    const summary = this.reasoningBox.querySelector("summary");
+    summary.textContent = `Thought for ${tokens} tokens` + (budget !== undefined ? ` (budget ${budget})` : "");
+  }
+
   setPending(pending) {
     this.element.classList.toggle("pending", pending);
   }
