@@ -39,14 +39,19 @@ def tokenizer(tiny):
 
 
 @pytest.fixture(scope="module")
-def client(tiny, tmp_path_factory):
-    from openai import OpenAI
-
+def server(tiny, tmp_path_factory):
     args = ["--model", str(tiny.directory), "--dtype", "float32"]
     with ServerProcess(tmp_path_factory.mktemp("qwen3-data"), api_key=API_KEY, env={"OMNILIVE_THREADS": "1"},
                        args=args) as running:
-        with OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
-            yield openai_client
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+        yield openai_client
 
 
 def ask(client, **extra):
@@ -145,3 +150,38 @@ def test_chat_template_kwargs_take_plain_values_only(client):
     with pytest.raises(BadRequestError):
         ask(client, max_tokens=4, extra_body={"chat_template_kwargs": {"enable_thinking": {"nested": True}}})
     assert ask(client, max_tokens=4).usage.completion_tokens == 4  # the server serves on
+
+
+def test_realtime_replies_stream_their_reasoning_apart_within_the_budget(server, tiny, tokenizer):
+    """The Realtime API on a thinking model: `max_thinking_tokens` (a session extension) caps the
+    thinking, the reasoning arrives as response.reasoning_text.* events (never in the reply's
+    text or speech), usage counts reasoning tokens; every standard event keeps the openai shape."""
+    import json
+
+    from websockets.sync.client import connect
+
+    from tests.server.test_realtime import GA_EVENTS, check_event
+
+    budget, closing = 5, tokenizer.encode(BUDGET_EXHAUSTED_TEXT)
+    url = server.url.replace("http", "ws", 1) + "/v1/realtime"
+    events = []
+    with connect(url, additional_headers=server.auth_headers, max_size=None) as ws:
+        ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "realtime", "output_modalities": ["text"], "max_thinking_tokens": budget}}))
+        ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is two plus two?"}]}}))
+        ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": budget + len(closing) + 6}}))
+        while not events or events[-1]["type"] != "response.done":
+            events.append(json.loads(ws.recv(timeout=60)))
+    for event in events:
+        if not event["type"].startswith("response.reasoning_text."):  # our extension's events
+            check_event(event, GA_EVENTS)
+    updated = next(e for e in events if e["type"] == "session.updated")
+    assert updated["session"]["max_thinking_tokens"] == budget
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_text.delta")
+    (done,) = [e for e in events if e["type"] == "response.reasoning_text.done"]
+    assert deltas == done["text"] and done["text"].endswith(BUDGET_EXHAUSTED_TEXT.split("</think>")[0])
+    (text,) = [e["text"] for e in events if e["type"] == "response.output_text.done"]
+    assert text and "Considering the limited time" not in text  # the answer, without the reasoning
+    usage = events[-1]["response"]["usage"]
+    assert usage["output_token_details"]["reasoning_tokens"] == budget + closing.index(tiny.end_think_id) + 1

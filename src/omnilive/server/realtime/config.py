@@ -42,6 +42,7 @@ class SessionConfig:
     transcription_prompt: str | None = None
     temperature: float | None = None
     max_output_tokens: int | None = None
+    max_thinking_tokens: int | None = None  # None: unlimited (thinking models only)
 
 
 def updated_config(config: SessionConfig, s: ev.SessionIn) -> SessionConfig:
@@ -69,6 +70,8 @@ def updated_config(config: SessionConfig, s: ev.SessionIn) -> SessionConfig:
         changes["temperature"] = s.temperature
     if (limit := s.max_output_tokens or s.max_response_output_tokens) is not None:
         changes["max_output_tokens"] = None if limit == "inf" else limit
+    if "max_thinking_tokens" in s.model_fields_set:
+        changes["max_thinking_tokens"] = s.max_thinking_tokens
     return replace(config, **changes)
 
 
@@ -77,7 +80,7 @@ def session_wire(config: SessionConfig, session_id: str, card: ModelCard, dialec
     detection = None if td is None else {"type": "server_vad", **{k: getattr(td, k) for k in TURN_DETECTION_FIELDS}}
     transcription = {"model": _asr_name(card), "language": c.language, "prompt": c.transcription_prompt}
     common = {"id": session_id, "object": "realtime.session", "instructions": c.instructions, "tools": [],
-              "tool_choice": "auto"}
+              "tool_choice": "auto", "max_thinking_tokens": c.max_thinking_tokens}  # the last: an extension
     limit = c.max_output_tokens or "inf"
     if dialect.beta:  # the beta schema lists only OpenAI's model names, so ours is left out
         return {**common, "modalities": ["text", "audio"] if c.audio_out else ["text"], "voice": c.voice,
@@ -105,6 +108,8 @@ def response_plan(config: SessionConfig, request: ev.ResponseIn) -> ResponsePlan
         instructions=c.instructions if request.instructions is None else request.instructions,
         temperature=c.temperature if request.temperature is None else request.temperature,
         max_output_tokens=c.max_output_tokens if limit is None else (None if limit == "inf" else limit),
+        max_thinking_tokens=(request.max_thinking_tokens if "max_thinking_tokens" in request.model_fields_set
+                             else c.max_thinking_tokens),
     )
 
 

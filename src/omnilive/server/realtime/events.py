@@ -104,6 +104,7 @@ class SessionIn(_In):
     speed: float | None = Field(None, ge=0.25, le=1.5)
     max_response_output_tokens: MaxTokens | None = None
     max_output_tokens: MaxTokens | None = None
+    max_thinking_tokens: int | None = Field(None, ge=0)  # extension: a thinking model's budget
 
 
 # -- conversation items -------------------------------------------------------------------------------
@@ -133,6 +134,7 @@ class ResponseIn(_In):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_output_tokens: MaxTokens | None = None
     max_response_output_tokens: MaxTokens | None = None
+    max_thinking_tokens: int | None = Field(None, ge=0)  # extension: a thinking model's budget
 
 
 # -- client events ---------------------------------------------------------------------------------

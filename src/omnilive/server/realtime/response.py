@@ -33,6 +33,7 @@ from omnilive.types import (
     EngineError,
     EngineOutput,
     Finished,
+    ReasoningDelta,
     TextDelta,
     Usage,
 )
@@ -53,6 +54,7 @@ class ResponsePlan:
     instructions: str
     temperature: float | None
     max_output_tokens: int | None
+    max_thinking_tokens: int | None = None
 
 
 class ResponseRun:
@@ -62,6 +64,7 @@ class ResponseRun:
         self.plan, self.item, self.emit, self.dialect, self.metrics = plan, item, emit, dialect, metrics
         self.cancel_reason: str | None = None  # "turn_detected" | "client_cancelled", set by the canceller
         self.content = Content("output_audio" if plan.audio else "output_text")
+        self.reasoning = ""  # a thinking model's reasoning: sent as its own events, never spoken
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
         self.first_audio_at: float | None = None
@@ -109,6 +112,9 @@ class ResponseRun:
                     self.metrics.time_to_first_token.observe(self.first_token_at - self.started_at)
                 if isinstance(out, AudioChunk) and self.plan.audio:
                     self._send_audio(out)
+                elif isinstance(out, ReasoningDelta) and out.text:
+                    self.reasoning += out.text
+                    self.emit("response.reasoning_text.delta", **self._at(), delta=out.text)
                 elif isinstance(out, TextDelta) and not self.plan.audio and out.text:
                     self.content.text += out.text
                     self.emit("response.output_text.delta", **self._at(), delta=out.text)
@@ -151,6 +157,8 @@ class ResponseRun:
             self.emit("response.output_audio.delta", **self._at(), delta=base64.b64encode(pcm16_bytes(piece)).decode())
 
     def _finish(self, status: str, usage: Usage | None, details: dict | None) -> None:
+        if self.reasoning:
+            self.emit("response.reasoning_text.done", **self._at(), text=self.reasoning)
         self.content.text = self.content.text.strip()
         if self.plan.audio:
             self.emit("response.output_audio.done", **self._at())
@@ -236,5 +244,6 @@ def _usage_wire(usage: Usage) -> dict:
         "output_tokens": usage.completion_tokens,
         "input_token_details": {"text_tokens": usage.prompt_tokens, "audio_tokens": 0,
                                 "cached_tokens": usage.cached_prompt_tokens},
-        "output_token_details": {"text_tokens": usage.completion_tokens, "audio_tokens": 0},
+        "output_token_details": {"text_tokens": usage.completion_tokens, "audio_tokens": 0,
+                                 "reasoning_tokens": usage.reasoning_tokens},
     }

@@ -366,7 +366,7 @@ class RealtimeSession:
         sampling = SamplingParams(max_tokens=plan.max_output_tokens) if plan.temperature is None else \
             SamplingParams(temperature=plan.temperature, max_tokens=plan.max_output_tokens)
         request = EngineRequest(response_id, messages, sampling, ("text", "audio") if plan.audio else ("text",),
-                                plan.voice)
+                                plan.voice, max_thinking_tokens=plan.max_thinking_tokens)
         async with contextlib.aclosing(self.engine.generate(request)) as stream:  # closing aborts the request
             async for out in stream:
                 yield out
