@@ -261,15 +261,21 @@ def transformers_omni_decode(directory: Path, dtype: torch.dtype, ids: list[int]
 
     config = Qwen2_5OmniConfig.from_pretrained(directory).thinker_config
     reference = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(directory, config=config, dtype=dtype).eval()
+    return time_generate(reference, ids, new_tokens)
+
+
+def time_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    """(prefill seconds, decode tok/s, greedy tokens) of a transformers model's `generate`,
+    after a warm-up; it never stops before `new_tokens`."""
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     greedy = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
     with torch.inference_mode():
-        reference.generate(**inputs, max_new_tokens=2, **greedy)  # warm-up
+        model.generate(**inputs, max_new_tokens=2, **greedy)  # warm-up
         t0 = time.perf_counter()
-        reference.generate(**inputs, max_new_tokens=1, **greedy)
+        model.generate(**inputs, max_new_tokens=1, **greedy)
         prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = reference.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
         total = time.perf_counter() - t0
     return prefill, (new_tokens - 1) / (total - prefill), out[0, len(ids):].tolist()
 

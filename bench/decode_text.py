@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from decode import copy_bandwidth_gbs, write_packaged_tokenizer
+from decode import copy_bandwidth_gbs, time_generate, write_packaged_tokenizer
 from omnilive.backends.registry import loader_for
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.model.omni_checkpoint import read_config
@@ -110,17 +110,8 @@ def transformers_decode(directory: Path, dtype: torch.dtype, ids: list[int], new
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
-    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
-    greedy = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
-    with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=2, **greedy)  # warm-up
-        t0 = time.perf_counter()
-        model.generate(**inputs, max_new_tokens=1, **greedy)
-        prefill = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **greedy)
-        total = time.perf_counter() - t0
-    return (new_tokens - 1) / (total - prefill), out[0, len(ids):].tolist(), bytes_per_token(model)
+    _, rate, tokens = time_generate(model, ids, new_tokens)
+    return rate, tokens, bytes_per_token(model)
 
 
 def main() -> None:

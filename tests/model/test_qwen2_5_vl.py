@@ -110,20 +110,18 @@ def test_logits_match_transformers(tiny, ours, case):
     assert (got - expected).abs().max().item() <= TOLERANCE
 
 
-def test_greedy_tokens_match_transformers_generate(tiny, ours):
-    prompt = Prompt().text(3).image(8, 8).text(2)
-    media, reference = prompt.media(seed=3)
+def assert_greedy_equals_generate(reference_model, ours, prompt: Prompt, media, reference: dict, n: int = 16):
+    """Our prefill and one-token decode steps pick what transformers' generate picks."""
     ids = torch.tensor([prompt.ids])
-    tiny[1].model.rope_deltas = None
+    reference_model.model.rope_deltas = None
     with torch.no_grad():
-        generated = tiny[1].generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
-                                     min_new_tokens=16, do_sample=False, **reference)
+        generated = reference_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                             min_new_tokens=n, do_sample=False, **reference)
     expected = generated[0, len(prompt.ids):].tolist()
-
     prepared = ours.prepare_prompt(prompt.ids, media)
     logits, cache = prefill(ours, prepared)
     tokens = [int(logits[-1].argmax())]
-    for step in range(15):
+    for step in range(n - 1):
         position = torch.tensor([[len(prepared) + step]])
         with torch.no_grad():
             hidden = ours(torch.tensor([[tokens[-1]]]), position, cache, torch.tensor([0]),
@@ -131,6 +129,11 @@ def test_greedy_tokens_match_transformers_generate(tiny, ours):
         tokens.append(int(ours.compute_logits(hidden[0, -1]).argmax()))
     assert len(set(expected)) > 3  # a varied sequence, not one token repeated
     assert tokens == expected
+
+
+def test_greedy_tokens_match_transformers_generate(tiny, ours):
+    prompt = Prompt().text(3).image(8, 8).text(2)
+    assert_greedy_equals_generate(tiny[1], ours, prompt, *prompt.media(seed=3))
 
 
 def test_text_after_a_long_video_starts_past_its_temporal_ids(ours):

@@ -7,6 +7,7 @@ question as a 48 kHz WAV (with silence after it, so the server's VAD ends the tu
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import shutil
@@ -138,17 +139,24 @@ class Browser:
             context.close()
 
 
-@pytest.fixture
-def browser(web_server, tmp_path):
+@contextlib.contextmanager
+def browser_on(server: ServerProcess, tmp_path: Path):
+    """A Browser on `server`; at the end no page may have thrown an uncaught error."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        opened = Browser(playwright, web_server, tmp_path)
+        opened = Browser(playwright, server, tmp_path)
         try:
             yield opened
         finally:
             opened.close()
         assert not opened.page_errors, f"uncaught errors in the page: {opened.page_errors}"
+
+
+@pytest.fixture
+def browser(web_server, tmp_path):
+    with browser_on(web_server, tmp_path) as opened:
+        yield opened
 
 
 def screenshot(page, name: str) -> Path:

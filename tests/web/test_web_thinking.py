@@ -11,7 +11,7 @@ from omnilive.backends.native_prompt import load_omni_tokenizer
 from omnilive.engine.thinking import BUDGET_EXHAUSTED_TEXT
 from tests.model.qwen3_tiny import build_tiny_qwen3
 from tests.server_process import ServerProcess
-from tests.web.conftest import WEB_API_KEY, Browser, needs_browser, screenshot
+from tests.web.conftest import WEB_API_KEY, browser_on, needs_browser, screenshot
 
 pytestmark = [pytest.mark.slow, needs_browser]
 BUDGET = 6
@@ -32,15 +32,8 @@ def qwen3_server(tiny, tmp_path_factory):
 
 @pytest.fixture
 def browser(qwen3_server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        opened = Browser(playwright, qwen3_server, tmp_path)
-        try:
-            yield opened
-        finally:
-            opened.close()
-        assert not opened.page_errors, f"uncaught errors in the page: {opened.page_errors}"
+    with browser_on(qwen3_server, tmp_path) as opened:
+        yield opened
 
 
 def test_the_thinking_budget_from_the_slider_ends_the_thoughts_and_the_reply_answers(browser, tiny):
