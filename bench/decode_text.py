@@ -9,6 +9,10 @@ parameters) ÷ measured copy bandwidth.
 
     python bench/decode_text.py --make-random qwen3-4b /tmp/qwen3-4b [--layers 8]
     python bench/decode_text.py --model /tmp/qwen3-4b [--threads 2] [--new-tokens 16] [--dtype bfloat16]
+                                [--prompt-tokens 20 1000]
+
+--prompt-tokens: time to first token (the prefill) at these prompt lengths too (a longer prompt
+repeats the question's text), ours vs transformers; decode is timed at the first length.
 
 --make-random writes a random-weight checkpoint of a real model's shape (qwen3-4b: Qwen3-4B;
 qwen3-30b-a3b: Qwen3-30B-A3B) with --layers of its layers (all by default), plus the packaged
@@ -84,14 +88,17 @@ def bytes_per_token(model) -> int:
     return total
 
 
-def ours_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int):
-    """(decode tok/s, tokens) through the served engine's step loop."""
+def ours_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int, prompts: list[list[int]]):
+    """(decode tok/s, tokens, TTFT seconds of each of `prompts`) through the served engine's step
+    loop (prefill chunks of up to 2048 tokens: one forward for these prompts)."""
     loaded = loader_for(read_config(directory).get("model_type"), directory)(directory, dtype, "cpu")
-    engine = LLMEngine(loaded.thinker, loaded.tokenizer, max_slots=1, context_length=len(ids) + new_tokens + 8)
+    longest = max(len(p) for p in [ids, *prompts])
+    engine = LLMEngine(loaded.thinker, loaded.tokenizer, max_slots=1, context_length=longest + new_tokens + 8,
+                       prefill_chunk_tokens=2048)
     greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens)
 
-    def run(request_id: str, count: int) -> tuple[list[int], list[float]]:
-        engine.add_request(request_id, ids, SamplingParams(temperature=0.0, max_tokens=count),
+    def run(request_id: str, count: int, prompt: list[int] = ids) -> tuple[list[int], list[float]]:
+        engine.add_request(request_id, prompt, SamplingParams(temperature=0.0, max_tokens=count),
                            stop_token_ids=())
         tokens, times = [], []
         while engine.has_work():
@@ -103,15 +110,18 @@ def ours_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens:
 
     run("warm-up", 2)
     tokens, times = run("timed", greedy.max_tokens)
-    return (len(times) - 1) / sum(times[1:]), tokens  # the first step is the prefill
+    ttft = [run(f"ttft-{i}", 1, prompt)[1][0] for i, prompt in enumerate(prompts)]
+    return (len(times) - 1) / sum(times[1:]), tokens, ttft  # the first step is the prefill
 
 
-def transformers_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int):
+def transformers_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int,
+                        prompts: list[list[int]]):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
     _, rate, tokens = time_generate(model, ids, new_tokens)
-    return rate, tokens, bytes_per_token(model)
+    ttft = [time_generate(model, prompt, 2)[0] for prompt in prompts]
+    return rate, tokens, bytes_per_token(model), ttft
 
 
 def main() -> None:
@@ -122,6 +132,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--prompt-tokens", type=int, nargs="*", default=[], help="also time the prefill at these lengths")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype)
@@ -132,12 +143,15 @@ def main() -> None:
     directory = Path(args.model)
     from tokenizers import Tokenizer as HFTokenizer
 
-    ids = HFTokenizer.from_file(str(directory / "tokenizer.json")).encode(PROMPT, add_special_tokens=False).ids
+    tokenizer = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    ids = tokenizer.encode(PROMPT, add_special_tokens=False).ids
+    filler = tokenizer.encode(PROMPT.split("\n")[1] + " ", add_special_tokens=False).ids
+    prompts = [(filler * (n // len(filler) + 1))[: n - len(ids)] + ids for n in args.prompt_tokens]
     bandwidth = copy_bandwidth_gbs()
     with torch.inference_mode():
-        ours, ours_tokens = ours_decode(directory, dtype, ids, args.new_tokens)
+        ours, ours_tokens, ours_ttft = ours_decode(directory, dtype, ids, args.new_tokens, prompts)
     gc.collect()
-    reference, ref_tokens, per_token = transformers_decode(directory, dtype, ids, args.new_tokens)
+    reference, ref_tokens, per_token, ref_ttft = transformers_decode(directory, dtype, ids, args.new_tokens, prompts)
     bound = bandwidth * 1e9 / per_token
     same = next((i for i, (a, b) in enumerate(zip(ours_tokens, ref_tokens)) if a != b), len(ours_tokens))
     config = read_config(directory)
@@ -147,6 +161,9 @@ def main() -> None:
     print(f"copy bandwidth {bandwidth:.1f} GB/s; {per_token / 1e9:.2f} GB read per token → bound {bound:.2f} tok/s")
     print(f"transformers generate: {reference:.2f} tok/s ({reference / bound:.2f} of bound)")
     print(f"omnilive engine:       {ours:.2f} tok/s ({ours / bound:.2f} of bound, {ours / reference:.2f}x transformers)")
+    for prompt, mine, theirs in zip(prompts, ours_ttft, ref_ttft):
+        print(f"TTFT at {len(prompt)} prompt tokens: omnilive {mine:.2f} s, transformers {theirs:.2f} s "
+              f"(ours / theirs {mine / theirs:.2f})")
 
 
 if __name__ == "__main__":
