@@ -27,7 +27,14 @@ from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
 from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.qwen2_5_vl import _KEY_PREFIXES, VLConfig, Qwen2_5_VL, _normalised_rope
-from omnilive.model.vision import NORM_EPS, VisionRotary, _patch_positions, _rotate, segment_attention
+from omnilive.model.vision import (
+    NORM_EPS,
+    VisionRotary,
+    _patch_positions,
+    _rotate,
+    check_patches,
+    segment_attention,
+)
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
 
 ACTIVATIONS = {
@@ -177,10 +184,7 @@ class Qwen2VLVision(nn.Module):
         """pixel_values [N, C*T*P*P] in preprocessing order, grid_thw [items, 3]
         → [N / merge^2, hidden_size], one row per LM placeholder token, items in order."""
         c = self.config
-        expected = int(grid_thw.prod(-1).sum())
-        if pixel_values.shape != (expected, c.patch_dim):
-            raise ValueError(f"pixel_values {tuple(pixel_values.shape)} do not match grid_thw "
-                             f"({expected} patches of {c.patch_dim})")
+        check_patches(pixel_values, grid_thw, c.patch_dim)
         grids = grid_thw.cpu().tolist()
         positions = torch.cat([_patch_positions(t, h, w, c.spatial_merge_size) for t, h, w in grids])
         frames = torch.tensor([h * w for t, h, w in grids for _ in range(t)])

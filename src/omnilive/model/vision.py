@@ -110,6 +110,14 @@ class VisionLayout:
         return merged[torch.argsort(self.unit_order)]
 
 
+def check_patches(pixel_values: torch.Tensor, grid_thw: torch.Tensor, patch_dim: int) -> None:
+    """ValueError unless pixel_values is [patches of grid_thw, patch_dim]."""
+    expected = int(grid_thw.prod(-1).sum())
+    if pixel_values.shape != (expected, patch_dim):
+        raise ValueError(f"pixel_values {tuple(pixel_values.shape)} do not match grid_thw "
+                         f"({expected} patches of {patch_dim})")
+
+
 def _patch_positions(t: int, h: int, w: int, merge: int) -> torch.Tensor:
     """[t*h*w, 2] (row, col) of each patch in preprocessing order: merge units row-major,
     the 2x2 patches of a unit contiguous, the same grid repeated for each frame."""
@@ -230,12 +238,7 @@ class VisionEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C*T*P*P], grid_thw [images, 3] (t, h, w in patches)
         → [N / merge^2, out_hidden_size], one row per LM placeholder token, images in order."""
-        expected = int(grid_thw.prod(-1).sum())
-        if pixel_values.shape != (expected, self.config.patch_dim):
-            raise ValueError(
-                f"pixel_values {tuple(pixel_values.shape)} do not match grid_thw "
-                f"({expected} patches of {self.config.patch_dim})"
-            )
+        check_patches(pixel_values, grid_thw, self.config.patch_dim)
         layout = VisionLayout.build(grid_thw.cpu(), self.config).to(pixel_values.device)
         cos, sin = self.rotary(layout.positions)
 
