@@ -52,6 +52,23 @@ _KEY_PREFIXES = (
 )
 
 
+def renamed(key: str) -> str:
+    """A checkpoint key under our module names (the first matching prefix wins)."""
+    return next((new + key[len(old):] for old, new in _KEY_PREFIXES if key.startswith(old)), key)
+
+
+def vl_text_config(raw: dict[str, Any], family: str) -> tuple[Qwen2Config, bool]:
+    """The M-RoPE Qwen2 text config of a Qwen2-VL / Qwen2.5-VL config.json (older checkpoints
+    keep its keys at the top level), and whether the output head is tied."""
+    text = _normalised_rope(raw.get("text_config") or raw)
+    tie = bool(raw.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False))
+    text_config = Qwen2Config.from_dict({**text, "model_type": "qwen2", "attention_bias": True,
+                                         "tie_word_embeddings": tie})
+    if text_config.mrope_section is None:
+        raise ValueError(f"the {family} text config has no mrope_section")
+    return text_config, tie
+
+
 def _normalised_rope(text: dict[str, Any]) -> dict[str, Any]:
     """Old configs mark M-RoPE as rope type "mrope"; for us it is the default rotary plus sections."""
     text = dict(text)
@@ -77,13 +94,7 @@ class VLConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
-        # older checkpoints keep the text model's keys at the top level
-        text = _normalised_rope(raw.get("text_config") or raw)
-        tie = bool(raw.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False))
-        text_config = Qwen2Config.from_dict({**text, "model_type": "qwen2", "attention_bias": True,
-                                             "tie_word_embeddings": tie})
-        if text_config.mrope_section is None:
-            raise ValueError("the Qwen2.5-VL text config has no mrope_section")
+        text_config, tie = vl_text_config(raw, "Qwen2.5-VL")
         vision = raw.get("vision_config", {})
         scalar_names = {f.name for f in dataclasses.fields(cls)} - {"text_config", "vision_config", "tie_word_embeddings"}
         return cls(
@@ -173,7 +184,7 @@ def checkpoint_to_ours(tensors: dict[str, torch.Tensor], vision: VisionEncoderCo
     into `attn.q` / `attn.k` / `attn.v`. Unknown keys pass through (the strict load names them)."""
     ours: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
-        name = next((new + key[len(old):] for old, new in _KEY_PREFIXES if key.startswith(old)), key)
+        name = renamed(key)
         stem, _, kind = name.rpartition(".")
         if name.startswith("visual.") and stem.endswith(".attn.qkv"):
             ours.update(_split_qkv(key, tensor, stem[: -len("qkv")], kind, vision.hidden_size))

@@ -25,14 +25,14 @@ from torch import nn
 
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
 from omnilive.model.packed import pack_decoder
-from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
-from omnilive.model.qwen2_5_vl import _KEY_PREFIXES, VLConfig, Qwen2_5_VL, _normalised_rope
+from omnilive.model.qwen2 import Qwen2ForCausalLM
+from omnilive.model.qwen2_5_vl import VLConfig, Qwen2_5_VL, renamed, vl_text_config
 from omnilive.model.vision import (
     NORM_EPS,
     VisionRotary,
-    _patch_positions,
-    _rotate,
     check_patches,
+    patch_positions,
+    rotate_heads,
     segment_attention,
 )
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -90,12 +90,7 @@ class Qwen2VLConfig(VLConfig):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
-        text = _normalised_rope(raw.get("text_config") or raw)  # older checkpoints: text keys at the top
-        tie = bool(raw.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False))
-        text_config = Qwen2Config.from_dict({**text, "model_type": "qwen2", "attention_bias": True,
-                                             "tie_word_embeddings": tie})
-        if text_config.mrope_section is None:
-            raise ValueError("the Qwen2-VL text config has no mrope_section")
+        text_config, tie = vl_text_config(raw, "Qwen2-VL")
         scalar_names = {"image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"}
         return cls(text_config=text_config, vision_config=Qwen2VLVisionConfig.from_dict(raw.get("vision_config", {})),
                    tie_word_embeddings=tie, **{key: value for key, value in raw.items() if key in scalar_names})
@@ -127,7 +122,7 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)  # [N, nh, D] each
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = rotate_heads(q, cos, sin), rotate_heads(k, cos, sin)
         out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), bounds)
         return self.proj(out.transpose(0, 1).reshape(n, -1))
 
@@ -186,7 +181,7 @@ class Qwen2VLVision(nn.Module):
         c = self.config
         check_patches(pixel_values, grid_thw, c.patch_dim)
         grids = grid_thw.cpu().tolist()
-        positions = torch.cat([_patch_positions(t, h, w, c.spatial_merge_size) for t, h, w in grids])
+        positions = torch.cat([patch_positions(t, h, w, c.spatial_merge_size) for t, h, w in grids])
         frames = torch.tensor([h * w for t, h, w in grids for _ in range(t)])
         bounds = F.pad(frames.cumsum(0), (1, 0)).to(pixel_values.device)  # attention within each frame
         cos, sin = self.rotary(positions.to(pixel_values.device))
@@ -215,8 +210,7 @@ def load_qwen2_vl(directory: str | Path, dtype: torch.dtype | str | None = None,
     with torch.device("cpu"):  # the rotary frequencies are no checkpoint tensor: built on meta, rebuilt
         model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
     tensors = load_prefixed_tensors(directory, "")
-    ours = {next((new + key[len(old):] for old, new in _KEY_PREFIXES if key.startswith(old)), key): tensor
-            for key, tensor in tensors.items()}
+    ours = {renamed(key): tensor for key, tensor in tensors.items()}
     load_state_dict_strict(model, ours, assign=True)
     model = model.to(device)
     pack_decoder(model)

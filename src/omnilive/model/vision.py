@@ -85,7 +85,7 @@ class VisionLayout:
             unit_orders.append(windows[valid] + unit_offset)
             window_lengths.append(valid.sum(1) * merge * merge)
             frame_lengths.append(torch.full((t,), h * w))
-            positions.append(_patch_positions(t, h, w, merge))
+            positions.append(patch_positions(t, h, w, merge))
             unit_offset += t * units_h * units_w
 
         unit_order = torch.cat(unit_orders)
@@ -118,7 +118,7 @@ def check_patches(pixel_values: torch.Tensor, grid_thw: torch.Tensor, patch_dim:
                          f"({expected} patches of {patch_dim})")
 
 
-def _patch_positions(t: int, h: int, w: int, merge: int) -> torch.Tensor:
+def patch_positions(t: int, h: int, w: int, merge: int) -> torch.Tensor:
     """[t*h*w, 2] (row, col) of each patch in preprocessing order: merge units row-major,
     the 2x2 patches of a unit contiguous, the same grid repeated for each frame."""
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -168,12 +168,12 @@ class VisionAttention(nn.Module):
     ) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = (proj(x).view(n, self.num_heads, -1) for proj in (self.q, self.k, self.v))  # [N, nh, D]
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = rotate_heads(q, cos, sin), rotate_heads(k, cos, sin)
         out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), bounds)
         return self.proj(out.transpose(0, 1).reshape(n, -1))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [N, nh, D]; cos/sin [N, D] float32. Rotation in float32, as the reference does."""
     x32 = x.float()
     cos, sin = cos[:, None], sin[:, None]
