@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
+from omnilive.backends.tool_prompt import template_entry, with_tools
 from omnilive.types import (
     AudioInput,
     EngineError,
     ImageInput,
     Message,
+    Tool,
     VideoInput,
 )
 from omnilive.media.qwen_preprocess import (
@@ -183,14 +185,17 @@ class QwenProcessor:
 
     def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
         """Template input: content parts as Qwen's processors take them."""
-        return [{"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages]
+        return [template_entry(m, [_part_dict(p) for p in m.content]) for m in messages]
 
     def build(self, messages: Sequence[Message], speak: bool = False,
-              template_kwargs: Mapping[str, Any] | None = None) -> OmniPrompt:
-        """template_kwargs: extra variables of the chat template (a request's chat_template_kwargs)."""
+              template_kwargs: Mapping[str, Any] | None = None, tools: Sequence[Tool] = ()) -> OmniPrompt:
+        """template_kwargs: extra variables of the chat template (a request's chat_template_kwargs);
+        tools: the functions the model may call."""
+        messages, tool_variables = with_tools(messages, tools, self.tokenizer.info.chat_template)
         chat = self.chat(messages, speak)
         items = [part["media"] for message in chat for part in message["content"] if "media" in part]
-        text = self.tokenizer.render_chat(chat, add_generation_prompt=True, **dict(template_kwargs or {}))
+        text = self.tokenizer.render_chat(chat, add_generation_prompt=True, **tool_variables,
+                                          **dict(template_kwargs or {}))
         ids = self.tokenizer.encode(text)
         return self._expand(ids, items)
 

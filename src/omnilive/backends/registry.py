@@ -20,7 +20,7 @@ from omnilive.model.qwen2 import Qwen2ForCausalLM
 from omnilive.model.talker import Talker
 from omnilive.model.token2wav import Token2Wav, Voice
 from omnilive.model.tokenizer import Tokenizer
-from omnilive.types import EngineError, Message
+from omnilive.types import EngineError, Message, Tool
 
 
 class PromptBuilder(Protocol):
@@ -30,7 +30,7 @@ class PromptBuilder(Protocol):
     def input_modalities(self) -> tuple[str, ...]: ...
 
     def build(self, messages: Sequence[Message], speak: bool = False,
-              template_kwargs: Mapping[str, Any] | None = None) -> OmniPrompt: ...
+              template_kwargs: Mapping[str, Any] | None = None, tools: Sequence[Tool] = ()) -> OmniPrompt: ...
 
 
 @dataclass

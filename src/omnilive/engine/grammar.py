@@ -1,0 +1,103 @@
+"""Constrained decoding with llguidance: a request's grammar as a mask over the next token.
+
+Each request with a grammar owns a `Grammar` (an llguidance matcher). Before a sampling step
+it says which tokens may come next (a bitmask, 32 tokens per int32 word); sampling sets every
+other logit to -inf in the same batched call that serves requests without grammars
+(sampling.py); the token drawn is then fed back to the matcher. llguidance was measured the
+cheapest per token of the libraries that can do this here (bench/grammar_mask.py,
+docs/benchmarks.md).
+
+The matcher needs the vocabulary as bytes: `GrammarVocabulary` builds it once per engine
+(about a second for a 150k vocabulary), on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import llguidance
+import torch
+
+from omnilive.types import EngineError
+
+
+class GrammarVocabulary:
+    """The engine tokenizer's vocabulary as llguidance needs it, built once, on first use."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        """vocab_size: the model's logits width (may exceed the tokenizer's: padding rows)."""
+        self._tokenizer, self.vocab_size = tokenizer, vocab_size
+        self._built: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._built is None:
+                self._built = self._build()
+            return self._built
+
+    def _build(self) -> llguidance.LLTokenizer:
+        t = self._tokenizer
+        stops = sorted(t.stop_token_ids)
+        size = min(getattr(t, "vocab_size", self.vocab_size), self.vocab_size)
+        wrapper = _Vocabulary([t.token_bytes(i) for i in range(size)],
+                              [i for i in range(size) if t.is_special(i)], stops[0], t.encode)
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(wrapper), n_vocab=self.vocab_size, eos_token=stops)
+
+    def compile(self, grammar: str, param: str = "response_format") -> Grammar:
+        """A fresh matcher for `grammar`; EngineError (the caller's 400, about `param`) when it is invalid."""
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
+        if is_error:
+            raise EngineError(f"the requested output format cannot be enforced: {'; '.join(messages)[:500]}",
+                              param=param, code="invalid_grammar")
+        return Grammar(llguidance.LLMatcher(self.tokenizer, grammar), self.vocab_size)
+
+
+class _Vocabulary:
+    """What llguidance.TokenizerWrapper reads from a tokenizer."""
+
+    def __init__(self, tokens: list[bytes], special: list[int], eos: int, encode):
+        self.tokens, self.special_token_ids, self.eos_token_id, self.bos_token_id = tokens, special, eos, None
+        self._encode = encode
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        return self._encode(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text)
+
+
+class Grammar:
+    """One request's position in its grammar."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
+        self._matcher, self.vocab_size = matcher, vocab_size
+        self._words = (vocab_size + 31) // 32
+
+    def allowed(self) -> torch.Tensor:
+        """The tokens that may come next: an int32 bitmask of `vocab_size` bits."""
+        mask = torch.empty(self._words, dtype=torch.int32)
+        self._matcher.unsafe_compute_mask_ptr(mask.data_ptr(), mask.numel() * 4)
+        return mask
+
+    def accept(self, token_id: int) -> None:
+        """Advance past a token (one `allowed` permitted)."""
+        if not self._matcher.consume_token(token_id):
+            raise EngineError(f"the reply left its grammar: {self._matcher.get_error()}", code="grammar_error")
+
+    @property
+    def finished(self) -> bool:
+        return self._matcher.is_stopped()
+
+
+def apply_allowed(logits: torch.Tensor, rows: Sequence[int], masks: Sequence[torch.Tensor]) -> None:
+    """In place: -inf for every token a row's bitmask forbids. logits: [B, V]; rows index it."""
+    if not rows:
+        return
+    bits = torch.stack(list(masks))  # [R, W] int32
+    shifts = torch.arange(32, dtype=torch.int32)
+    allowed = ((bits.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)  # [R, W*32]
+    vocab = logits.shape[-1]
+    if allowed.shape[1] < vocab:
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]))
+    index = torch.tensor(list(rows), dtype=torch.long)
+    logits[index] = logits[index].masked_fill(~allowed[:, :vocab], float("-inf"))
