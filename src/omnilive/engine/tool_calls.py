@@ -30,6 +30,11 @@ CALL_CLOSE = "}\n" + CALL_END  # the call object's brace and the closing tag
 _CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\S)')
 # what may end a call's body after its arguments: the call object's "}" (and a closing fence)
 _BODY_TAIL = re.compile(r"\s*(\}\s*)?(`{1,3}\s*)?$")
+# JSON whitespace the grammar allows between tokens: arguments as Qwen writes them (one space
+# after ":" and ","), answers compact or pretty-printed; never unbounded runs of blanks
+ARGUMENTS_WHITESPACE = " ?"
+ANSWER_WHITESPACE = "( ?|\n {0,16})"
+JSON_OBJECT = '{"type": "object"}'
 _FENCE = re.compile(r"```(json)?\n")
 
 
@@ -69,7 +74,7 @@ def output_format(tools: tuple[Tool, ...], choice: ToolChoice,
              "bare: " + " | ".join(f'call_{i} "}}"' for i in range(len(calling)))]
     for i, tool in enumerate(calling):
         rules.append(f'call_{i}: "{_lark(_call_head(tool.name))}" args_{i}')
-        rules.append(f"args_{i}: %json {_schema(tool.parameters)}")
+        rules.append(f"args_{i}: %json {_schema(tool.parameters, ARGUMENTS_WHITESPACE)}")
     return OutputFormat(grammar=_grammar("\n".join(rules), answer), tool_calls=True)
 
 
@@ -86,12 +91,16 @@ def _grammar(rules: str, answer: str | None) -> str:
 
 
 def _json_rule(response_format: ResponseFormat) -> str:
-    return f"%json {_schema(response_format.schema or '{}')}" if response_format.type == "json_schema" \
-        else '%json {"type": "object"}'
+    schema = response_format.schema if response_format.type == "json_schema" else None
+    return "%json " + _schema(schema or JSON_OBJECT, ANSWER_WHITESPACE)
 
 
-def _schema(text: str) -> str:
-    return json.dumps(json.loads(text), ensure_ascii=False)  # one line, as lark needs
+def _schema(text: str, whitespace: str) -> str:
+    """One line, as lark needs, with llguidance's whitespace rule unless the schema sets its own."""
+    schema = json.loads(text)
+    if isinstance(schema, dict):
+        schema = {**schema, "x-guidance": schema.get("x-guidance", {"whitespace_pattern": whitespace})}
+    return json.dumps(schema, ensure_ascii=False)
 
 
 def _lark(text: str) -> str:
@@ -135,10 +144,10 @@ class ToolCallParser:
                 at = pending.find(CALL_START)
                 if at < 0:
                     keep = _partial_suffix(pending, CALL_START)
-                    out.append(pending[: len(pending) - keep])
+                    out.append(self._plain(pending[: len(pending) - keep]))
                     self._held = pending[len(pending) - keep:]
                     break
-                out.append(pending[:at])
+                out.append(self._plain(pending[:at]))
                 self._call = self._new_call()
                 pending = pending[at + len(CALL_START):]
                 continue
@@ -153,7 +162,7 @@ class ToolCallParser:
             deltas += self._progress(final=True)
             self._call = None
             pending = pending[end + len(CALL_END):]
-        return self._plain("".join(out)), deltas
+        return "".join(out), deltas
 
     def _new_call(self) -> _Call:
         self.calls += 1
