@@ -113,11 +113,14 @@ class ThinkerMedia:
 
 @dataclass(frozen=True)
 class ThinkerPrompt:
-    """One prompt ready for prefill: token ids [T], embeddings [T, H], TMRoPE ids."""
+    """One prompt ready for prefill: token ids [T], embeddings [T, H], TMRoPE ids, and for
+    Qwen3-VL the DeepStack features [L, T, H] (zero at every non-visual position) that the
+    decoder adds after its first L layers."""
 
     input_ids: torch.Tensor
     embeds: torch.Tensor
     rope: PromptPositions
+    deepstack: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -128,15 +131,19 @@ class ThinkerPrompt:
 
     def prefill_inputs(self, start: int = 0, end: int | None = None) -> dict[str, torch.Tensor]:
         """Keyword arguments of `OmniThinker.forward` (all but cache and slots) for tokens
-        start..end-1 of the prompt as one row: input_ids, positions, inputs_embeds, rope_positions."""
+        start..end-1 of the prompt as one row: input_ids, positions, inputs_embeds, rope_positions
+        (and deepstack when the prompt has it)."""
         end = len(self) if end is None else end
         device = self.embeds.device
-        return {
+        inputs = {
             "input_ids": self.input_ids[None, start:end],
             "positions": torch.arange(start, end, device=device)[None],
             "inputs_embeds": self.embeds[None, start:end],
             "rope_positions": self.rope.positions[:, None, start:end].to(device),
         }
+        if self.deepstack is not None:
+            inputs["deepstack"] = self.deepstack[:, None, start:end]
+        return inputs
 
 
 class OmniThinker(Qwen2ForCausalLM):
