@@ -28,7 +28,8 @@ from tests.model.vl_tiny import IMAGE, VIDEO, VISION_BOS, VISION_EOS
 
 VOCAB = vl_tiny.VOCAB
 THINK, END_THINK = 136, 137
-SPECIAL_TOKENS = {**vl_tiny.SPECIAL_TOKENS, "<think>": THINK, "</think>": END_THINK}
+THINK_TOKENS = {"<think>": THINK, "</think>": END_THINK}  # added tokens, not special ones (as in Qwen3)
+SPECIAL_TOKENS = vl_tiny.SPECIAL_TOKENS
 PATCH = 16
 PREPROCESSOR = {  # Qwen3-VL's preprocessor_config.json keys, tiny sizes
     "size": {"shortest_edge": 32 * 32, "longest_edge": 96 * 96}, "patch_size": PATCH, "temporal_patch_size": 2,
@@ -41,13 +42,13 @@ VIDEO_PREPROCESSOR = {  # the video budget covers all frames together
     "video_processor_type": "Qwen3VLVideoProcessor",
 }
 CHAT_TEMPLATE = (
-    "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n{%- if message['content'] is string %}"
-    "{{ message['content'] }}{%- else %}{%- for content in message['content'] %}"
-    "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif 'text' in content %}{{ content['text'] }}{%- endif %}{%- endfor %}{%- endif %}<|im_end|>\n"
-    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{{ THINKING }}{%- endif %}"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{{ THINKING }}{% endif %}"
 )
 MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 48, "decoder_sparse_step": 1,
        "mlp_only_layers": [1]}
@@ -108,10 +109,11 @@ def build_tiny_qwen3_vl(directory: str | Path, seed: int = 0, moe: bool = False,
 
 def write_tokenizer(directory: Path, thinking: bool) -> None:
     """The tokenizer and processor files a Qwen3-VL checkpoint ships."""
-    tokenizer = vl_tiny.build_vl_tokenizer(SPECIAL_TOKENS)
+    tokenizer = vl_tiny.build_vl_tokenizer(SPECIAL_TOKENS, THINK_TOKENS)
     tokenizer.save(str(directory / "tokenizer.json"))
-    added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
-                      "single_word": False} for t, i in sorted(SPECIAL_TOKENS.items(), key=lambda kv: kv[1])}
+    added = {str(i): {"content": t, "special": t not in THINK_TOKENS, "lstrip": False, "rstrip": False,
+                      "normalized": False, "single_word": False}
+             for t, i in sorted({**SPECIAL_TOKENS, **THINK_TOKENS}.items(), key=lambda kv: kv[1])}
     config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
               "bos_token": None, "model_max_length": 1024, "added_tokens_decoder": added}
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
