@@ -205,3 +205,24 @@ def test_config_reads_released_rope_scaling():
     assert text.mrope_section == (2, 3, 3) and text.mrope_interleaved and text.qk_norm
     assert text.rope_theta == 5e6 and not text.tie_word_embeddings and text.num_experts == 4
     assert config.deepstack_layers == 2 and config.vision_config.grid_side == 48
+
+
+def test_a_tied_output_head_loads_from_the_embedding(tmp_path):
+    """Qwen3-VL-4B ties lm_head to the embedding: its checkpoint has no lm_head.weight."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from tests.model.omni_tiny import randomize
+    from tests.model.qwen3_vl_tiny import tiny_qwen3_vl_config
+
+    config = tiny_qwen3_vl_config()
+    config.tie_word_embeddings = True
+    model = Qwen3VLForConditionalGeneration(config).float().eval()
+    randomize(model, 0)
+    model.tie_weights()
+    model.save_pretrained(tmp_path)
+    assert not any(key.startswith("lm_head") for key in load_file(tmp_path / "model.safetensors"))
+    ours = load_qwen3_vl(tmp_path, dtype=torch.float32)
+    prompt = PROMPTS["image"]()
+    media, reference = prompt.media()
+    got = prefill(ours, ours.prepare_prompt(prompt.ids, media))[0]
+    assert (got - reference_logits(model, prompt, reference)).abs().max().item() <= TOLERANCE
