@@ -112,7 +112,7 @@ def _paged_prefill(ours, rows: list[tuple], cache: PagedKVCache) -> torch.Tensor
         embeds[i, :n] = prepared.embeds[start:end]
         rope[:, i, :n] = prepared.rope.positions[:, start:end]
         if prepared.deepstack is not None:
-            deepstack[:, i, :n] = prepared.deepstack[:, start:end]
+            deepstack[:, i, :n] = prepared.deepstack.dense(start, end)
     slots = torch.tensor([row for *_, row in rows])
     with torch.no_grad():
         return ours(None, positions, cache, slots, inputs_embeds=embeds, rope_positions=rope, deepstack=deepstack)

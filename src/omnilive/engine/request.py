@@ -9,8 +9,9 @@ they are computed like a short prefill.
 
 A multimodal request carries its `prepared` prompt: the embeddings with its media merged in,
 its M-RoPE ids and, for Qwen3-VL, its DeepStack features (the runner feeds those for prompt
-positions, token embeddings for the rest). A spoken request carries a `voice`; once admitted it holds a talker row and a
-`speech` stream, and it is `done` only when its speech has ended too, after its reply.
+positions, token embeddings for the rest). A spoken request carries a `voice`; once admitted
+it holds a talker row and a `speech` stream, and it is `done` only when its speech has ended
+too, after its reply.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ padding). What a row feeds:
 - a prepared prompt with DeepStack features (Qwen3-VL): those of the positions the row
   computes (a chunk takes its own slice), zeros for every other row and position.
 Any decoder built on model.qwen2.Qwen2ForCausalLM runs here (Qwen2 text, the Omni thinker,
-Qwen2.5-VL): `forward(input_ids, positions, cache, rows, inputs_embeds=, rope_positions=)`.
+Qwen2.5-VL, Qwen3-VL): `forward(input_ids, positions, cache, rows, inputs_embeds=, rope_positions=,
+deepstack=)`.
 """
 
 from __future__ import annotations
@@ -106,12 +107,11 @@ class ModelRunner:
                 and w.start < len(w.request.prompt_ids)]
         if not rows:
             return {}
-        layers, _, hidden_size = rows[0][2].shape
-        deepstack = torch.zeros((layers, len(work), width, hidden_size), dtype=self.model.dtype,
-                                device=self.model.device)
+        deepstack = torch.zeros((rows[0][2].layers, len(work), width, self.model.config.hidden_size),
+                                dtype=self.model.dtype, device=self.model.device)
         for i, w, features in rows:
             split = min(len(w.request.prompt_ids), w.end)
-            deepstack[:, i, : split - w.start] = features[:, w.start : split].to(deepstack.dtype)
+            deepstack[:, i, : split - w.start] = features.dense(w.start, split).to(deepstack.dtype)
         return {"deepstack": deepstack}
 
     def _rope_positions(self, work: list[Work], width: int) -> torch.Tensor | None:

@@ -9,7 +9,8 @@ What differs from Qwen2.5-VL (model/qwen2_5_vl.py, whose prompt preparation this
   the released checkpoints' transposed layout);
 - DeepStack: the ViT also merges the output of a few of its blocks into LM-sized rows; the
   decoder adds them to the hidden states of the image / video tokens after its first layers
-  (`ThinkerPrompt.deepstack`, the decoder's `deepstack` argument);
+  (`ThinkerPrompt.deepstack`: the rows and their positions; the decoder's `deepstack`
+  argument: their dense [L, B, T, H] form for one step);
 - video time is text: the processor writes "<t seconds>" before each temporal patch's frame
   group (`<|vision_start|>` + placeholders + `<|vision_end|>`), so a video is laid out as that
   many one-frame images; every group's temporal id is its start id, like an image's.
@@ -33,7 +34,7 @@ from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.qwen2_5_vl import renamed
 from omnilive.model.qwen3_vl_vision import Qwen3VLVision, Qwen3VLVisionConfig
 from omnilive.model.rope_index import MRopeLayout, mrope_positions
-from omnilive.model.thinker import ThinkerMedia, ThinkerPrompt, merge_placeholders
+from omnilive.model.thinker import DeepStackFeatures, ThinkerMedia, ThinkerPrompt, merge_placeholders
 from omnilive.model.vision import VisionRotary
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
 
@@ -120,9 +121,9 @@ class Qwen3VL(Qwen2ForCausalLM):
                 if patches is not None}
 
     def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None,
-              features: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              features: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, DeepStackFeatures | None]:
         """input_ids [T] → embeddings [T, H] with every image / video placeholder replaced by
-        its merger row, and the DeepStack features [L, T, H] (None without media)."""
+        its merger row, and the placeholders' DeepStack rows (None without media)."""
         media = media or ThinkerMedia()
         if media.audio_mel is not None:
             raise ValueError("Qwen3-VL takes no audio")
@@ -133,13 +134,14 @@ class Qwen3VL(Qwen2ForCausalLM):
         rows = {token: features.get(token) for token in (c.image_token_id, c.video_token_id)}
         embeds = merge_placeholders(input_ids, self.model.embed_tokens(input_ids),
                                     {token: None if r is None else r[:, 0] for token, r in rows.items()})
-        if all(r is None for r in rows.values()):
+        present = [(token, r) for token, r in rows.items() if r is not None]
+        if not present:
             return embeds, None
-        deepstack = embeds.new_zeros(c.deepstack_layers, *embeds.shape)
-        for token, r in rows.items():
-            if r is not None:
-                deepstack[:, input_ids == token] = r[:, 1:].transpose(0, 1).to(embeds.dtype)
-        return embeds, deepstack
+        # each kind's rows follow its placeholders in order; all of them sorted by position
+        positions = torch.cat([(input_ids == token).nonzero().flatten() for token, _ in present])
+        stacked = torch.cat([r[:, 1:].to(embeds.dtype) for _, r in present]).transpose(0, 1)  # [L, V, H]
+        order = positions.argsort()
+        return embeds, DeepStackFeatures(positions[order], stacked[:, order])
 
     @torch.no_grad()
     def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None,

@@ -112,15 +112,36 @@ class ThinkerMedia:
 
 
 @dataclass(frozen=True)
+class DeepStackFeatures:
+    """Qwen3-VL's DeepStack features of one prompt: rows [L, V, H] of its V image / video tokens
+    at prompt `positions` [V] (ascending). The decoder adds them after its first L layers; every
+    other position gets zeros, which `dense` spells out for any slice of the prompt."""
+
+    positions: torch.Tensor
+    rows: torch.Tensor
+
+    @property
+    def layers(self) -> int:
+        return self.rows.shape[0]
+
+    def dense(self, start: int, end: int) -> torch.Tensor:
+        """[L, end - start, H] for prompt positions start..end-1 (a prefill chunk's share)."""
+        out = self.rows.new_zeros(self.rows.shape[0], end - start, self.rows.shape[-1])
+        bounds = torch.tensor([start, end], device=self.positions.device)
+        first, last = torch.searchsorted(self.positions, bounds).tolist()
+        out[:, self.positions[first:last] - start] = self.rows[:, first:last]
+        return out
+
+
+@dataclass(frozen=True)
 class ThinkerPrompt:
     """One prompt ready for prefill: token ids [T], embeddings [T, H], TMRoPE ids, and for
-    Qwen3-VL the DeepStack features [L, T, H] (zero at every non-visual position) that the
-    decoder adds after its first L layers."""
+    Qwen3-VL its DeepStack features."""
 
     input_ids: torch.Tensor
     embeds: torch.Tensor
     rope: PromptPositions
-    deepstack: torch.Tensor | None = None
+    deepstack: DeepStackFeatures | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -142,7 +163,7 @@ class ThinkerPrompt:
             "rope_positions": self.rope.positions[:, None, start:end].to(device),
         }
         if self.deepstack is not None:
-            inputs["deepstack"] = self.deepstack[:, None, start:end]
+            inputs["deepstack"] = self.deepstack.dense(start, end)[:, None]
         return inputs
 
 
