@@ -65,6 +65,17 @@ MESSAGES = {
 }
 
 
+def assert_told(engine, outputs, expected: list[int]) -> None:
+    """The reply's reasoning and text together say the expected tokens. A random model may say
+    <think> (in the vocabulary): at the reply's start it opens a block of reasoning, later it is
+    text; compared without the markers."""
+    tokenizer = engine.model.tokenizer
+    shown = [t for t in expected if t not in tokenizer.stop_token_ids and t not in (THINK, END_THINK)]
+    assert len(set(shown)) > 3  # a varied reply
+    told = "".join(out.text for out in outputs if isinstance(out, (ReasoningDelta, TextDelta)))
+    assert told.replace("<think>", "").replace("</think>", "") == tokenizer.decode(shown, skip_special_tokens=True)
+
+
 def reply_text(outputs) -> tuple[str, str]:
     """(reasoning, content) of a reply."""
     return tuple("".join(out.text for out in outputs if isinstance(out, kind)) for kind in (ReasoningDelta, TextDelta))
@@ -79,12 +90,7 @@ def test_greedy_reply_equals_transformers_generate(engine, tiny, case):
     assert isinstance(finished, Finished)
     assert finished.usage.completion_tokens == len(expected) >= 8
     assert finished.usage.image_prompt_tokens > 0
-    # a random model may say <think> (in the vocabulary): at the reply's start it opens a block of
-    # reasoning, later it is text; compared without the markers
-    shown = [t for t in expected if t not in engine.model.tokenizer.stop_token_ids and t not in (THINK, END_THINK)]
-    assert len(set(shown)) > 3  # a varied reply
-    told = "".join(out.text for out in outputs if isinstance(out, (ReasoningDelta, TextDelta)))
-    assert told.replace("<think>", "").replace("</think>", "") == engine.model.tokenizer.decode(shown, skip_special_tokens=True)
+    assert_told(engine, outputs, expected)
     if THINK not in expected:
         assert not any(isinstance(out, ReasoningDelta) for out in outputs)
 
@@ -109,3 +115,19 @@ def test_loaded_as_qwen3_vl(engine, tiny):
     assert engine.model.family == ("Qwen3-VL-MoE" if moe else "Qwen3-VL") and engine.model.talker is None
     assert engine.card.output_modalities == ("text",)
     assert engine.model.processor.input_modalities == ("text", "image", "video")
+
+
+def test_a_second_turn_reuses_cached_blocks_and_encoder_rows_and_replies_as_transformers(engine, tiny):
+    """The next turn carries the first turn's image: its prompt blocks come from the KV cache
+    and its encoder rows (merger and DeepStack rows together) from the media cache; the reply is
+    still transformers' greedy one."""
+    first_turn = MESSAGES["image"]
+    first = run(engine, EngineRequest("turn-1", first_turn, GREEDY))
+    said = "".join(out.text for out in first if isinstance(out, (ReasoningDelta, TextDelta)))
+    second_turn = (*first_turn, Message("assistant", (said,)),
+                   Message("user", ("And this?", ImageInput(picture(5, (64, 96))))))
+    hits = engine.media_cache.hits
+    outputs = run(engine, EngineRequest("turn-2", second_turn, GREEDY))
+    assert engine.media_cache.hits == hits + 1  # the first turn's image was not encoded again
+    assert outputs[-1].usage.cached_prompt_tokens >= 16
+    assert_told(engine, outputs, reference_tokens(tiny, engine, second_turn))
