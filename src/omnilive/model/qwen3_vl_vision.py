@@ -176,7 +176,7 @@ class Qwen3VLVision(nn.Module):
             PatchMerger(config, unit_norm=True) for _ in config.deepstack_visual_indexes)
 
     def position_embeddings(self, grids: list[list[int]]) -> torch.Tensor:
-        """[N, E]: the learned table resampled to each item's patch grid, in patch order."""
+        """[N, E] float32: the learned table resampled to each item's patch grid, in patch order."""
         side, merge = self.config.grid_side, self.config.spatial_merge_size
         indices, weights = [], []
         for t, h, w in grids:
@@ -190,7 +190,7 @@ class Qwen3VLVision(nn.Module):
             weights.append(weight.repeat(t, 1))
         table = self.pos_embed.weight
         index, weight = torch.cat(indices).to(table.device), torch.cat(weights).to(table.device)
-        return (table[index] * weight[..., None].to(table.dtype)).sum(1)
+        return (table[index] * weight[..., None]).sum(1)  # float32 weights, as the reference mixes them
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C*T*P*P], grid_thw [items, 3] → [N / merge^2, 1 + L, out_hidden_size]:
