@@ -226,3 +226,22 @@ def test_a_tied_output_head_loads_from_the_embedding(tmp_path):
     media, reference = prompt.media()
     got = prefill(ours, ours.prepare_prompt(prompt.ids, media))[0]
     assert (got - reference_logits(model, prompt, reference)).abs().max().item() <= TOLERANCE
+
+
+def test_packed_fused_experts_equal_the_plain_ones():
+    from omnilive.model.moe import FusedExperts
+    from omnilive.model.packed import can_pack
+
+    if not can_pack(torch.float32, "cpu"):
+        pytest.skip("this torch has no oneDNN")
+    experts = FusedExperts(64, 48, 3)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in (experts.gate_up_proj, experts.down_proj):
+            weight.copy_(torch.randn(weight.shape, generator=generator) * 0.1)
+    rows = torch.randn(5, 64, generator=generator)
+    with torch.no_grad():
+        plain = [experts(index, rows) for index in range(3)]
+        assert experts.pack() == 6 and experts.pack() == 0  # packed once
+        for index in range(3):
+            assert (experts(index, rows) - plain[index]).abs().max().item() <= 1e-5

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnilive.model.layers import SwiGLU
+from omnilive.model.packed import can_pack, pack_weight, packed_linear
 
 
 def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,15 +61,33 @@ class SparseMoE(nn.Module):
 
 
 class FusedExperts(nn.Module):
-    """Every expert's SwiGLU weights in two tensors (checkpoint keys `gate_up_proj`, `down_proj`)."""
+    """Every expert's SwiGLU weights in two tensors (checkpoint keys `gate_up_proj`, `down_proj`).
+
+    `pack` (model/packed.py, after loading) swaps them for each expert's two weights in
+    oneDNN's layout where the CPU runs that natively, as the decoder's linears are packed."""
 
     def __init__(self, hidden_size: int, expert_size: int, num_experts: int):
         super().__init__()
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * expert_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, expert_size))
+        self.packed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def pack(self) -> int:
+        """Pack every expert's weights if this machine runs them packed (the plain tensors are
+        dropped: pack last, after loading); returns how many weights were packed."""
+        if self.packed is not None or not can_pack(self.gate_up_proj.dtype, self.gate_up_proj.device):
+            return 0
+        self.packed = [(pack_weight(gate_up), pack_weight(down)) for gate_up, down in zip(self.gate_up_proj,
+                                                                                          self.down_proj)]
+        del self.gate_up_proj, self.down_proj
+        return 2 * len(self.packed)
 
     def forward(self, index: int, rows: torch.Tensor) -> torch.Tensor:
         """Expert `index` on rows [n, H] → [n, H]."""
+        if self.packed is not None:
+            gate_up, down = self.packed[index]
+            gate, up = packed_linear(rows, gate_up).chunk(2, dim=-1)
+            return packed_linear(F.silu(gate) * up, down)
         gate, up = F.linear(rows, self.gate_up_proj[index]).chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, self.down_proj[index])
 
