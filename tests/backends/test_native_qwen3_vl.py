@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from omnilive.backends.native_omni import NativeBackend
-from omnilive.backends.native_vl import Qwen3VLProcessor
+from omnilive.backends.native_prompt import chat_template_of
+from omnilive.backends.native_vl import QWEN3_VL_CHAT_TEMPLATE, Qwen3VLProcessor
 from omnilive.model.qwen3_vl import Qwen3VL
 from omnilive.server.settings import Settings
 from omnilive.types import EngineRequest, Finished, ImageInput, Message, ReasoningDelta, SamplingParams, TextDelta
@@ -131,3 +132,13 @@ def test_a_second_turn_reuses_cached_blocks_and_encoder_rows_and_replies_as_tran
     assert engine.media_cache.hits == hits + 1  # the first turn's image was not encoded again
     assert outputs[-1].usage.cached_prompt_tokens >= 16
     assert_told(engine, outputs, reference_tokens(tiny, engine, second_turn), varied=False)
+
+
+def test_prompt_layout_without_a_default_system_prompt(engine, tiny, tmp_path):
+    prompt = engine.model.processor.build((Message("user", (ImageInput(picture(0, (90, 60))), "Describe.")),))
+    text = engine.model.tokenizer.decode(prompt.input_ids)
+    # 90 x 60 → 96 x 64 pixels (multiples of 32) → 6 x 4 patches of 16 → 3 x 2 merge units
+    assert text == ("<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * 6 + "<|vision_end|>Describe.<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    assert chat_template_of(tiny.directory, QWEN3_VL_CHAT_TEMPLATE) == QWEN3_VL_CHAT_TEMPLATE
+    assert chat_template_of(tmp_path, QWEN3_VL_CHAT_TEMPLATE) == QWEN3_VL_CHAT_TEMPLATE

@@ -7,10 +7,10 @@ built with transformers' own classes.
     tiny.model       # transformers' Qwen3VLForConditionalGeneration / Qwen3VLMoeForConditionalGeneration
 
 Token ids are tests/model/vl_tiny.py's (media tokens at 141..146 of 160) plus `<think>` and
-`</think>` at 136 and 137 (single tokens, as in Qwen3's vocabulary). The chat template is a
-short form of Qwen3-VL's: no default system prompt, `<|vision_start|><|image_pad|><|vision_end|>`
-per image (`<|video_pad|>` per video); the Thinking variant's generation prompt opens the think
-block. A Thinking checkpoint's `</think>` and stop rows of lm_head are zeroed, so greedy
+`</think>` at 136 and 137 (single tokens, as in Qwen3's vocabulary). The chat template is
+omnilive's short form of Qwen3-VL's (backends/native_vl.py QWEN3_VL_CHAT_TEMPLATE: no default
+system prompt, `<|vision_start|><|image_pad|><|vision_end|>` per image, `<|video_pad|>` per
+video); the Thinking variant's generation prompt opens the think block. A Thinking checkpoint's `</think>` and stop rows of lm_head are zeroed, so greedy
 decoding thinks until the engine's budget ends it.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from omnilive.backends.native_vl import QWEN3_VL_CHAT_TEMPLATE
 from tests.model import vl_tiny
 from tests.model.omni_tiny import randomize
 from tests.model.vl_tiny import IMAGE, VIDEO, VISION_BOS, VISION_EOS
@@ -41,15 +42,6 @@ VIDEO_PREPROCESSOR = {  # the video budget covers all frames together
     "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "fps": 2,
     "video_processor_type": "Qwen3VLVideoProcessor",
 }
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{{ THINKING }}{% endif %}"
-)
 MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 48, "decoder_sparse_step": 1,
        "mlp_only_layers": [1]}
 
@@ -117,7 +109,10 @@ def write_tokenizer(directory: Path, thinking: bool) -> None:
     config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
               "bos_token": None, "model_max_length": 1024, "added_tokens_decoder": added}
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
-    template = CHAT_TEMPLATE.replace("{{ THINKING }}", "<think>\n" if thinking else "")
+    template = QWEN3_VL_CHAT_TEMPLATE
+    if thinking:  # the Thinking checkpoints' generation prompt opens the think block
+        template = template.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
+        assert "<think>" in template
     (directory / "chat_template.json").write_text(json.dumps({"chat_template": template}, indent=1))
     (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=1))
     (directory / "video_preprocessor_config.json").write_text(json.dumps(VIDEO_PREPROCESSOR, indent=1))

@@ -89,6 +89,20 @@ class VLProcessor(QwenProcessor):
         return super().chat(messages, speak)
 
 
+# Qwen3-VL-Instruct's chat template in short (no default system prompt, unlike Qwen2.5-VL's), for
+# a directory that lacks one; a Thinking checkpoint ships its own, which opens the think block
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 # Qwen3-VL's video processor defaults: the pixels of all frames of a video together
 QWEN3_VIDEO_MIN_PIXELS = 128 * 32 * 32
 QWEN3_VIDEO_MAX_PIXELS = 768 * 32 * 32
@@ -165,7 +179,7 @@ def load_qwen3_vl_family(directory: str | Path, dtype: torch.dtype, device: str 
     directory = Path(directory)
     model = load_qwen3_vl(directory, dtype, device)
     family = "Qwen3-VL-MoE" if model.vl_config.model_type == "qwen3_vl_moe" else "Qwen3-VL"
-    tokenizer = load_omni_tokenizer(directory, fallback_template=VL_CHAT_TEMPLATE)
+    tokenizer = load_omni_tokenizer(directory, fallback_template=QWEN3_VL_CHAT_TEMPLATE)
     processor = Qwen3VLProcessor.from_checkpoint(directory, tokenizer, model.vl_config, family)
     return OmniModel(thinker=model, tokenizer=tokenizer, processor=processor, talker=None, family=family)
 
