@@ -60,19 +60,20 @@ def reference_tokens(tiny, engine, messages) -> list[int]:
 
 
 MESSAGES = {
+    "text": (Message("user", ("Say hello in one short sentence!",)),),
     "image": (Message("user", ("What is in this?", ImageInput(picture(0, (90, 60))), "Answer briefly.")),),
     "two_images": (Message("user", (ImageInput(picture(1, (64, 64))), "and", ImageInput(picture(2, (96, 40))))),),
     "video": (Message("user", ("What happens?", clip(frames=5))),),
 }
 
 
-def assert_told(engine, outputs, expected: list[int], varied: bool = True) -> None:
+def assert_told(engine, outputs, expected: list[int]) -> None:
     """The reply's reasoning and text together say the expected tokens. A random model may say
     <think> (in the vocabulary): at the reply's start it opens a block of reasoning, later it is
     text; compared without the markers."""
     tokenizer = engine.model.tokenizer
     shown = [t for t in expected if t not in tokenizer.stop_token_ids and t not in (THINK, END_THINK)]
-    assert len(set(shown)) > 3 or not varied  # a varied reply: the comparison means something
+    assert len(set(shown)) > 1  # not one token repeated: the comparison means something
     told = "".join(out.text for out in outputs if isinstance(out, (ReasoningDelta, TextDelta)))
     assert told.replace("<think>", "").replace("</think>", "") == tokenizer.decode(shown, skip_special_tokens=True)
 
@@ -90,7 +91,7 @@ def test_greedy_reply_equals_transformers_generate(engine, tiny, case):
     finished = outputs[-1]
     assert isinstance(finished, Finished)
     assert finished.usage.completion_tokens == len(expected) >= 8
-    assert finished.usage.image_prompt_tokens > 0
+    assert (finished.usage.image_prompt_tokens > 0) == (case != "text")
     assert_told(engine, outputs, expected)
     if THINK not in expected:
         assert not any(isinstance(out, ReasoningDelta) for out in outputs)
@@ -126,12 +127,12 @@ def test_a_second_turn_reuses_cached_blocks_and_encoder_rows_and_replies_as_tran
     first = run(engine, EngineRequest("turn-1", first_turn, GREEDY))
     said = "".join(out.text for out in first if isinstance(out, (ReasoningDelta, TextDelta)))
     second_turn = (*first_turn, Message("assistant", (said,)),
-                   Message("user", ("And this?", ImageInput(picture(5, (64, 96))))))
+                   Message("user", ("And this?", ImageInput(picture(9, (128, 64))))))
     hits = engine.media_cache.hits
     outputs = run(engine, EngineRequest("turn-2", second_turn, GREEDY))
     assert engine.media_cache.hits == hits + 1  # the first turn's image was not encoded again
     assert outputs[-1].usage.cached_prompt_tokens >= 16
-    assert_told(engine, outputs, reference_tokens(tiny, engine, second_turn), varied=False)
+    assert_told(engine, outputs, reference_tokens(tiny, engine, second_turn))
 
 
 def test_prompt_layout_without_a_default_system_prompt(engine, tiny, tmp_path):

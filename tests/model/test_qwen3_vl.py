@@ -75,8 +75,9 @@ def test_logits_match_transformers(tiny, ours, case):
         assert (prefill(ours, bare)[0] - expected).abs().max().item() > 1e-3
 
 
-def test_greedy_tokens_match_transformers_generate(tiny, ours):
-    prompt = Qwen3Prompt().text(3).image(8, 8).text(2).video(2, 4, 4).text(2)
+@pytest.mark.parametrize("case", sorted(PROMPTS))
+def test_greedy_tokens_match_transformers_generate(tiny, ours, case):
+    prompt = PROMPTS[case]()
     media, reference = prompt.media(seed=4)
     ids, n = torch.tensor([prompt.ids]), 16
     tiny[1].model.rope_deltas = None
@@ -93,7 +94,7 @@ def test_greedy_tokens_match_transformers_generate(tiny, ours):
             hidden = ours(torch.tensor([[tokens[-1]]]), position, cache, torch.tensor([0]),
                           rope_positions=position + prepared.rope_delta)
         tokens.append(int(ours.compute_logits(hidden[0, -1]).argmax()))
-    assert len(set(expected)) > 3  # a varied sequence, not one token repeated
+    assert len(set(expected)) > 1  # not one token repeated: a comparison that can fail
     assert tokens == expected
 
 
