@@ -2,6 +2,12 @@
 from_pretrained needs torchvision, which we cannot install), on the same messages: input ids
 (video timestamps included), pixel values, grid sizes and M-RoPE position ids.
 
+A video's layout: transformers 5.23 replaces the template's `<|video_pad|>` alone, so its frame
+groups end up inside the template's `<|vision_start|>` … `<|vision_end|>`; Qwen's own processor
+(transformers up to 4.57, vLLM, SGLang) replaces the whole marked placeholder, the layout
+Qwen3-VL was trained on, and so do we. transformers gets the template text with each
+`<|vision_start|><|video_pad|><|vision_end|>` written `<|video_pad|>`: it then writes that layout.
+
 Video: transformers' Qwen3VLVideoProcessor needs torchvision, so `Qwen3FramesVideoProcessor`
 stands in for its resize + patchify: the frame size from transformers' own
 video_processing_qwen3_vl.smart_resize (all frames share one pixel budget), each frame
@@ -29,6 +35,7 @@ from tests.model.vl_tiny import IMAGE, VIDEO, without_video_class_check
 transformers = pytest.importorskip("transformers")
 
 FPS = 2.0
+MARKED_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
 class Qwen3FramesVideoProcessor:
@@ -116,6 +123,7 @@ def test_qwen3_vl_processor_equals_transformers(qwen3_vl, case):
     tiny, ours, reference = qwen3_vl
     messages = CASES[case]
     text = reference.apply_chat_template(template_messages(messages), add_generation_prompt=True, tokenize=False)
+    text = text.replace(MARKED_VIDEO, "<|video_pad|>")  # Qwen's layout (see the module docstring)
     images = [item.image for item in media_of(messages, ImageInput)] or None
     videos = [list(item.frames) for item in media_of(messages, VideoInput)] or None
     expected = reference(text=[text], images=images, videos=videos, return_tensors="pt")
@@ -139,6 +147,21 @@ def test_qwen3_vl_processor_equals_transformers(qwen3_vl, case):
     rope = ours.thinker.prepare_prompt(prompt.input_ids, media).rope
     assert torch.equal(rope.positions, positions[:, 0])
     assert rope.delta == int(deltas.flatten()[0])
+
+
+def test_a_video_is_its_timestamped_frame_groups_without_the_templates_markers(qwen3_vl):
+    tiny, ours, reference = qwen3_vl
+    messages = CASES["video"]
+    text = ours.tokenizer.decode(ours.processor.build(messages).input_ids).replace("<|video_pad|>", "V")
+    frame = "<|vision_start|>" + "V" * 6 + "<|vision_end|>"  # 2 x 3 merge units
+    groups = f"<0.2 seconds>{frame}<1.2 seconds>{frame}<2.0 seconds>{frame}"
+    assert f"user\nWhat happens?{groups}<|im_end|>" in text
+    # transformers 5.23 on the template text as it is keeps the template's markers around them
+    templated = reference.apply_chat_template(template_messages(messages), add_generation_prompt=True, tokenize=False)
+    expanded = reference(text=[templated], videos=[list(media_of(messages, VideoInput)[0].frames)],
+                         return_tensors="pt")
+    theirs = reference.tokenizer.decode(expanded["input_ids"][0]).replace("<|video_pad|>", "V")
+    assert f"What happens?<|vision_start|>{groups}<|vision_end|><|im_end|>" in theirs
 
 
 def test_frame_group_times_are_the_mean_of_their_frames():

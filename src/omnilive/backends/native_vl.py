@@ -17,11 +17,13 @@ track is left out.
 
 Qwen3-VL (dense and MoE, Instruct and Thinking) goes the same way with `Qwen3VLProcessor`:
 its image patches are 16 pixels; a video's frames are resized together (the pixel budget
-of video_preprocessor_config.json covers all frames), and each temporal patch becomes
+of video_preprocessor_config.json covers all frames), and the template's
+`<|vision_start|><|video_pad|><|vision_end|>` becomes, per temporal patch,
 "<t seconds><|vision_start|>" + its placeholders + "<|vision_end|>", t the mean time of its
-frames, inside the template's own `<|vision_start|>` … `<|vision_end|>` (as transformers 5.23's
-Qwen3VLProcessor writes it). A Thinking checkpoint's template opens the think block; the
-engine splits the reasoning off as for Qwen3.
+frames: the layout Qwen3-VL was trained on, as Qwen's processor (transformers up to 4.57),
+vLLM and SGLang write it. (transformers 5.23 replaces the `<|video_pad|>` alone and keeps the
+template's markers around the frame groups.) A Thinking checkpoint's template opens the think
+block; the engine splits the reasoning off as for Qwen3.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from omnilive.backends.native_prompt import (
     VIDEO_FPS_DEFAULT,
     CollectedMedia,
     MediaTokens,
+    OmniPrompt,
     QwenProcessor,
     VisualPreprocessing,
     load_omni_tokenizer,
@@ -128,6 +131,19 @@ class Qwen3VLProcessor(VLProcessor):
         visual = VisualPreprocessing(visual.image, size.get("shortest_edge", QWEN3_VIDEO_MIN_PIXELS),
                                      size.get("longest_edge", QWEN3_VIDEO_MAX_PIXELS))
         return cls(tokenizer, config, visual, family)
+
+    def _expand(self, ids: list[int], items: list) -> OmniPrompt:
+        """The template's markers around each video go: its frame groups bring their own."""
+        marked = [self.vision_start, self.tokens.video, self.vision_end]
+        unmarked, i = [], 0
+        while i < len(ids):
+            if ids[i : i + 3] == marked:
+                unmarked.append(self.tokens.video)
+                i += 3
+            else:
+                unmarked.append(ids[i])
+                i += 1
+        return super()._expand(unmarked, items)
 
     def _add_video(self, video: VideoInput, collected: CollectedMedia) -> tuple[list[int], int, int]:
         """A video's placeholder ids (timestamps, markers, placeholders per temporal patch) and
