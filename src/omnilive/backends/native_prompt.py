@@ -73,7 +73,7 @@ STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 VIDEO_FPS_DEFAULT = 2.0
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -84,7 +84,7 @@ def chat_template_of(directory: Path, fallback: str = FALLBACK_CHAT_TEMPLATE) ->
     if jinja.exists():
         return jinja.read_text()
     for name in ("chat_template.json", "tokenizer_config.json"):
-        template = _read_json(directory / name).get("chat_template")
+        template = read_json(directory / name).get("chat_template")
         if isinstance(template, str) and template:
             return template
     return fallback
@@ -96,7 +96,7 @@ def load_omni_tokenizer(directory: str | Path, fallback_template: str = FALLBACK
     if not (directory / "tokenizer.json").exists():
         raise FileNotFoundError(f"{directory} has no tokenizer.json")
     backend = HFTokenizer.from_file(str(directory / "tokenizer.json"))
-    eos = _read_json(directory / "tokenizer_config.json").get("eos_token") or "<|im_end|>"
+    eos = read_json(directory / "tokenizer_config.json").get("eos_token") or "<|im_end|>"
     eos = eos["content"] if isinstance(eos, dict) else eos
     stops = [token_id for token in STOP_TOKENS if (token_id := backend.token_to_id(token)) is not None]
     info = TokenizerInfo(chat_template=chat_template_of(directory, fallback_template),
@@ -117,8 +117,8 @@ class VisualPreprocessing:
     @classmethod
     def from_checkpoint(cls, directory: str | Path) -> VisualPreprocessing:
         directory = Path(directory)
-        image = ImagePreprocessConfig.from_dict(_read_json(directory / "preprocessor_config.json"))
-        video = _read_json(directory / "video_preprocessor_config.json")
+        image = ImagePreprocessConfig.from_dict(read_json(directory / "preprocessor_config.json"))
+        video = read_json(directory / "video_preprocessor_config.json")
         size = video.get("size") or {}
         return cls(image, video.get("min_pixels", size.get("shortest_edge", VIDEO_MIN_PIXELS)),
                    video.get("max_pixels", size.get("longest_edge", VIDEO_MAX_PIXELS)))
@@ -154,7 +154,7 @@ class OmniPrompt:
 
 
 @dataclass
-class _Collected:
+class CollectedMedia:
     """Media in prompt order while the placeholders are expanded."""
 
     images: list[VisionPatches]
@@ -206,7 +206,7 @@ class QwenProcessor:
         if [kinds[token] for token in ids if token in kinds] != [type(item) for item in items]:
             raise EngineError("the prompt's media placeholders do not match its media (media token text such "
                               "as <|IMAGE|> or <|image_pad|> cannot appear in messages)", param="messages")
-        collected = _Collected([], [], [], [])
+        collected = CollectedMedia([], [], [], [])
         out: list[int] = []
         image_tokens = audio_tokens = 0
         media = iter(items)
@@ -233,7 +233,7 @@ class QwenProcessor:
                                   code="context_length_exceeded")
         return OmniPrompt(out, self._media(collected), image_tokens, audio_tokens)
 
-    def _add_image(self, image: ImageInput, collected: _Collected) -> int:
+    def _add_image(self, image: ImageInput, collected: CollectedMedia) -> int:
         try:
             patches = preprocess_image(image.image, self.image)
         except ValueError as error:  # e.g. an aspect ratio past 200:1
@@ -241,14 +241,14 @@ class QwenProcessor:
         collected.images.append(patches)
         return patches.token_counts(self.image.merge_size)[0]
 
-    def _add_audio(self, audio: AudioInput, collected: _Collected) -> int:
+    def _add_audio(self, audio: AudioInput, collected: CollectedMedia) -> int:
         if len(audio.samples) == 0:
             raise EngineError("an audio input is empty", param="messages")
         mel = log_mel_spectrogram(audio.samples, n_mels=self.audio_bins)
         collected.mels.append(mel)
         return audio_placeholder_count(mel.shape[1])
 
-    def _add_video(self, video: VideoInput, collected: _Collected) -> tuple[list[int], int, int]:
+    def _add_video(self, video: VideoInput, collected: CollectedMedia) -> tuple[list[int], int, int]:
         """A video's placeholder ids, its vision token count and its audio token count. Its
         frames are the decoder's, already sampled at `video.fps`; a temporal patch of
         temporal_patch_size frames spans temporal_patch_size / fps seconds (second_per_grid_ts)."""
@@ -270,7 +270,7 @@ class QwenProcessor:
         interleaved = video_with_audio_placeholders(patches.grid_thw[0].tolist(), seconds, audio_count, t.mrope_layout)
         return [t.audio_start, *interleaved, t.audio_end], vision_count, audio_count
 
-    def _media(self, collected: _Collected) -> ThinkerMedia:
+    def _media(self, collected: CollectedMedia) -> ThinkerMedia:
         images = VisionPatches.concat(collected.images) if collected.images else None
         videos = VisionPatches.concat(collected.videos) if collected.videos else None
         mels = collected.mels

@@ -7,10 +7,11 @@ chunk when several are missing, a decode when one is), and the logits of the las
 the next token. Forced tokens (thinking budget) are appended as output without sampling, so
 they are computed like a short prefill.
 
-A multimodal request carries its `prepared` prompt: the embeddings with its media merged in
-and its M-RoPE ids (the runner feeds those for prompt positions, token embeddings for the
-rest). A spoken request carries a `voice`; once admitted it holds a talker row and a
-`speech` stream, and it is `done` only when its speech has ended too, after its reply.
+A multimodal request carries its `prepared` prompt: the embeddings with its media merged in,
+its M-RoPE ids and, for Qwen3-VL, its DeepStack features (the runner feeds those for prompt
+positions, token embeddings for the rest). A spoken request carries a `voice`; once admitted
+it holds a talker row and a `speech` stream, and it is `done` only when its speech has ended
+too, after its reply.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from omnilive.types import AudioChunk, EngineError, FinishReason, SamplingParams
 class PreparedPrompt:
     """A multimodal prompt ready for the engine: what a model family's prompt builder gives."""
 
-    prompt: ThinkerPrompt  # token ids, embeddings with the media merged in, M-RoPE ids
+    prompt: ThinkerPrompt  # token ids, embeddings with the media merged in, M-RoPE ids, DeepStack features
     media_spans: tuple[MediaSpan, ...] = ()  # the media behind placeholder runs: part of the block keys
     audio_tokens: int = 0  # audio placeholders (usage)
     image_tokens: int = 0  # image and video placeholders (usage)
@@ -83,7 +84,7 @@ class Request:
     generator: torch.Generator
     token_text: Callable[[int], tuple[str, bytes]]  # for logprobs
     thinking: ThinkingTracker | None = None
-    prepared: ThinkerPrompt | None = None  # a multimodal prompt: embeddings, M-RoPE ids
+    prepared: ThinkerPrompt | None = None  # a multimodal prompt: embeddings, M-RoPE ids (, DeepStack)
     voice: Voice | None = None  # None: text only
     grammar: Grammar | None = None  # the reply's content must follow it (constrained decoding)
     tool_parser: ToolCallParser | None = None  # tool calls are parsed out of the content
