@@ -34,9 +34,8 @@ def tool_signatures(tools: Sequence[Tool]) -> list[dict]:
     """The `tools` template variable, in OpenAI's (and transformers') shape."""
     signatures = []
     for tool in tools:
-        function = {"name": tool.name, "parameters": json.loads(tool.parameters)}
-        if tool.description:
-            function["description"] = tool.description
+        function = {"name": tool.name, **({"description": tool.description} if tool.description else {}),
+                    "parameters": json.loads(tool.parameters)}
         signatures.append({"type": "function", "function": function})
     return signatures
 

@@ -29,6 +29,7 @@ class GrammarVocabulary:
         """vocab_size: the model's logits width (may exceed the tokenizer's: padding rows)."""
         self._tokenizer, self.vocab_size = tokenizer, vocab_size
         self._built: llguidance.LLTokenizer | None = None
+        self._usable: torch.Tensor | None = None
         self._lock = threading.Lock()
 
     @property
@@ -42,8 +43,13 @@ class GrammarVocabulary:
         t = self._tokenizer
         stops = sorted(t.stop_token_ids)
         size = min(getattr(t, "vocab_size", self.vocab_size), self.vocab_size)
-        wrapper = _Vocabulary([t.token_bytes(i) for i in range(size)],
-                              [i for i in range(size) if t.is_special(i)], stops[0], t.encode)
+        special = [i for i in range(size) if t.is_special(i)]
+        # Control tokens write no text here (the detokenizer drops them), so no grammar can use
+        # them, whatever text they are named by; only the stop tokens end a grammar's reply.
+        usable = torch.ones(self.vocab_size, dtype=torch.bool)
+        usable[[i for i in special if i not in t.stop_token_ids]] = False
+        self._usable = bitmask(usable)
+        wrapper = _Vocabulary([t.token_bytes(i) for i in range(size)], special, stops[0], t.encode)
         return llguidance.LLTokenizer(llguidance.TokenizerWrapper(wrapper), n_vocab=self.vocab_size, eos_token=stops)
 
     def compile(self, grammar: str, param: str = "response_format") -> Grammar:
@@ -52,32 +58,40 @@ class GrammarVocabulary:
         if is_error:
             raise EngineError(f"the requested output format cannot be enforced: {'; '.join(messages)[:500]}",
                               param=param, code="invalid_grammar")
-        return Grammar(llguidance.LLMatcher(self.tokenizer, grammar), self.vocab_size)
+        return Grammar(llguidance.LLMatcher(self.tokenizer, grammar), self._usable)
 
 
 class _Vocabulary:
-    """What llguidance.TokenizerWrapper reads from a tokenizer."""
+    """What llguidance.TokenizerWrapper reads from a tokenizer. Its encoding never yields a
+    control token: text that names one ("<tool_call>" in some vocabularies) is spelled in bytes."""
 
     def __init__(self, tokens: list[bytes], special: list[int], eos: int, encode):
         self.tokens, self.special_token_ids, self.eos_token_id, self.bos_token_id = tokens, special, eos, None
-        self._encode = encode
+        self._encode, self._special = encode, set(special)
+        self._byte_ids = {data: i for i, data in enumerate(tokens) if len(data) == 1 and i not in self._special}
 
     def __call__(self, text: str | bytes) -> list[int]:
-        return self._encode(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text)
+        ids = []
+        for token_id in self._encode(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text):
+            if token_id in self._special:
+                ids += [self._byte_ids[bytes([b])] for b in self.tokens[token_id]]
+            else:
+                ids.append(token_id)
+        return ids
 
 
 class Grammar:
     """One request's position in its grammar."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
-        self._matcher, self.vocab_size = matcher, vocab_size
-        self._words = (vocab_size + 31) // 32
+    def __init__(self, matcher: llguidance.LLMatcher, usable: torch.Tensor):
+        """usable: the bitmask of tokens a grammar may ever allow (GrammarVocabulary's)."""
+        self._matcher, self._usable = matcher, usable
 
     def allowed(self) -> torch.Tensor:
-        """The tokens that may come next: an int32 bitmask of `vocab_size` bits."""
-        mask = torch.empty(self._words, dtype=torch.int32)
+        """The tokens that may come next: an int32 bitmask, 32 tokens per word."""
+        mask = torch.empty_like(self._usable)
         self._matcher.unsafe_compute_mask_ptr(mask.data_ptr(), mask.numel() * 4)
-        return mask
+        return mask & self._usable
 
     def accept(self, token_id: int) -> None:
         """Advance past a token (one `allowed` permitted)."""
@@ -87,6 +101,13 @@ class Grammar:
     @property
     def finished(self) -> bool:
         return self._matcher.is_stopped()
+
+
+def bitmask(allowed: torch.Tensor) -> torch.Tensor:
+    """A bool vector as an int32 bitmask (bit j of word i is token 32·i + j)."""
+    padded = torch.nn.functional.pad(allowed, (0, -len(allowed) % 32)).view(-1, 32).to(torch.int64)
+    words = (padded << torch.arange(32)).sum(dim=1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 def apply_allowed(logits: torch.Tensor, rows: Sequence[int], masks: Sequence[torch.Tensor]) -> None:
