@@ -1,0 +1,138 @@
+"""Runs one evaluation: every item at every thinking budget, `concurrency` requests at a time,
+each finished prediction appended to predictions.jsonl at once, so a run that stops (Ctrl-C, a
+crash, a server error) resumes where it was: records already in `out` are not asked again.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openai import OpenAI
+
+from omnilive.eval.client import Sampling
+from omnilive.eval.datasets import Item, load_items
+from omnilive.eval.report import plot_accuracy_vs_budget, summarise, write_results
+from omnilive.eval.tasks import ASK, BUDGETED, score
+
+PREDICTIONS = "predictions.jsonl"
+RUN = "run.json"  # what the predictions in this folder answer: a resumed run must ask the same
+
+
+class EvalError(RuntimeError):
+    """A run that cannot go on (a different run's folder, a failed request); said plainly."""
+
+
+@dataclass
+class EvalConfig:
+    task: str
+    data: Path
+    out: Path
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str = "none"
+    model: str | None = None
+    limit: int | None = None
+    budgets: list[int | None] = field(default_factory=lambda: [None])
+    concurrency: int = 1
+    seed: int | None = 0
+    temperature: float = 0.0
+    max_answer_tokens: int = 512
+    asr_model: str = "whisper-1"
+    voice: str = "alloy"
+    vqa_metric: str = "auto"
+    timeout_s: float = 600.0
+    progress: bool = True
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """The complete lines of a predictions file; a torn last line (a killed run) is dropped and
+    the file rewritten without it."""
+    if not path.exists():
+        return []
+    records, torn = [], False
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn = True
+    if torn:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def _check_same_run(out: Path, run: dict) -> None:
+    path = out / RUN
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = [k for k in ("task", "model", "data", "temperature", "seed", "max_answer_tokens")
+                   if before.get(k) != run.get(k)]
+        if changed and (out / PREDICTIONS).exists():
+            details = ", ".join(f"{k}: {before.get(k)!r} → {run.get(k)!r}" for k in changed)
+            raise EvalError(f"{out} holds predictions of another run ({details}); use another --out")
+    path.write_text(json.dumps(run, indent=2) + "\n")
+
+
+def _one(client: OpenAI, config: EvalConfig, sampling: Sampling, item: Item, budget: int | None) -> dict:
+    answer = ASK[config.task](client, item, budget, sampling)
+    record = {"id": item.id, "thinking_budget": budget, **answer}
+    record.update(score(config.task, item, record, config.seed, config.vqa_metric))
+    return record
+
+
+def run_eval(config: EvalConfig) -> dict:
+    items = load_items(config.task, config.data)[: config.limit]
+    budgets = config.budgets if config.task in BUDGETED else [None]
+    client = OpenAI(base_url=config.base_url, api_key=config.api_key, max_retries=2, timeout=config.timeout_s)
+    model = config.model or _first_model(client, config.base_url)
+    sampling = Sampling(model=model, temperature=config.temperature, seed=config.seed,
+                        max_answer_tokens=config.max_answer_tokens, asr_model=config.asr_model, voice=config.voice)
+    config.out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(config.out, {"task": config.task, "model": model, "data": str(config.data.resolve()),
+                                 "base_url": config.base_url, "temperature": config.temperature,
+                                 "seed": config.seed, "max_answer_tokens": config.max_answer_tokens})
+    predictions = config.out / PREDICTIONS
+    wanted = {(item.id, budget) for item in items for budget in budgets}
+    done = {(r["id"], r["thinking_budget"]): r for r in read_predictions(predictions)}
+    todo = [(item, budget) for budget in budgets for item in items if (item.id, budget) not in done]
+    _ask_all(client, config, sampling, todo, predictions, initial=len(wanted) - len(todo), total=len(wanted))
+
+    records = [r for key, r in {(r["id"], r["thinking_budget"]): r for r in read_predictions(predictions)}.items()
+               if key in wanted]
+    results = summarise(config.task, records, budgets)
+    document = write_results(config.out, config.task, model, str(config.data), results)
+    plot = plot_accuracy_vs_budget(config.out, config.task, model, results)
+    return {**document, "plot": str(plot) if plot else None, "asked": len(todo)}
+
+
+def _first_model(client: OpenAI, base_url: str) -> str:
+    try:
+        models = client.models.list().data
+    except Exception as e:  # connection refused, auth, ...: the openai client's many error types
+        raise EvalError(f"cannot list the models at {base_url}: {e}") from e
+    if not models:
+        raise EvalError(f"{base_url} serves no model; pass --model")
+    return models[0].id
+
+
+def _ask_all(client, config, sampling, todo, predictions: Path, initial: int, total: int) -> None:
+    from tqdm import tqdm
+
+    with (open(predictions, "a") as out, ThreadPoolExecutor(max(1, config.concurrency)) as pool,
+          tqdm(total=total, initial=initial, desc=config.task, unit="q", disable=not config.progress) as bar):
+        pending = {pool.submit(_one, client, config, sampling, item, budget): (item, budget) for item, budget in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    item, budget = pending.pop(future)
+                    if future.exception() is not None:
+                        raise EvalError(f"item {item.id} (thinking budget {budget}): {future.exception()}; the "
+                                        f"{bar.n} answers so far are kept: run again to resume")
+                    out.write(json.dumps(future.result()) + "\n")
+                    out.flush()
+                    bar.update(1)
+        finally:
+            for future in pending:
+                future.cancel()
