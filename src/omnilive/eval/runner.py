@@ -6,7 +6,7 @@ crash, a server error) resumes where it was: records already in `out` are not as
 from __future__ import annotations
 
 import json
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,10 +122,11 @@ def _ask_all(client, config, sampling, todo, predictions: Path, initial: int, to
     with (open(predictions, "a") as out, ThreadPoolExecutor(max(1, config.concurrency)) as pool,
           tqdm(total=total, initial=initial, desc=config.task, unit="q", disable=not config.progress) as bar):
         pending = {pool.submit(_one, client, config, sampling, item, budget): (item, budget) for item, budget in todo}
+        order = {future: n for n, future in enumerate(pending)}
         try:
             while pending:
-                finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in finished:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: order[f]):
                     item, budget = pending.pop(future)
                     if future.exception() is not None:
                         raise EvalError(f"item {item.id} (thinking budget {budget}): {future.exception()}; the "

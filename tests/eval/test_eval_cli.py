@@ -1,0 +1,151 @@
+"""`python -m omnilive eval ...` as a user runs it, against the real embedded default server
+(the session's `server` fixture), on tiny sets built offline in each public layout.
+
+The figures are the model's, so the checks are on the harness: every item answered once per
+budget, ids and fields as documented, scores that agree with rescoring the raw replies, resume
+that asks only what is missing. Where the embedded default is reliable (printed words read by
+OCR, espeak speech through Whisper) its quality is checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omnilive.eval import scoring_text
+from omnilive.eval.datasets import load_items
+from omnilive.eval.tasks import score
+from tests.eval.eval_sets import (SIGNS, SUMS, write_docvqa, write_librispeech, write_mathvista, write_mmmu,
+                                  write_spoken_qa, write_textvqa)
+from tests.server_process import REPO_SRC
+from tests.speech_helpers import needs_speech_tools
+
+pytestmark = pytest.mark.slow
+
+
+def omnilive_eval(*args, server=None, check=True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "omnilive", "eval", *map(str, args), "--no-progress"]
+    if server is not None:
+        command += ["--base-url", f"{server.url}/v1", "--api-key", server.api_key]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_SRC), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def predictions(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_a_file_in_the_wrong_layout_is_a_clear_error(tmp_path):
+    mmmu = write_mmmu(tmp_path / "mmmu.parquet", SUMS[:1])
+    done = omnilive_eval("mathvista", "--data", mmmu, "--out", tmp_path / "out", check=False)
+    assert done.returncode == 2
+    assert "wrong data layout" in done.stderr and "not a MathVista file" in done.stderr
+    assert "decoded_image" in done.stderr and "pid" in done.stderr  # what is missing
+    assert "Traceback" not in done.stderr
+
+    folder = omnilive_eval("asr", "--data", mmmu, "--out", tmp_path / "out", check=False)
+    assert folder.returncode == 2 and "LibriSpeech folder" in folder.stderr
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "answers": ["a"], "image": "x.png"}\nnot json\n')
+    broken = omnilive_eval("vqa", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "out", check=False)
+    assert broken.returncode == 2 and "bad.jsonl:2: not a JSON line" in broken.stderr
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+def test_textvqa_printed_words_and_resume(server, tmp_path):
+    data = write_textvqa(tmp_path / "textvqa" / "val.jsonl", SIGNS[:3])
+    out = tmp_path / "run"
+    omnilive_eval("vqa", "--data", data, "--out", out, "--limit", "2", "--max-tokens", "32", server=server)
+    first = (out / "predictions.jsonl").read_text()
+    assert [r["id"] for r in predictions(out)] == ["100", "101"]
+
+    # a run killed mid-write leaves a torn line; the next run drops it and asks only what is missing
+    with open(out / "predictions.jsonl", "a") as torn:
+        torn.write('{"id": "102", "thinking_bud')
+    omnilive_eval("vqa", "--data", data, "--out", out, "--max-tokens", "32", server=server)
+    records = predictions(out)
+    assert (out / "predictions.jsonl").read_text().startswith(first)  # the first two were not asked again
+    assert [r["id"] for r in records] == ["100", "101", "102"]
+    items = {item.id: item for item in load_items("vqa", data)}
+    for record in records:
+        assert record["thinking_budget"] is None and record["metric"] == "vqa_accuracy"
+        assert record["score"] == scoring_text.vqa_accuracy(record["prediction"], items[record["id"]].answers)
+        assert record["latency_s"] > 0 and record["reasoning_tokens"] == 0  # not a thinking model
+    summary = results(out)
+    assert summary["task"] == "vqa" and summary["model"] == "omnilive-small"
+    (entry,) = summary["results"]
+    assert entry["n"] == 3 and entry["accuracy"] == pytest.approx(sum(r["score"] for r in records) / 3, abs=1e-6)
+    assert entry["accuracy"] >= 2 / 3, records  # OCR reads large printed words
+
+    other = omnilive_eval("vqa", "--data", data, "--out", out, "--model", "another-model", server=server, check=False)
+    assert other.returncode == 1 and "holds predictions of another run" in other.stderr
+
+
+def test_mathvista_and_mmmu_parquet(server, tmp_path):
+    for task, data in (("mathvista", write_mathvista(tmp_path / "testmini.parquet", SUMS[:2])),
+                       ("mmmu", write_mmmu(tmp_path / "validation.parquet", SUMS[:2]))):
+        out = tmp_path / task
+        omnilive_eval(task, "--data", data, "--out", out, "--max-tokens", "64", server=server)
+        records = predictions(out)
+        items = {item.id: item for item in load_items(task, data)}
+        assert sorted(r["id"] for r in records) == sorted(items)
+        for record in records:
+            item = items[record["id"]]
+            rescored = score(task, item, {"prediction": record["prediction"]}, seed=0)
+            assert (record["extracted"], record["correct"]) == (rescored["extracted"], rescored["correct"])
+            multiple = item.meta.get("question_type") == "multi_choice" or item.meta.get("multiple_choice")
+            if multiple:
+                assert record["extracted"] in ("A", "B", "C", "D")  # options: the letter
+        (entry,) = results(out)["results"]
+        assert entry["n"] == 2 and entry["accuracy"] == sum(r["correct"] for r in records) / 2
+    assert [r["id"] for r in predictions(tmp_path / "mathvista")] == ["1", "2"]  # MathVista's pid
+
+
+def test_docvqa_is_scored_with_anls(server, tmp_path):
+    data = write_docvqa(tmp_path / "docvqa.parquet", SIGNS[:2])
+    omnilive_eval("vqa", "--data", data, "--out", tmp_path / "out", "--max-tokens", "32", server=server)
+    records = predictions(tmp_path / "out")
+    assert {r["metric"] for r in records} == {"anls"}
+    for record, word in zip(records, SIGNS):
+        assert record["score"] == scoring_text.anls(record["prediction"], [word, word.lower()])
+
+
+@needs_speech_tools
+def test_asr_on_a_librispeech_folder(server, tmp_path):
+    sentences = ["the cat sat on the mat", "please call me when you get home"]
+    root = write_librispeech(tmp_path / "LibriSpeech" / "test-clean", sentences)
+    out = tmp_path / "asr"
+    omnilive_eval("asr", "--data", root, "--out", out, "--thinking-budgets", "0,64", server=server)
+    records = predictions(out)
+    assert [r["id"] for r in records] == ["1089-134686-0000", "1089-134686-0001"]  # utterance ids
+    assert {r["thinking_budget"] for r in records} == {None}  # transcription has no thinking
+    (entry,) = results(out)["results"]
+    assert set(entry) >= {"thinking_budget", "n", "wer"} and "accuracy" not in entry
+    expected = scoring_text.word_error_rate([s.upper() for s in sentences], [r["prediction"] for r in records])
+    assert entry["wer"] == pytest.approx(expected, abs=1e-6) and entry["wer"] < 0.35
+
+
+@needs_speech_tools
+def test_spoken_qa_scores_the_answer_its_speech_and_first_audio(server, tmp_path):
+    data = write_spoken_qa(tmp_path / "spoken" / "questions.jsonl", [("What is the capital of France?", ["Paris"])])
+    out = tmp_path / "out"
+    omnilive_eval("spoken-qa", "--data", data, "--out", out, "--max-tokens", "48", server=server)
+    (record,) = predictions(out)
+    assert record["prediction"] and record["speech_transcript"] and record["speech_s"] > 0.5
+    assert 0 < record["ttft_s"] <= record["ttfa_s"] <= record["latency_s"]
+    assert record["correct"] == scoring_text.answer_in_reply(record["prediction"], ["Paris"])
+    assert record["speech_wer"] < 0.3, record  # hibari's speech, heard back by Whisper
+    (entry,) = results(out)["results"]
+    assert entry["with_audio"] == 1 and entry["median_ttfa_s"] == record["ttfa_s"]
+    assert entry["speech_wer"] == record["speech_wer"]
