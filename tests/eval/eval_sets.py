@@ -43,6 +43,18 @@ SPOKEN = [
     ("What colour is the sky on a clear day?", ["blue"]),
 ]
 
+# knowledge and arithmetic, asked as MMMU open questions without images (any text model)
+KNOWLEDGE = [
+    ("What is the capital of Australia?", "Canberra"), ("Which planet is the largest in the solar system?", "Jupiter"),
+    ("What is the capital of France?", "Paris"), ("What is the chemical symbol for gold?", "Au"),
+    ("How many continents are there on Earth?", "7"), ("Who wrote the play Romeo and Juliet?", "Shakespeare"),
+    ("What is the boiling point of water at sea level in degrees Celsius?", "100"),
+    ("Which planet is closest to the Sun?", "Mercury"), ("What is the largest ocean on Earth?", "Pacific"),
+    ("What is the capital of Japan?", "Tokyo"), ("What is 17 + 25?", "42"), ("What is 9 times 8?", "72"),
+    ("What is 100 minus 37?", "63"), ("What is 144 divided by 12?", "12"), ("What is 15% of 200?", "30"),
+    ("If a train travels 60 km per hour for 3 hours, how many km does it travel?", "180"),
+]
+
 
 def font(size: int) -> ImageFont.ImageFont:
     try:
@@ -103,6 +115,14 @@ def write_mmmu(path: Path, sums=SUMS, with_images: bool = True) -> Path:
     return path
 
 
+def write_knowledge(path: Path, questions=KNOWLEDGE) -> Path:
+    rows = [{"id": f"validation_Knowledge_{i + 1}", "question": question, "options": "[]", "explanation": "",
+             **{f"image_{k}": None for k in range(1, 8)}, "answer": answer, "question_type": "open"}
+            for i, (question, answer) in enumerate(questions)]
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
 def write_textvqa(path: Path, signs=SIGNS) -> Path:
     """TextVQA-style jsonl: image files beside it, ten human answers each."""
     (path.parent / "images").mkdir(parents=True, exist_ok=True)
@@ -153,6 +173,7 @@ def write_all(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     write_mathvista(root / "mathvista_sums.parquet")
     write_mmmu(root / "mmmu_sums.parquet")
+    write_knowledge(root / "knowledge_qa.parquet")
     write_textvqa(root / "textvqa_signs" / "val.jsonl")
     write_docvqa(root / "docvqa_signs.parquet")
     write_librispeech(root / "LibriSpeech" / "espeak-clean")

@@ -64,13 +64,13 @@ def plot_accuracy_vs_budget(out: Path, task: str, model: str, results: list[dict
     axes.plot(budgets, accuracy, marker="o")
     for r, x, y in zip(points, budgets, accuracy):
         if r.get("mean_reasoning_tokens") is not None:
-            axes.annotate(f"{r['mean_reasoning_tokens']:g} tok", (x, y), textcoords="offset points", xytext=(4, 6),
+            axes.annotate(f"{r['mean_reasoning_tokens']:.0f} reasoning tok", (x, y), textcoords="offset points", xytext=(4, 6),
                           fontsize=8)
     if min(budgets) >= 0 and max(budgets) > 10 * max(1, sorted(budgets)[1]):
         axes.set_xscale("symlog", linthresh=max(1, sorted(budgets)[1]))  # budgets usually grow geometrically
     axes.set_xlabel("thinking budget (max_thinking_tokens)")
     axes.set_ylabel("accuracy (%)")
-    axes.set_ylim(0, 100)
+    axes.set_ylim(-3, 103)
     axes.set_title(f"{task}: {model} (n={points[0]['n']})", fontsize=10)
     axes.grid(alpha=0.3)
     figure.tight_layout()
