@@ -95,13 +95,6 @@ def anls(reply: str, answers: list[str], threshold: float = 0.5) -> float:
     return score if score >= threshold else 0.0
 
 
-def short_vqa_reply(reply: str) -> str:
-    """A chat reply's first line without a trailing full stop: what a "single word or phrase"
-    instruction asks for (the reference harnesses score the raw reply; wordy models lose)."""
-    lines = [line for line in reply.strip().splitlines() if line.strip()]
-    return lines[0].strip() if lines else ""
-
-
 @cache
 def _english_normalizer():
     from whisper_normalizer.english import EnglishTextNormalizer
