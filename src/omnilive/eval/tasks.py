@@ -1,20 +1,157 @@
 """What each task sends and how it scores one reply.
 
-`score` fills a prediction record's `extracted` (the parsed answer; the letter for options),
+Requests go through the official openai client; each returns a plain dict that goes into
+predictions.jsonl: the raw reply, token counts and timings. The thinking budget travels as
+`max_thinking_tokens` (omnilive's extension, in `extra_body`); a server that ignores it still
+answers. `score` then fills a record's `extracted` (the parsed answer; the letter for options),
 `score` (the item's metric: 1/0, or VQA accuracy / ANLS in [0, 1]) and `correct` (full marks).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import random
+import time
+import wave
+from dataclasses import dataclass
 from typing import Callable
 
 from openai import OpenAI
 
 from omnilive.eval import scoring_choice as choice
 from omnilive.eval import scoring_text as text
-from omnilive.eval.client import Sampling, ask_chat, ask_spoken, ask_transcription
 from omnilive.eval.datasets import Item
+
+SPEECH_SAMPLE_RATE = 24_000  # streamed chat audio: base64 PCM16 mono at 24 kHz
+
+
+@dataclass(frozen=True)
+class Sampling:
+    model: str
+    temperature: float = 0.0
+    seed: int | None = 0
+    max_answer_tokens: int = 512  # on top of the thinking budget
+    asr_model: str = "whisper-1"
+    voice: str = "alloy"
+    language: str | None = "en"
+
+
+def image_mime(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:3] == b"GIF":
+        return "image/gif"
+    return "image/png"
+
+
+def user_content(item: Item) -> str | list[dict]:
+    """Plain text for a text-only question (any chat template takes it), else images then text."""
+    if not item.images:
+        return item.prompt
+    parts = [{"type": "image_url",
+              "image_url": {"url": f"data:{image_mime(d)};base64,{base64.b64encode(d).decode()}"}}
+             for d in item.images]
+    return [*parts, {"type": "text", "text": item.prompt}]
+
+
+def _budget_fields(budget: int | None, sampling: Sampling) -> dict:
+    fields = {"max_tokens": (budget or 0) + sampling.max_answer_tokens}
+    if budget is not None:
+        fields["extra_body"] = {"max_thinking_tokens": budget}
+    return fields
+
+
+def _reasoning_tokens(usage) -> int | None:
+    details = getattr(usage, "completion_tokens_details", None) if usage is not None else None
+    return getattr(details, "reasoning_tokens", None)
+
+
+def ask_chat(client: OpenAI, item: Item, budget: int | None, sampling: Sampling) -> dict:
+    started = time.perf_counter()
+    response = client.chat.completions.create(
+        model=sampling.model, messages=[{"role": "user", "content": user_content(item)}],
+        temperature=sampling.temperature, seed=sampling.seed, **_budget_fields(budget, sampling),
+    )
+    message = response.choices[0].message
+    return {
+        "prediction": message.content or "",
+        "reasoning_tokens": _reasoning_tokens(response.usage),
+        "completion_tokens": response.usage.completion_tokens if response.usage else None,
+        "finish_reason": response.choices[0].finish_reason,
+        "latency_s": round(time.perf_counter() - started, 4),
+    }
+
+
+def transcribe(client: OpenAI, audio: bytes, name: str, sampling: Sampling) -> str:
+    extra = {"language": sampling.language} if sampling.language else {}
+    return client.audio.transcriptions.create(model=sampling.asr_model, file=(name, audio), temperature=0,
+                                              **extra).text
+
+
+def ask_transcription(client: OpenAI, item: Item, budget: int | None, sampling: Sampling) -> dict:
+    started = time.perf_counter()
+    heard = transcribe(client, item.audio, item.audio_name, sampling)
+    return {"prediction": heard, "reasoning_tokens": None, "latency_s": round(time.perf_counter() - started, 4)}
+
+
+def pcm16_wav(pcm: bytes, sample_rate: int = SPEECH_SAMPLE_RATE) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def ask_spoken(client: OpenAI, item: Item, budget: int | None, sampling: Sampling) -> dict:
+    """A spoken question in, text and speech out, streamed: the reply, time to first text and
+    first audio, and the reply's speech transcribed back (to score the model's own speech)."""
+    audio_format = item.audio_name.rsplit(".", 1)[-1].lower() if "." in item.audio_name else "wav"
+    content = [{"type": "input_audio",
+                "input_audio": {"data": base64.b64encode(item.audio).decode(), "format": audio_format}}]
+    started = time.perf_counter()
+    stream = client.chat.completions.create(
+        model=sampling.model, messages=[{"role": "user", "content": content}],
+        modalities=["text", "audio"], audio={"voice": sampling.voice, "format": "pcm16"},
+        temperature=sampling.temperature, seed=sampling.seed, stream=True, stream_options={"include_usage": True},
+        **_budget_fields(budget, sampling),
+    )
+    written, transcript, pcm, usage = [], [], [], None
+    first_text = first_audio = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content:
+                written.append(delta.content)
+                first_text = first_text or time.perf_counter() - started
+            audio = getattr(delta, "audio", None)  # not in the client's typed delta: a dict
+            if audio:
+                audio = audio if isinstance(audio, dict) else audio.model_dump()
+                if audio.get("data"):
+                    pcm.append(base64.b64decode(audio["data"]))
+                    first_audio = first_audio or time.perf_counter() - started
+                transcript.append(audio.get("transcript") or "")
+    latency = time.perf_counter() - started
+    reply = "".join(written) or "".join(transcript)
+    speech = b"".join(pcm)
+    heard = transcribe(client, pcm16_wav(speech), "reply.wav", sampling) if speech else ""
+    return {
+        "prediction": reply,
+        "speech_transcript": heard,
+        "speech_s": round(len(speech) / 2 / SPEECH_SAMPLE_RATE, 3),
+        "reasoning_tokens": _reasoning_tokens(usage),
+        "ttft_s": round(first_text, 4) if first_text is not None else None,
+        "ttfa_s": round(first_audio, 4) if first_audio is not None else None,
+        "latency_s": round(latency, 4),
+    }
+
 
 Ask = Callable[[OpenAI, Item, "int | None", Sampling], dict]
 ASK: dict[str, Ask] = {"mathvista": ask_chat, "mmmu": ask_chat, "vqa": ask_chat, "asr": ask_transcription,
