@@ -4,7 +4,8 @@
 The figures are the model's, so the checks are on the harness: every item answered once per
 budget, ids and fields as documented, scores that agree with rescoring the raw replies, resume
 that asks only what is missing. Where the embedded default is reliable (printed words read by
-OCR, espeak speech through Whisper) its quality is checked too.
+OCR, espeak speech through Whisper) its quality is checked too. And the figures of these runs
+equal lmms-eval's scoring of the same predictions.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from omnilive.eval import scoring_choice as choice
 from omnilive.eval import scoring_text
 from omnilive.eval.datasets import load_items
 from omnilive.eval.tasks import score
 from tests.eval.eval_sets import (SIGNS, SUMS, write_docvqa, write_librispeech, write_mathvista, write_mmmu,
                                   write_spoken_qa, write_textvqa)
+from tests.eval.lmms_reference import quiet, reference
 from tests.server_process import REPO_SRC
 from tests.speech_helpers import needs_speech_tools
 
@@ -63,20 +66,46 @@ def test_a_file_in_the_wrong_layout_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
 
-def test_textvqa_printed_words_and_resume(server, tmp_path):
-    data = write_textvqa(tmp_path / "textvqa" / "val.jsonl", SIGNS[:3])
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def textvqa_run(server, tmp_path_factory):
+    """A TextVQA run stopped after 2 of 3 items, with a torn line, then resumed."""
+    root = tmp_path_factory.mktemp("textvqa")
+    data, out = write_textvqa(root / "textvqa" / "val.jsonl", SIGNS[:3]), root / "run"
     omnilive_eval("vqa", "--data", data, "--out", out, "--limit", "2", "--max-tokens", "32", server=server)
     first = (out / "predictions.jsonl").read_text()
-    assert [r["id"] for r in predictions(out)] == ["100", "101"]
-
-    # a run killed mid-write leaves a torn line; the next run drops it and asks only what is missing
-    with open(out / "predictions.jsonl", "a") as torn:
+    with open(out / "predictions.jsonl", "a") as torn:  # as a run killed mid-write leaves it
         torn.write('{"id": "102", "thinking_bud')
     omnilive_eval("vqa", "--data", data, "--out", out, "--max-tokens", "32", server=server)
+    return data, out, first
+
+
+@pytest.fixture(scope="module")
+def parquet_runs(server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("parquet")
+    runs = {"mathvista": write_mathvista(root / "testmini.parquet", SUMS[:2]),
+            "mmmu": write_mmmu(root / "validation.parquet", SUMS[:2])}
+    for task, data in runs.items():
+        omnilive_eval(task, "--data", data, "--out", root / task, "--max-tokens", "64", server=server)
+    return {task: (data, root / task) for task, data in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def asr_run(server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("asr")
+    data = write_librispeech(root / "LibriSpeech" / "test-clean", ASR_SENTENCES)
+    omnilive_eval("asr", "--data", data, "--out", root / "out", "--thinking-budgets", "0,64", server=server)
+    return data, root / "out"
+
+
+ASR_SENTENCES = ["the cat sat on the mat", "please call me when you get home"]
+
+
+def test_textvqa_printed_words_and_resume(server, textvqa_run):
+    data, out, first = textvqa_run
+    assert [json.loads(line)["id"] for line in first.splitlines()] == ["100", "101"]
     records = predictions(out)
     assert (out / "predictions.jsonl").read_text().startswith(first)  # the first two were not asked again
-    assert [r["id"] for r in records] == ["100", "101", "102"]
+    assert [r["id"] for r in records] == ["100", "101", "102"]  # the torn line dropped, 102 asked
     items = {item.id: item for item in load_items("vqa", data)}
     for record in records:
         assert record["thinking_budget"] is None and record["metric"] == "vqa_accuracy"
@@ -92,11 +121,8 @@ def test_textvqa_printed_words_and_resume(server, tmp_path):
     assert other.returncode == 1 and "holds predictions of another run" in other.stderr
 
 
-def test_mathvista_and_mmmu_parquet(server, tmp_path):
-    for task, data in (("mathvista", write_mathvista(tmp_path / "testmini.parquet", SUMS[:2])),
-                       ("mmmu", write_mmmu(tmp_path / "validation.parquet", SUMS[:2]))):
-        out = tmp_path / task
-        omnilive_eval(task, "--data", data, "--out", out, "--max-tokens", "64", server=server)
+def test_mathvista_and_mmmu_parquet(parquet_runs):
+    for task, (data, out) in parquet_runs.items():
         records = predictions(out)
         items = {item.id: item for item in load_items(task, data)}
         assert sorted(r["id"] for r in records) == sorted(items)
@@ -104,12 +130,52 @@ def test_mathvista_and_mmmu_parquet(server, tmp_path):
             item = items[record["id"]]
             rescored = score(task, item, {"prediction": record["prediction"]}, seed=0)
             assert (record["extracted"], record["correct"]) == (rescored["extracted"], rescored["correct"])
-            multiple = item.meta.get("question_type") == "multi_choice" or item.meta.get("multiple_choice")
-            if multiple:
+            if item.meta.get("question_type") == "multi_choice" or item.meta.get("multiple_choice"):
                 assert record["extracted"] in ("A", "B", "C", "D")  # options: the letter
         (entry,) = results(out)["results"]
         assert entry["n"] == 2 and entry["accuracy"] == sum(r["correct"] for r in records) / 2
-    assert [r["id"] for r in predictions(tmp_path / "mathvista")] == ["1", "2"]  # MathVista's pid
+    assert [r["id"] for r in predictions(parquet_runs["mathvista"][1])] == ["1", "2"]  # MathVista's pid
+
+
+@needs_speech_tools  # the asr run
+def test_the_runs_score_as_lmms_eval_scores_the_same_predictions(textvqa_run, parquet_runs, asr_run):
+    """The replies the server actually gave, rescored by lmms-eval's own functions."""
+    textvqa = reference("lmms_eval.tasks.textvqa.utils")
+    data, out, _ = textvqa_run
+    items = {item.id: item for item in load_items("vqa", data)}
+    theirs = [quiet(textvqa.textvqa_process_results, {"question_id": r["id"], "answers": list(items[r["id"]].answers)},
+                    [r["prediction"]])["exact_match"] for r in predictions(out)]
+    assert results(out)["results"][0]["accuracy"] == pytest.approx(sum(theirs) / len(theirs), abs=1e-6)
+
+    mmmu = reference("lmms_eval.tasks.mmmu.utils")
+    data, out = parquet_runs["mmmu"]
+    items = {item.id: item for item in load_items("mmmu", data)}
+    for record in predictions(out):
+        item = items[record["id"]]
+        if item.meta["multiple_choice"]:
+            index2ans, letters = mmmu.get_multi_choice_info(item.meta["options"])
+            parsed = mmmu.parse_multi_choice_response(record["prediction"], letters, index2ans)
+            assert record["correct"] == mmmu.eval_multi_choice(item.answers[0], parsed)
+        else:
+            assert record["correct"] == mmmu.eval_open(item.answers[0], mmmu.parse_open_response(record["prediction"]))
+
+    evaluator = reference("lmms_eval.tasks.mathvista.mathvista_evals").MathVistaEvaluator()
+    data, out = parquet_runs["mathvista"]
+    items = {item.id: item for item in load_items("mathvista", data)}
+    for record in predictions(out):
+        meta = items[record["id"]].meta
+        extraction = choice.extract_mathvista(record["prediction"], meta["question_type"], meta["answer_type"],
+                                              meta["choices"])  # the judge-free extraction (docs/evals.md)
+        normalized = evaluator.normalize_extracted_answer(extraction, meta["choices"], meta["question_type"],
+                                                          meta["answer_type"], meta["precision"] or 0)
+        assert record["correct"] == evaluator.safe_equal(normalized, items[record["id"]].answers[0])
+
+    librispeech = reference("lmms_eval.tasks.librispeech.utils")
+    _, out = asr_run
+    records = predictions(out)
+    theirs = quiet(librispeech.compute_wer, [librispeech.remove_sp(s.upper(), "en") for s in ASR_SENTENCES],
+                   [librispeech.remove_sp(r["prediction"], "en") for r in records], "en")
+    assert results(out)["results"][0]["wer"] == pytest.approx(theirs, abs=1e-6)
 
 
 def test_docvqa_is_scored_with_anls(server, tmp_path):
@@ -122,17 +188,14 @@ def test_docvqa_is_scored_with_anls(server, tmp_path):
 
 
 @needs_speech_tools
-def test_asr_on_a_librispeech_folder(server, tmp_path):
-    sentences = ["the cat sat on the mat", "please call me when you get home"]
-    root = write_librispeech(tmp_path / "LibriSpeech" / "test-clean", sentences)
-    out = tmp_path / "asr"
-    omnilive_eval("asr", "--data", root, "--out", out, "--thinking-budgets", "0,64", server=server)
+def test_asr_on_a_librispeech_folder(asr_run):
+    _, out = asr_run
     records = predictions(out)
     assert [r["id"] for r in records] == ["1089-134686-0000", "1089-134686-0001"]  # utterance ids
     assert {r["thinking_budget"] for r in records} == {None}  # transcription has no thinking
     (entry,) = results(out)["results"]
     assert set(entry) >= {"thinking_budget", "n", "wer"} and "accuracy" not in entry
-    expected = scoring_text.word_error_rate([s.upper() for s in sentences], [r["prediction"] for r in records])
+    expected = scoring_text.word_error_rate([s.upper() for s in ASR_SENTENCES], [r["prediction"] for r in records])
     assert entry["wer"] == pytest.approx(expected, abs=1e-6) and entry["wer"] < 0.35
 
 
