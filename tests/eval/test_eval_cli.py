@@ -66,6 +66,20 @@ def test_a_file_in_the_wrong_layout_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
 
+def test_a_failed_request_stops_the_run_and_keeps_the_answers(server, tmp_path):
+    data = write_textvqa(tmp_path / "textvqa" / "val.jsonl", SIGNS[:2])
+    (tmp_path / "textvqa" / "images" / "sign_1.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    done = omnilive_eval("vqa", "--data", data, "--out", out, "--max-tokens", "16", server=server, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "item 101" in done.stderr and "run again to resume" in done.stderr and "Traceback" not in done.stderr
+    assert [r["id"] for r in predictions(out)] == ["100"]  # the answer before the failure is kept
+
+    unreachable = omnilive_eval("vqa", "--data", data, "--out", tmp_path / "other", "--base-url",
+                                "http://127.0.0.1:9/v1", check=False)
+    assert unreachable.returncode == 1 and "cannot list the models at http://127.0.0.1:9/v1" in unreachable.stderr
+
+
 @pytest.fixture(scope="module")
 def textvqa_run(server, tmp_path_factory):
     """A TextVQA run stopped after 2 of 3 items, with a torn line, then resumed."""
