@@ -8,11 +8,14 @@ test_realtime.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import jsonschema
 import pytest
 
+from omnilive.server.realtime.conversation import Content, Conversation, Item
+from omnilive.types import Message, ToolCall
 from tests.server.test_realtime import Realtime, in_order, types
 
 WEATHER_SCHEMA = {
@@ -182,3 +185,24 @@ def test_bad_tools_and_outputs_get_errors_and_the_session_goes_on(ga):
     ga.send({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "call_1",
                                                           "output": "sunny"}})
     assert ga.until("conversation.item.done")[-1]["item"]["output"] == "sunny"
+
+
+def test_calls_and_their_outputs_become_the_engines_tool_messages():
+    conversation = Conversation()
+    for item in (Item("i1", "user", [Content("input_text", text="Weather and time in Tokyo?")]),
+                 Item("i2", "assistant", [Content("output_text", text="Let me look.")]),
+                 Item.function_call("i3", "call_a", "get_weather", '{"location": "Tokyo"}'),
+                 Item.function_call("i4", "call_b", "get_time", '{"city": "Tokyo"}'),
+                 Item.function_call_output("i5", "call_a", "31 C"),
+                 Item.function_call_output("i6", "call_b", "09:00")):
+        conversation.add(item)
+    assert conversation.function_call("call_b").id == "i4"
+    messages = asyncio.run(conversation.messages("Be brief."))
+    assert messages == (
+        Message("system", ("Be brief.",)),
+        Message("user", ("Weather and time in Tokyo?",)),
+        Message("assistant", ("Let me look.",), tool_calls=(ToolCall("call_a", "get_weather", '{"location": "Tokyo"}'),
+                                                           ToolCall("call_b", "get_time", '{"city": "Tokyo"}'))),
+        Message("tool", ("31 C",), tool_call_id="call_a"),
+        Message("tool", ("09:00",), tool_call_id="call_b"),
+    )
