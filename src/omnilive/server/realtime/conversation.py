@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from omnilive.types import SPEECH_SAMPLE_RATE, ContentPart, ImageInput, Message, ToolCall
-from omnilive.server.realtime.events import Dialect, RealtimeError
+from omnilive.server.realtime.events import Dialect, ItemIn, RealtimeError
 
 ContentKind = Literal["input_text", "input_audio", "input_image", "output_text", "output_audio"]
 FRAMES_PER_TURN = 2  # latest webcam frames shown with a turn; each costs OCR time in the prompt
@@ -123,6 +123,13 @@ class Conversation:
                 return item
         raise RealtimeError(f"No function call with call_id '{call_id}' is in the conversation.", "invalid_value",
                             "item.call_id")
+
+    def call_item(self, item_id: str, source: ItemIn) -> Item:
+        """A function_call or function_call_output item the client sends (not yet added)."""
+        if source.type == "function_call":
+            return Item.function_call(item_id, source.call_id, source.name, source.arguments or "")
+        self.function_call(source.call_id)  # an output answers a call the conversation holds
+        return Item.function_call_output(item_id, source.call_id, source.output)
 
     def delete(self, item_id: str) -> None:
         self.items.remove(self.find(item_id))

@@ -276,7 +276,7 @@ class RealtimeSession:
     async def _on_conversation_item_create(self, event: ev.ConversationItemCreate) -> None:
         source = event.item
         if source.type != "message":
-            item = self._call_item(source)
+            item = self.conversation.call_item(source.id or new_id("item"), source)
             self._announce(item, self.conversation.add(item, event.previous_item_id))
             return
         contents = [self._content(part, source.role, f"item.content[{i}]") for i, part in enumerate(source.content)]
@@ -290,13 +290,6 @@ class RealtimeSession:
                 content.transcript = self._spawn(self._deliver_transcript(item, content, self._spawn(self._transcribe(speech))))
         previous = self.conversation.add(item, event.previous_item_id)
         self._announce(item, previous, done=not any(pcm is not None for _, pcm in contents))
-
-    def _call_item(self, source: ev.ItemIn) -> Item:
-        item_id = source.id or new_id("item")
-        if source.type == "function_call":
-            return Item.function_call(item_id, source.call_id, source.name, source.arguments or "")
-        self.conversation.function_call(source.call_id)  # an output answers a call the conversation holds
-        return Item.function_call_output(item_id, source.call_id, source.output)
 
     def _content(self, part: ev.ContentIn, role: str, where: str) -> tuple[Content, bytes | None]:
         allowed = {"user": ("input_text", "input_audio", "input_image"), "system": ("input_text",),
