@@ -110,15 +110,15 @@ def bitmask(allowed: torch.Tensor) -> torch.Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
+_BYTE_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).to(torch.uint8)  # [256, 8]: a byte's bits
+
+
 def apply_allowed(logits: torch.Tensor, rows: Sequence[int], masks: Sequence[torch.Tensor]) -> None:
-    """In place: -inf for every token a row's bitmask forbids. logits: [B, V]; rows index it."""
-    if not rows:
-        return
-    bits = torch.stack(list(masks))  # [R, W] int32
-    shifts = torch.arange(32, dtype=torch.int32)
-    allowed = ((bits.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)  # [R, W*32]
+    """In place: -inf for every token a row's bitmask forbids. logits: [B, V]; rows index it.
+    The int32 words are read as little-endian bytes: bit j of byte k is token 8·k + j."""
     vocab = logits.shape[-1]
-    if allowed.shape[1] < vocab:
-        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]))
-    index = torch.tensor(list(rows), dtype=torch.long)
-    logits[index] = logits[index].masked_fill(~allowed[:, :vocab], float("-inf"))
+    for i, mask in zip(rows, masks):
+        allowed = torch.index_select(_BYTE_BITS, 0, mask.view(torch.uint8).long()).flatten()[:vocab]
+        row = logits[i]
+        row[: len(allowed)].masked_fill_(allowed == 0, float("-inf"))
+        row[len(allowed):] = float("-inf")
