@@ -78,7 +78,8 @@ SCHEMA = '{"type": "object", "properties": {"city": {"type": "string"}}, "requir
 
 def test_output_formats():
     tools = (Tool("get_weather", "Weather", SCHEMA), Tool("get_time"))
-    assert output_format(tools, ToolChoice("none"), None) is None
+    words = output_format(tools, ToolChoice("none"), None)
+    assert not words.tool_calls and "start: WORDS" in words.grammar
     assert output_format((), ToolChoice("none"), None) is None
     named = output_format(tools, ToolChoice("function", "get_time"), None)
     assert named.tool_calls and 'get_time' in named.grammar and "get_weather" not in named.grammar

@@ -57,7 +57,11 @@ def output_format(tools: tuple[Tool, ...], choice: ToolChoice,
     calling = [t for t in tools if choice.mode != "none" and (choice.mode != "function" or t.name == choice.function)]
     answer = _json_rule(response_format) if response_format is not None else None
     if not calling:
-        return OutputFormat(grammar=_grammar("start: WS answer", answer)) if answer else None
+        if answer:
+            return OutputFormat(grammar=_grammar("start: WS answer", answer))
+        # tools given but not to be called: words, not a call written out as JSON (what a small
+        # model does after a tool result)
+        return OutputFormat(grammar=_grammar("start: WORDS", None)) if tools else None
     more = ' ("\\n" call)*' if choice.parallel else ""
     if choice.mode in ("required", "function"):
         start = f"start: WS call{more}"
