@@ -55,6 +55,9 @@ class AsyncLLM:
         self._streams: dict[str, _Stream] = {}  # guarded by _lock
         self._thread = StepThread("omnilive-llm-engine", engine.has_work, self._step, self._fail_all,
                                   self._end_all_streams, on_start=lambda: set_torch_threads(threads))
+        # the grammar vocabulary takes about a second to build: not on the first tool request
+        threading.Thread(target=lambda: engine.grammars.tokenizer, name="omnilive-grammar-vocabulary",
+                         daemon=True).start()
 
     async def generate(
         self,
