@@ -61,6 +61,15 @@ class GrammarVocabulary:
         return Grammar(llguidance.LLMatcher(self.tokenizer, grammar), self._usable)
 
 
+def grammar_problem(grammar: str) -> str | None:
+    """Why `grammar` cannot be enforced (its first error line), or None when it can; checked
+    without a vocabulary, so a caller can refuse it before any request runs."""
+    failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
+    if not failed:
+        return None
+    return messages[0].split("\n")[0].split(": ", 1)[-1] if messages else "it does not compile"
+
+
 class _Vocabulary:
     """What llguidance.TokenizerWrapper reads from a tokenizer. Its encoding never yields a
     control token: text that names one ("<tool_call>" in some vocabularies) is spelled in bytes."""

@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-import llguidance
-
 from omnilive.types import SPEECH_SAMPLE_RATE, ModelCard, Tool, ToolChoice
+from omnilive.engine.grammar import grammar_problem
 from omnilive.engine.tool_calls import output_format
 from omnilive.server.realtime import events as ev
 from omnilive.server.realtime.events import Dialect, RealtimeError
@@ -150,10 +149,8 @@ def function_tools(given: list[ev.FunctionToolIn], param: str) -> tuple[Tool, ..
                                 "invalid_value", f"{param}[{i}].name")
         names.add(t.name)
         tool = Tool(t.name, t.description, json.dumps(t.parameters))
-        grammar = output_format((tool,), ToolChoice("required"), None).grammar
-        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
-        if failed:
-            reason = messages[0].split("\n")[0].split(": ", 1)[-1] if messages else "it does not compile"
+        reason = grammar_problem(output_format((tool,), ToolChoice("required"), None).grammar)
+        if reason is not None:
             raise RealtimeError(f"{param}[{i}].parameters ({t.name!r}) is not a usable JSON schema: {reason}",
                                 "invalid_value", f"{param}[{i}].parameters")
         tools.append(tool)
