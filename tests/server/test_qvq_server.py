@@ -5,7 +5,7 @@ A real server subprocess. The model never stops nor writes the phrase by itself 
 are zeroed, tests/model/vl_tiny.py `build_tiny_qvq`), so every budget is reached: the reply
 before the forced phrase is `reasoning_content`, the phrase and the answer after it are
 `content`, reasoning_tokens = the budget + the forced text up to the phrase's end, a stream
-joins to the whole reply. The same checkpoint under another name is a plain Qwen2-VL (its
+joins to the whole reply, the Realtime API splits it the same way. The same checkpoint under another name is a plain Qwen2-VL (its
 replies = transformers' generate: tests/server/test_vl_server.py).
 """
 
@@ -51,14 +51,19 @@ def forced(tiny):
 
 
 @pytest.fixture(scope="module")
-def client(tiny, tmp_path_factory):
-    from openai import OpenAI
-
+def server(tiny, tmp_path_factory):
     args = ["--model", str(tiny.directory), "--dtype", "float32"]
     with ServerProcess(tmp_path_factory.mktemp("qvq-data"), api_key=API_KEY, env={"OMNILIVE_THREADS": "1"},
-                       args=args) as server:
-        with OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
-            yield openai_client
+                       args=args) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+        yield openai_client
 
 
 def ask(client, **extra):
@@ -114,6 +119,28 @@ def test_min_thinking_tokens_is_a_400(client):
     with pytest.raises(BadRequestError) as error:
         ask(client, max_tokens=8, extra_body={"max_thinking_tokens": 6, "min_thinking_tokens": 2})
     assert "min_thinking_tokens" in str(error.value) and "plain text" in str(error.value)
+
+
+def test_realtime_replies_reason_apart_and_answer_after_the_phrase(server, forced):
+    """The Realtime API takes the same engine path: reasoning events, then the phrase and the
+    answer as the reply's text; usage counts the reasoning tokens."""
+    from websockets.sync.client import connect
+
+    budget, (ids, through_phrase) = 4, forced
+    events = []
+    with connect(server.url.replace("http", "ws", 1) + "/v1/realtime", additional_headers=server.auth_headers,
+                 max_size=None) as ws:
+        ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "realtime", "output_modalities": ["text"], "max_thinking_tokens": budget, "temperature": 0}}))
+        ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is it?"}]}}))
+        ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": budget + len(ids) + 4}}))
+        while not events or events[-1]["type"] != "response.done":
+            events.append(json.loads(ws.recv(timeout=60)))
+    (reasoning,) = [e["text"] for e in events if e["type"] == "response.reasoning_text.done"]
+    (text,) = [e["text"] for e in events if e["type"] == "response.output_text.done"]
+    assert reasoning.endswith("\n\n") and PHRASE not in reasoning and text.startswith(PHRASE)
+    assert events[-1]["response"]["usage"]["output_token_details"]["reasoning_tokens"] == budget + through_phrase
 
 
 def test_only_a_checkpoint_named_qvq_reasons_in_plain_text(tmp_path):
