@@ -5,8 +5,8 @@ A real server subprocess. The model never stops nor writes the phrase by itself 
 are zeroed, tests/model/vl_tiny.py `build_tiny_qvq`), so every budget is reached: the reply
 before the forced phrase is `reasoning_content`, the phrase and the answer after it are
 `content`, reasoning_tokens = the budget + the forced text up to the phrase's end, a stream
-joins to the whole reply, the Realtime API splits it the same way. The same checkpoint under another name is a plain Qwen2-VL (its
-replies = transformers' generate: tests/server/test_vl_server.py).
+joins to the whole reply, the Realtime API splits it the same way. The same checkpoint under
+another name is a plain Qwen2-VL (its replies = transformers' generate: test_vl_server.py).
 """
 
 from __future__ import annotations
