@@ -105,6 +105,19 @@ def build_tiny_vl(directory: str | Path, seed: int = 0, with_tokenizer: bool = T
     return TinyVL(directory, model)
 
 
+def build_tiny_qvq(directory: str | Path, seed: int = 0) -> TinyVL:
+    """A tiny Qwen2-VL checkpoint named as QVQ (the directory's name says QVQ, as Qwen's repository
+    name does), so it is served as a plain-text reasoner. Its stop tokens' output rows are zeroed:
+    greedy decoding never ends a reply by itself (nor does it write "**Final Answer**"), so every
+    thinking budget and max_tokens is reached."""
+    tiny = build_tiny_vl(directory, seed=seed, family="qwen2_vl")
+    with torch.no_grad():
+        for token in ("<|im_end|>", "<|endoftext|>"):
+            tiny.model.lm_head.weight[SPECIAL_TOKENS[token]] = 0.0
+    tiny.model.save_pretrained(tiny.directory)
+    return tiny
+
+
 def build_vl_tokenizer(special_tokens: dict[str, int] | None = None, plain_tokens: dict[str, int] | None = None):
     """A `tokenizers.Tokenizer` of VOCAB ids with every special token (SPECIAL_TOKENS by
     default) and every plain added token (such as Qwen3's `<think>`, not special) at its id;

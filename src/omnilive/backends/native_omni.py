@@ -105,6 +105,14 @@ def pick_voice(voices: dict[str, Voice], name: str | None) -> tuple[str, Voice]:
     return key, voices[key]
 
 
+def answer_phrase(setting: str, detected: str | None) -> str | None:
+    """OMNILIVE_REASONING_ANSWER_PHRASE: "auto" = what the checkpoint's loader found (QVQ's
+    phrase, else none), "none" (or empty) = off, any other text = that phrase."""
+    if setting == "auto":
+        return detected
+    return None if setting.strip().lower() in ("", "none") else setting
+
+
 class NativeBackend:
     """Backend over a Qwen2.5-Omni or Qwen2.5-VL checkpoint; loads in `start()`."""
 
@@ -141,7 +149,8 @@ class NativeBackend:
         speech = self._speech_model(device)
         self.engine = LLMEngine(self.model.thinker, self.model.tokenizer, max_slots=s.max_batch,
                                 context_length=s.max_context_tokens, prefill_chunk_tokens=s.prefill_chunk_tokens,
-                                speech=speech, admission="reserve")
+                                speech=speech, admission="reserve",
+                                answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
         if speech is not None:
             self.whole_speech = WholeSpeech(self.model, speech.settings, s.max_context_tokens, s.prefill_chunk_tokens)
         self._llm = AsyncLLM(self.engine, threads=s.threads)

@@ -44,6 +44,7 @@ from omnilive.backends.native_prompt import (
     load_omni_tokenizer,
     read_json,
 )
+from omnilive.engine.thinking import QVQ_ANSWER_PHRASE
 from omnilive.media.qwen_preprocess import preprocess_video, video_frame_size
 from omnilive.types import AudioInput, EngineError, Message, VideoInput
 from omnilive.model.qwen2_5_vl import VLConfig, load_qwen2_5_vl
@@ -186,8 +187,24 @@ def load_vl(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> O
 
 def load_qwen2_vl_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
     """The same for a Qwen2-VL checkpoint (QVQ-72B-Preview is one): Qwen2-VL's ViT, the same
-    processor and template (Qwen2-VL-Instruct's is Qwen2.5-VL's)."""
-    return _vl_model(Path(directory), load_qwen2_vl(directory, dtype, device), "Qwen2-VL")
+    processor and template (Qwen2-VL-Instruct's is Qwen2.5-VL's). QVQ reasons in plain text
+    and answers after "**Final Answer**": the engine splits its reply there."""
+    directory = Path(directory)
+    model = _vl_model(directory, load_qwen2_vl(directory, dtype, device), "Qwen2-VL")
+    if is_qvq(directory):
+        model.family = model.processor.family = "QVQ"
+        model.answer_phrase = QVQ_ANSWER_PHRASE
+    return model
+
+
+def is_qvq(directory: Path) -> bool:
+    """A QVQ checkpoint, known by its name only (its config.json is a plain Qwen2-VL's): the name
+    config.json was saved from (`_name_or_path`), the directory's, or for a hub download
+    (hub cache …/models--Qwen--QVQ-72B-Preview/snapshots/<sha>) the repository's."""
+    names = [str(read_json(directory / "config.json").get("_name_or_path") or ""), directory.name]
+    if directory.parent.name == "snapshots":
+        names.append(directory.parent.parent.name)
+    return any("qvq" in name.lower() for name in names)
 
 
 def load_qwen3_vl_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:

@@ -45,6 +45,7 @@ class OmniModel:
     token2wav: Token2Wav | None = None
     voices: dict[str, Voice] = field(default_factory=dict)
     family: str = "Qwen2.5-Omni"  # what the model card calls it
+    answer_phrase: str | None = None  # a plain-text reasoner's (QVQ's "**Final Answer**"); None: none
 
 
 Loader = Callable[[Path, torch.dtype, str], OmniModel]

@@ -11,6 +11,11 @@ with reason "stop") or can no longer become one (it is released).
 
 Two channels: text inside a `<think>` block is reasoning, the rest is content. Stop strings
 only apply to content; the think markers themselves are not text on either channel.
+
+A plain-text reasoner (no markers) starts on the reasoning channel and moves to content where
+its answer phrase appears in the text: reasoning that could be the start of the phrase is held
+back like a possible stop string; once the phrase is complete, the text before it is reasoning
+and the phrase with what follows is content (reasoning + content = the whole reply's text).
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ class Utf8Stream:
 
     def push(self, data: bytes) -> str:
         return self._decoder.decode(data)
+
+    def take_over(self, other: Utf8Stream) -> None:
+        """Continue `other`'s stream: its held partial character finishes here (the answer phrase
+        can end in the middle of a token's bytes)."""
+        self._decoder.setstate(other._decoder.getstate())
+        other._decoder.reset()
 
     def flush(self) -> str:
         """End of stream: a dangling incomplete character becomes U+FFFD."""
@@ -78,6 +89,30 @@ class StopStringMatcher:
         return longest
 
 
+class AnswerPhraseMatcher:
+    """Splits reasoning text at the answer phrase, holding back what could still become it."""
+
+    def __init__(self, phrase: str) -> None:
+        self.phrase = phrase
+        self._held = ""
+
+    def push(self, text: str) -> tuple[str, str | None]:
+        """(reasoning safe to emit now, the phrase and what follows it, or None before the phrase)."""
+        pending = self._held + text
+        at = pending.find(self.phrase)
+        if at >= 0:
+            self._held = ""
+            return pending[:at], pending[at:]
+        keep = next((n for n in range(min(len(self.phrase) - 1, len(pending)), 0, -1)
+                     if self.phrase.startswith(pending[len(pending) - n :])), 0)
+        self._held = pending[len(pending) - keep :]
+        return pending[: len(pending) - keep], None
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
 @dataclass
 class TextDeltas:
     content: str = ""
@@ -92,12 +127,16 @@ class TextDeltas:
 class Detokenizer:
     """Per-request: feeds each generated token into its channel and returns the text deltas."""
 
-    def __init__(self, token_bytes: Callable[[int], bytes], stop: Sequence[str] = ()) -> None:
+    def __init__(self, token_bytes: Callable[[int], bytes], stop: Sequence[str] = (),
+                 answer_phrase: str | None = None) -> None:
+        """answer_phrase: a plain-text reasoner's; the reply starts on the reasoning channel."""
         self._token_bytes = token_bytes
         self._content = Utf8Stream()
         self._reasoning = Utf8Stream()
         self._stops = StopStringMatcher(stop)
-        self._last_channel_reasoning = False
+        self._phrase = AnswerPhraseMatcher(answer_phrase) if answer_phrase else None
+        self._last_channel_reasoning = self._phrase is not None
+        self.answered = False  # the answer phrase was found: the rest is content
 
     @property
     def stopped(self) -> bool:
@@ -110,7 +149,9 @@ class Detokenizer:
             deltas += self._flush_channel(self._last_channel_reasoning)
             self._last_channel_reasoning = reasoning
         data = self._token_bytes(token_id)
-        if reasoning:
+        if reasoning and self._phrase is not None and not self.answered:
+            deltas += self._split_at_phrase(self._reasoning.push(data))
+        elif reasoning:
             deltas.reasoning += self._reasoning.push(data)
         else:
             deltas.content += self._stops.push(self._content.push(data))
@@ -126,12 +167,22 @@ class Detokenizer:
 
     def finish(self) -> TextDeltas:
         """The request ended: release held text and any dangling partial character."""
-        deltas = TextDeltas(reasoning=self._reasoning.flush())
+        held = self._phrase.flush() if self._phrase is not None else ""
+        deltas = TextDeltas(reasoning=held + self._reasoning.flush())
         deltas.content = self._stops.push(self._content.flush()) + self._stops.flush()
         return deltas
 
+    def _split_at_phrase(self, text: str) -> TextDeltas:
+        reasoning, answer = self._phrase.push(text)
+        if answer is None:
+            return TextDeltas(reasoning=reasoning)
+        self.answered, self._last_channel_reasoning = True, False
+        self._content.take_over(self._reasoning)
+        return TextDeltas(content=self._stops.push(answer), reasoning=reasoning)
+
     def _flush_channel(self, reasoning: bool) -> TextDeltas:
         if reasoning:
-            return TextDeltas(reasoning=self._reasoning.flush())
+            held = self._phrase.flush() if self._phrase is not None else ""
+            return TextDeltas(reasoning=held + self._reasoning.flush())
         # Leaving content for reasoning: a held stop-string prefix can no longer complete.
         return TextDeltas(content=self._stops.push(self._content.flush()) + self._stops.flush())

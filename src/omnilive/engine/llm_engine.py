@@ -40,8 +40,11 @@ from omnilive.engine.thinking import (
     BUDGET_EXHAUSTED_TEXT,
     NO_THINKING_TEXT,
     THINK_LONGER_TEXT,
+    AnswerPhrase,
+    PlainReasoningTracker,
     ThinkingTracker,
     ThinkMarkers,
+    forced_answer_text,
 )
 from omnilive.model.qwen2 import Qwen2ForCausalLM
 from omnilive.model.talker import Talker
@@ -87,6 +90,7 @@ class LLMEngine:
         num_kv_blocks: int | None = None,  # None: max_slots × context_length worth of blocks
         think_start: str | None = "<think>",  # None: not a thinking model
         think_end: str | None = "</think>",
+        answer_phrase: str | None = None,  # a plain-text reasoner's (QVQ: "**Final Answer**"); wins over think tokens
         speech: SpeechModel | None = None,  # the model speaks
         admission: AdmissionPolicy | None = None,  # None: "reserve" for a model that speaks, else "preempt"
     ):
@@ -108,7 +112,9 @@ class LLMEngine:
                                    self.speech.talker_cache if self.speech else None)
         # what one request can hold: the context, or every block when there are fewer
         self.max_request_tokens = min(self.context_length, self.cache.num_blocks * kv_block_size)
-        self.think_markers = self._find_think_markers(think_start, think_end)
+        self.answer_phrase = AnswerPhrase(answer_phrase, tuple(tokenizer.encode(forced_answer_text(answer_phrase)))) \
+            if answer_phrase else None
+        self.think_markers = None if self.answer_phrase else self._find_think_markers(think_start, think_end)
         self.grammars = GrammarVocabulary(tokenizer, model.config.vocab_size)
         self.speaking: list[Request] = []  # replies done, speech still going (talker rows held)
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (abort), sent by the next
@@ -144,6 +150,11 @@ class LLMEngine:
         if min_thinking_tokens < 0 or (thinking_budget is not None and min_thinking_tokens > thinking_budget):
             raise EngineError("min_thinking_tokens must be >= 0 and at most the thinking budget",
                               param="min_thinking_tokens")
+        if min_thinking_tokens and self.answer_phrase is not None:
+            # its answer phrase is ordinary text, written before it can be recognised: not suppressible
+            raise EngineError("min_thinking_tokens is not supported by this model: it reasons in plain text and "
+                              f"answers after {self.answer_phrase.text!r}, which cannot be held back",
+                              param="min_thinking_tokens")
         room = self.max_request_tokens - len(prompt_ids)
         if grammar is None and output is not None and output.grammar:
             grammar = self.grammars.compile(output.grammar, output.param)
@@ -153,11 +164,11 @@ class LLMEngine:
             sampling=sampling,
             max_new_tokens=min(sampling.max_tokens or room, room),
             stop_token_ids=self.tokenizer.stop_token_ids | frozenset(stop_token_ids),
-            detokenizer=Detokenizer(self._text_bytes, sampling.stop),
+            detokenizer=Detokenizer(self._text_bytes, sampling.stop,
+                                    self.answer_phrase.text if self.answer_phrase else None),
             generator=make_generator(sampling.seed),
             token_text=self._token_text,
-            thinking=(ThinkingTracker(self.think_markers, thinking_budget, prompt_ids, min_thinking_tokens)
-                      if self.think_markers else None),
+            thinking=self._tracker(prompt_ids, thinking_budget, min_thinking_tokens),
             prepared=prepared.prompt if prepared else None,
             voice=voice,
             grammar=grammar,
@@ -173,6 +184,12 @@ class LLMEngine:
             self._ready.append(request.take_output())
             return
         self.scheduler.add(request)
+
+    def _tracker(self, prompt_ids: list[int], budget: int | None,
+                 minimum: int) -> ThinkingTracker | PlainReasoningTracker | None:
+        if self.answer_phrase is not None:
+            return PlainReasoningTracker(self.answer_phrase, budget)
+        return ThinkingTracker(self.think_markers, budget, prompt_ids, minimum) if self.think_markers else None
 
     def _check(self, request_id: str, prompt_ids: list[int], sampling: SamplingParams,
                thinking_budget: int | None, voice: Voice | None) -> None:

@@ -26,7 +26,7 @@ from omnilive.engine.detokenizer import Detokenizer, TextDeltas
 from omnilive.engine.grammar import Grammar
 from omnilive.engine.sampling import SamplingRow, TokenSample
 from omnilive.engine.speech import SpeechStream
-from omnilive.engine.thinking import Channel, ThinkingTracker
+from omnilive.engine.thinking import Channel, PlainReasoningTracker, ThinkingTracker
 from omnilive.engine.tool_calls import ToolCallParser
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Voice
@@ -53,7 +53,7 @@ class RequestOutput:
 
     request_id: str
     text: str = ""  # content delta
-    reasoning: str = ""  # reasoning (inside <think>) delta
+    reasoning: str = ""  # reasoning delta (inside <think>, or before a plain-text reasoner's answer phrase)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per sampled content token
     tool_calls: tuple[ToolCallDelta, ...] = ()  # tool-call pieces parsed out of the content
     token_ids: tuple[int, ...] = ()  # new output tokens (sampled and forced)
@@ -62,7 +62,8 @@ class RequestOutput:
     error: EngineError | None = None  # the request failed alone (finish_reason "abort")
     prompt_tokens: int = 0
     completion_tokens: int = 0  # total so far, reasoning included
-    reasoning_tokens: int = 0  # total so far: tokens inside think blocks, markers included
+    reasoning_tokens: int = 0  # total so far: tokens inside think blocks, markers included (plain-text
+    # reasoners: every token up to the one that completes the answer phrase)
     cached_prompt_tokens: int = 0  # prompt tokens whose KV was reused, not recomputed
     audio_prompt_tokens: int = 0  # of prompt_tokens, audio placeholders
     image_prompt_tokens: int = 0  # of prompt_tokens, image and video placeholders
@@ -83,7 +84,7 @@ class Request:
     detokenizer: Detokenizer
     generator: torch.Generator
     token_text: Callable[[int], tuple[str, bytes]]  # for logprobs
-    thinking: ThinkingTracker | None = None
+    thinking: ThinkingTracker | PlainReasoningTracker | None = None
     prepared: ThinkerPrompt | None = None  # a multimodal prompt: embeddings, M-RoPE ids (, DeepStack)
     voice: Voice | None = None  # None: text only
     grammar: Grammar | None = None  # the reply's content must follow it (constrained decoding)
@@ -245,6 +246,11 @@ class Request:
             self.reasoning_tokens += 1
             if channel == "reasoning":
                 self._add_deltas(self.detokenizer.add_token(token_id, reasoning=True))
+                if self.detokenizer.answered and self.thinking.inside:
+                    # a plain-text reasoner wrote (or was forced) its answer phrase: the answer
+                    # begins, and a budget text due at this very token is not needed any more
+                    self.thinking.end_reasoning()
+                    to_force = ()
             else:
                 self._add_deltas(self.detokenizer.switch_channel(reasoning=self.thinking.inside))
         if self.detokenizer.stopped:

@@ -6,6 +6,13 @@ force-feeds a closing text (Qwen's own wording), and budget 0 closes every think
 as it opens. A minimum extends thinking instead (budget forcing, as in the s1 paper): while the
 model has sampled fewer thinking tokens than the minimum, a `</think>` it picks is replaced by
 "Wait", and it thinks on. Forced tokens are appended as output without sampling.
+
+A model that reasons in plain text (QVQ-72B-Preview) has no markers: its reply starts inside
+its reasoning, and the answer begins where it writes its answer phrase ("**Final Answer**").
+The phrase is found in the decoded text (detokenizer.py `AnswerPhraseMatcher`, across token
+boundaries); `PlainReasoningTracker` counts the sampled reasoning tokens and, at the budget,
+forces "\n\n" + phrase + "\n\n". A minimum cannot be enforced there: the phrase is several
+ordinary tokens, written before we know it is the phrase, so the engine refuses one.
 """
 
 from __future__ import annotations
@@ -19,6 +26,12 @@ BUDGET_EXHAUSTED_TEXT = (
 )
 NO_THINKING_TEXT = "\n\n</think>\n\n"  # closes a think block that was just opened (budget 0)
 THINK_LONGER_TEXT = "\nWait"  # replaces an end of thinking that comes before the minimum
+QVQ_ANSWER_PHRASE = "**Final Answer**"  # QVQ-72B-Preview ends its reasoning with it (Qwen's demos)
+
+
+def forced_answer_text(phrase: str) -> str:
+    """What the budget forces on a plain-text reasoner: its answer phrase as a heading of its own."""
+    return f"\n\n{phrase}\n\n"
 
 
 @dataclass(frozen=True)
@@ -80,3 +93,43 @@ class ThinkingTracker:
         if self.budget is not None and self.sampled_inside == self.budget:
             return "reasoning", self.markers.budget_exhausted_ids
         return "reasoning", ()
+
+
+@dataclass(frozen=True)
+class AnswerPhrase:
+    """A plain-text reasoner's answer phrase and, tokenised, the text the budget forces."""
+
+    text: str
+    forced_ids: tuple[int, ...]  # forced_answer_text(text), tokenised
+
+
+class PlainReasoningTracker:
+    """ThinkingTracker's counterpart for a model without think markers: the reply is reasoning
+    until the detokenizer finds the answer phrase (`end_reasoning`), then content."""
+
+    markers = None  # no think tokens: the grammar mask never needs one allowed
+    may_open = False
+
+    def __init__(self, phrase: AnswerPhrase, budget: int | None):
+        self.phrase, self.budget = phrase, budget
+        self.inside, self.sampled_inside = True, 0
+
+    def tokens_to_force_at_start(self) -> tuple[int, ...]:
+        return self.phrase.forced_ids if self.budget == 0 else ()
+
+    def instead_of(self, token_id: int) -> tuple[int, ...] | None:
+        return None  # nothing to replace: an early phrase is refused up front (no minimum)
+
+    def observe(self, token_id: int, forced: bool) -> tuple[Channel, tuple[int, ...]]:
+        if not self.inside:
+            return "content", ()
+        if forced:
+            return "reasoning", ()
+        self.sampled_inside += 1
+        if self.budget is not None and self.sampled_inside == self.budget:
+            return "reasoning", self.phrase.forced_ids
+        return "reasoning", ()
+
+    def end_reasoning(self) -> None:
+        """The answer phrase went by (written or forced): what follows is the answer."""
+        self.inside = False

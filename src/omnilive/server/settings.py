@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         "native speech: seconds of audio a stream keeps ahead of its listener before its next "
         "token2wav window must be solved; until then windows wait to be solved together with other "
         "streams'"))
+    reasoning_answer_phrase: str = Field("auto", description=(
+        'native models that reason in plain text (no think tokens): the phrase that starts the answer; the '
+        'reply before it is reasoning and the thinking budget forces it. "auto" = by checkpoint: '
+        '"**Final Answer**" for QVQ (its name in config.json `_name_or_path` or its directory), none for '
+        'others; "none" = off; any other text = that phrase'))
     media_cache_mb: int = Field(256, ge=0, description=(
         "native models: MB of encoder outputs of recent images / audios / videos, kept so that the "
         "same media sent again (the earlier turns of a chat) is not encoded again; 0 turns it off"))
