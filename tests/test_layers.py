@@ -19,7 +19,8 @@ ALLOWED = {
     "backends": {"types", "media", "model", "engine"},
     "server": {"types", "media", "engine", "backends"},  # never model: tensors stay below it
     "web": set(),
-    "cli": {"types", "media", "model", "engine", "backends", "server"},
+    "cli": {"types", "media", "model", "engine", "backends", "server", "cli_users"},
+    "cli_users": {"types", "media", "model", "engine", "backends", "server"},  # `omnilive users`
     "__main__": {"cli"},
     "__init__": set(),
 }

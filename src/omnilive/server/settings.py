@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     allow_remote_media_urls: bool = Field(False, description=(
         "let clients make this server fetch media from http(s) URLs"))
 
+    # users, keys and quotas (docs/security.md); users themselves live in the database: `omnilive users`
+    auth_cache_seconds: float = Field(10.0, ge=0, le=3600, description=(
+        "seconds a verified user key is trusted without asking the database again; a key revoked with "
+        "`omnilive users revoke` stops working within this time (through /v1/admin/users at once)"))
+    quota_requests_per_minute: int = Field(0, ge=0, description=(
+        "default per-user limit on /v1 requests per minute (0 = none); over it: 429 with Retry-After"))
+    quota_tokens_per_minute: int = Field(0, ge=0, description=(
+        "default per-user limit on prompt + completion tokens per minute (0 = none)"))
+    quota_concurrent_streams: int = Field(0, ge=0, description=(
+        "default per-user limit on generations running at once: chat completions, speech, "
+        "transcriptions, realtime sessions (0 = none)"))
+    quota_upload_bytes_per_day: int = Field(0, ge=0, description=(
+        "default per-user limit on bytes uploaded to /v1/files and /v1/history/media in 24 hours (0 = none)"))
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value):
