@@ -106,10 +106,9 @@ class Authenticator:
             return OPERATOR
         if key.startswith(CLIENT_SECRET_PREFIX):
             principal = self.client_secrets.principal(key)
-            if principal is not None and websocket:
-                return principal
-            return ("Client secrets open realtime sessions only." if principal is not None
-                    else "Incorrect or expired client secret provided.")
+            if principal is None or not await self._still_active(principal):
+                return "Incorrect or expired client secret provided."
+            return principal if websocket else "Client secrets open realtime sessions only."
         key_id = key_id_of(key)
         principal = await self._user_principal(key, key_id) if key_id is not None else None
         return principal or "Incorrect API key provided."
@@ -120,6 +119,12 @@ class Authenticator:
             found = self.accounts is not None and await asyncio.to_thread(self.accounts.has_users)
             self._has_users = (found, now)
         return self._has_users[0]
+
+    async def _still_active(self, principal: Principal) -> bool:
+        """A user revoked after asking for a client secret: their secrets end with them."""
+        if principal.owner == OPERATOR_OWNER:
+            return True
+        return self.accounts is not None and await asyncio.to_thread(self.accounts.is_active, principal.owner)
 
     def forget(self, owner: str | None = None) -> None:
         """Drop remembered keys (of one user, or all): the next request checks the database."""

@@ -184,6 +184,11 @@ class AccountStore:
                 return None
             return KeyRecord(row.id, row.hash, _user(user))
 
+    def is_active(self, user_id: str) -> bool:
+        with self._sessions() as session:
+            row = session.get(UserRow, user_id)
+            return row is not None and row.revoked_at is None
+
     def has_users(self) -> bool:
         """Whether any user is active: then every /v1 request needs a key."""
         with self._sessions() as session:
