@@ -49,14 +49,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     from omnilive.server.app import create_app
+    from omnilive.server.drain import run_server
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+    run_server(app, settings.host, settings.port, settings.log_level, settings.drain_seconds)  # SIGTERM drains
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,8 @@
     app = create_app(Settings(), engine)      # engine=None loads the one settings.model names
 
 Request path through the middleware, outermost first:
-    metrics (time + count everything) → CORS → auth (/v1: who is calling) → quotas (per user)
-    → body size limit → routes
+    metrics (time + count everything) → drain (503 after SIGTERM) → CORS → auth (/v1: who is
+    calling) → quotas (per user) → body size limit / WebSocket event rate → routes
 The engine starts in the lifespan, so uvicorn accepts connections only once it is ready.
 """
 
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omnilive.types import Backend
 from omnilive.server.auth import Authenticator, AuthMiddleware, ClientSecrets
+from omnilive.server.drain import Drain, DrainMiddleware
 from omnilive.server.errors import error_response, install_error_handlers
 from omnilive.server.files import FileStore
 from omnilive.server.metrics import Metrics, MetricsMiddleware
@@ -32,6 +33,7 @@ from omnilive.server.routes import (
 )
 from omnilive.server.settings import Settings
 from omnilive.server.store import AccountStore, HistoryStore
+from omnilive.server.ws_limits import WebSocketRateLimitMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
     app.state.files = FileStore(settings.files_dir)
     app.state.media_limits = settings.media_limits()
     app.state.created = int(time.time())
+    app.state.drain = Drain()
     app.state.client_secrets = ClientSecrets()
     app.state.auth = authenticator = Authenticator(
         settings.api_key.get_secret_value() if settings.api_key is not None else None,
@@ -97,6 +100,7 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
 
     # add_middleware wraps what is already there: the last added runs first
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(WebSocketRateLimitMiddleware, events_per_second=settings.realtime_max_events_per_second)
     app.add_middleware(QuotaMiddleware, book=quota_book,
                        on_refused=lambda principal, code: metrics.rate_limited.labels(principal.name, code).inc())
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
@@ -104,6 +108,7 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

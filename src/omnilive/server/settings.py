@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     allow_remote_media_urls: bool = Field(False, description=(
         "let clients make this server fetch media from http(s) URLs"))
 
+    realtime_max_events_per_second: float = Field(500.0, ge=0, description=(
+        "client events a realtime WebSocket may send per second on average (twice that at once); faster "
+        "senders are read more slowly, not refused (0 = no limit)"))
+    drain_seconds: float = Field(30.0, ge=0, le=3600, description=(
+        "on SIGTERM, seconds that requests in flight (streams included) get to finish while new ones get 503; "
+        "then the server stops (0 = stop at once)"))
+
     # users, keys and quotas (docs/security.md); users themselves live in the database: `omnilive users`
     auth_cache_seconds: float = Field(10.0, ge=0, le=3600, description=(
         "seconds a verified user key is trusted without asking the database again; a key revoked with "
