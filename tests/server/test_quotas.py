@@ -4,8 +4,13 @@ in OpenAI's error shape with Retry-After, for that user only; /metrics counts us
 
 from __future__ import annotations
 
+import json
+import time
+
 import openai
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from tests.metrics import wait_until_idle
 from tests.server.test_users import add_user, as_user, openai_client, unique
@@ -72,3 +77,26 @@ def test_upload_bytes_per_day(server, http):
     assert media.status_code == 429 and media.json()["error"]["code"] == "upload_quota_exceeded"
     assert api.post("/v1/history/media", files={"file": ("d.png", b"d" * 300, "image/png")}).status_code == 201
     assert len(client.files.list().data) == 1  # the refused upload left nothing behind
+
+
+def test_a_realtime_session_holds_a_stream_slot(server, http):
+    key = add_user(http, unique("talker"), quotas={"concurrent_streams": 1})
+    url = server.url.replace("http", "ws", 1) + "/v1/realtime"
+    protocols = ["realtime", f"openai-insecure-api-key.{key}"]
+    with connect(url, subprotocols=protocols) as first:
+        assert json.loads(first.recv(timeout=30))["type"] == "session.created"
+        with pytest.raises(InvalidStatus) as refused:  # the handshake itself gets the 429
+            connect(url, subprotocols=protocols)
+        assert refused.value.response.status_code == 429
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert json.loads(refused.value.response.body)["error"]["code"] == "concurrent_requests_exceeded"
+    assert wait_until_idle(http) == 0
+    deadline = time.monotonic() + 10  # the slot comes back once the server sees the socket close
+    while True:
+        try:
+            with connect(url, subprotocols=protocols) as again:
+                assert json.loads(again.recv(timeout=30))["type"] == "session.created"
+            break
+        except InvalidStatus:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)

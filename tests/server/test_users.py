@@ -207,3 +207,13 @@ def test_realtime_needs_a_key_and_takes_a_client_secret(server, http):
     http.delete(f"/v1/admin/users/{name}")
     with pytest.raises(InvalidStatus, match="403"):  # a revoked user's secrets end with them
         connect(url, subprotocols=["realtime", f"openai-insecure-api-key.{secret.value}"])
+
+
+def test_cors_is_closed_by_default(server):
+    """No --cors-origin: a page on another origin gets no permission to read the API."""
+    preflight = httpx.options(f"{server.url}/v1/models", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert "access-control-allow-origin" not in preflight.headers
+    simple = httpx.get(f"{server.url}/v1/models", headers={"Origin": "https://evil.example", **server.auth_headers})
+    assert simple.status_code == 200 and "access-control-allow-origin" not in simple.headers
