@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer <key>' on /v1 routes")
+    serve.add_argument("--api-key", help="one admin key for /v1 routes (users' keys: omnilive users)")
     serve.add_argument("--data-dir", help="uploaded files, model cache and database live here")
     serve.add_argument("--cache-dir", help="assembled model files (default: DATA_DIR/models)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])

@@ -34,6 +34,7 @@ _GUARDED_PREFIX = "/v1/"
 _SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 PRINCIPAL_SCOPE_KEY = "omnilive.principal"
 CLIENT_SECRET_PREFIX = "ek_"
+MAX_CLIENT_SECRETS_PER_USER = 100  # live at once: memory stays bounded whatever a user asks for
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,12 @@ class ClientSecrets:
         self._secrets: dict[str, tuple[Principal, float]] = {}
 
     def create(self, principal: Principal, seconds: int) -> tuple[str, int]:
-        """(secret, expires_at in unix seconds)."""
+        """(secret, expires_at in unix seconds). A user's oldest live secrets give way past a cap."""
         now = time.time()
         self._secrets = {s: v for s, v in self._secrets.items() if v[1] > now}
+        theirs = [s for s, (owner, _) in self._secrets.items() if owner.owner == principal.owner]
+        for oldest in theirs[: max(0, len(theirs) - MAX_CLIENT_SECRETS_PER_USER + 1)]:
+            del self._secrets[oldest]
         secret = CLIENT_SECRET_PREFIX + secrets.token_hex(24)
         self._secrets[secret] = (principal, now + seconds)
         return secret, int(now + seconds)

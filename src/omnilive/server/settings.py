@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     # SecretStr: never printed in logs or reprs
     api_key: SecretStr | None = Field(None, description=(
-        "when set, every /v1 route needs `Authorization: Bearer <api_key>`; /health, /metrics and the "
-        "web app's static files stay open (a load balancer and Prometheus need them)"))
+        "one admin key for one-person setups: `Authorization: Bearer <api_key>` on /v1 routes, beside the "
+        "keys of users made with `omnilive users`; with neither, the server is open. /health, /metrics and "
+        "the web app's static files stay open (a load balancer and Prometheus need them)"))
     cors_origins: Annotated[list[str], NoDecode] = Field([], description=(
         'browser origins allowed to call the API: "*" for any, or a comma-separated list '
         "(the flag: once per origin); empty = no cross-origin requests"))
