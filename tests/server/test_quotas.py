@@ -62,6 +62,7 @@ def test_concurrent_streams_and_tokens_per_minute(server, http, model_id):
     prompt = [line for line in metrics.splitlines() if line.startswith(f'omnilive_prompt_tokens_total{{user="{name}"}}')]
     assert prompt and float(prompt[0].split()[-1]) >= reply.usage.prompt_tokens
     assert f'omnilive_rate_limited_requests_total{{quota="tokens_rate_limit_exceeded",user="{name}"}} 1.0' in metrics
+    assert f'omnilive_user_requests_total{{user="{name}"}} 3.0' in metrics  # the refused ones do not count
     assert key not in metrics and key[:16] not in metrics  # labelled by name, never by key
 
 

@@ -101,8 +101,7 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
     # add_middleware wraps what is already there: the last added runs first
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(WebSocketRateLimitMiddleware, events_per_second=settings.realtime_max_events_per_second)
-    app.add_middleware(QuotaMiddleware, book=quota_book,
-                       on_refused=lambda principal, code: metrics.rate_limited.labels(principal.name, code).inc())
+    app.add_middleware(QuotaMiddleware, book=quota_book, metrics=metrics)
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
     if settings.cors_origins:
         app.add_middleware(

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from omnilive.server.auth import PRINCIPAL_SCOPE_KEY, Principal
 from omnilive.server.errors import error_response
+from omnilive.server.metrics import Metrics
 
 GENERATION_ROUTES = frozenset({
     ("POST", "/v1/chat/completions"), ("POST", "/v1/audio/speech"), ("POST", "/v1/audio/transcriptions"),
@@ -169,8 +170,8 @@ class QuotaMiddleware:
     """Admits each authenticated request against its user's quotas; holds a stream slot while a
     generation runs (to its last streamed byte, or for a realtime session's whole life)."""
 
-    def __init__(self, app: ASGIApp, book: QuotaBook, on_refused=None):
-        self.app, self.book, self.on_refused = app, book, on_refused
+    def __init__(self, app: ASGIApp, book: QuotaBook, metrics: Metrics):
+        self.app, self.book, self.metrics = app, book, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
@@ -182,10 +183,10 @@ class QuotaMiddleware:
         try:
             self.book.admit(principal, generation)
         except QuotaExceeded as error:
-            if self.on_refused is not None:
-                self.on_refused(principal, error.code)
+            self.metrics.rate_limited.labels(principal.name, error.code).inc()
             await _refuse(scope, receive, send, error)
             return
+        self.metrics.user_requests.labels(principal.name).inc()
         try:
             await self.app(scope, receive, send)
         finally:
