@@ -23,7 +23,8 @@ EVENTS_PER_SECOND = 50
 def test_open_until_a_user_exists_paced_events_and_sigterm_drain(tmp_path):
     server = ServerProcess(tmp_path / "data", env={"OMNILIVE_AUTH_CACHE_SECONDS": "1",
                                                    "OMNILIVE_REALTIME_MAX_EVENTS_PER_SECOND": str(EVENTS_PER_SECOND),
-                                                   "OMNILIVE_DRAIN_SECONDS": "60"})
+                                                   "OMNILIVE_DRAIN_SECONDS": "60",
+                                                   "OMNILIVE_ADMIN_READS_CONVERSATIONS": "true"})
     with server:
         assert "No users and no API key" in server.log_tail(200)  # an open server says so at start
         assert httpx.get(f"{server.url}/v1/models").status_code == 200
@@ -36,6 +37,7 @@ def test_open_until_a_user_exists_paced_events_and_sigterm_drain(tmp_path):
         model = client.models.list().data[0].id
 
         _events_are_paced(server, key)
+        _admins_may_read_conversations_when_allowed(server, key)
 
         stream = client.chat.completions.create(
             model=model, stream=True, max_tokens=40,
@@ -69,3 +71,18 @@ def _events_are_paced(server, key: str) -> None:
         elapsed = time.monotonic() - started
     assert answered == ["input_audio_buffer.cleared"] * sent
     assert elapsed >= (sent - 2 * EVENTS_PER_SECOND) / EVENTS_PER_SECOND * 0.9  # the burst, then the rate
+
+
+def _admins_may_read_conversations_when_allowed(server, admin_key: str) -> None:
+    """OMNILIVE_ADMIN_READS_CONVERSATIONS=true: an admin reads a user's chats (read only)."""
+    admin = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin_key}"})
+    user_key = admin.post("/v1/admin/users", json={"name": "eve"}).json()["key"]
+    user = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {user_key}"})
+    chat = user.post("/v1/history/conversations", json={"title": "eve's notes"}).json()
+    user.post(f"/v1/history/conversations/{chat['id']}/messages", json={"role": "user", "content": "remember milk"})
+    listed = admin.get("/v1/admin/users/eve/conversations").json()
+    assert [c["title"] for c in listed["data"]] == ["eve's notes"]
+    one = admin.get(f"/v1/admin/users/eve/conversations/{chat['id']}").json()
+    assert one["messages"][0]["content"] == "remember milk"
+    assert admin.get(f"/v1/history/conversations/{chat['id']}").status_code == 404  # still not in their own history
+    assert user.get("/v1/admin/users/eve/conversations").status_code == 403  # users are not admins

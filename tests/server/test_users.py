@@ -119,6 +119,8 @@ def test_admin_api_manages_users_and_reads_usage_not_conversations(server, http)
     assert worker_key not in boss_api.get("/v1/admin/users").text
     # an admin manages users; their chats stay theirs
     assert boss_api.get(f"/v1/history/conversations/{chat['id']}").status_code == 404
+    refused = boss_api.get(f"/v1/admin/users/{worker}/conversations")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_reads_conversations_off"
 
     assert boss_api.post("/v1/admin/users", json={"name": worker}).status_code == 409
     assert boss_api.post("/v1/admin/users", json={"name": "no spaces"}).status_code == 400

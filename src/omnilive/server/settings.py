@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(10.0, ge=0, le=3600, description=(
         "seconds a verified user key is trusted without asking the database again; a key revoked with "
         "`omnilive users revoke` stops working within this time (through /v1/admin/users at once)"))
+    admin_reads_conversations: bool = Field(False, description=(
+        "let admins read users' conversations through /v1/admin/users/NAME/conversations; off, admins "
+        "manage users and see usage but read no one's chats"))
     quota_requests_per_minute: int = Field(0, ge=0, description=(
         "default per-user limit on /v1 requests per minute (0 = none); over it: 429 with Retry-After"))
     quota_tokens_per_minute: int = Field(0, ge=0, description=(

@@ -113,27 +113,27 @@ def list_conversations(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ConversationList:
     store, owner = _store(request), _owner(request)
-    data = [_conversation_out(c) for c in store.list_conversations(owner=owner, limit=limit, offset=offset)]
+    data = [conversation_out(c) for c in store.list_conversations(owner=owner, limit=limit, offset=offset)]
     return ConversationList(data=data, total=store.count_conversations(owner=owner))
 
 
 @router.post("/conversations", status_code=201)
 def create_conversation(request: Request, body: ConversationCreate) -> ConversationOut:
     created = _store(request).create_conversation(body.title.strip(), body.settings, owner=_owner(request))
-    return _conversation_out(created)
+    return conversation_out(created)
 
 
 @router.get("/conversations/{conversation_id}")
 def get_conversation(request: Request, conversation_id: str) -> ConversationOut:
     found = _store(request).get_conversation(conversation_id, owner=_owner(request))
-    return _conversation_out(_existing(found, conversation_id))
+    return conversation_out(_existing(found, conversation_id))
 
 
 @router.patch("/conversations/{conversation_id}")
 def update_conversation(request: Request, conversation_id: str, body: ConversationPatch) -> ConversationOut:
     title = body.title.strip() if body.title is not None else None
     updated = _store(request).update_conversation(conversation_id, title, body.settings, owner=_owner(request))
-    return _conversation_out(_existing(updated, conversation_id))
+    return conversation_out(_existing(updated, conversation_id))
 
 
 @router.delete("/conversations/{conversation_id}")
@@ -216,7 +216,7 @@ def _message_out(message: Message) -> MessageOut:
                       media=[_media_out(m) for m in message.media], created_at=_seconds(message.created_at))
 
 
-def _conversation_out(conversation: Conversation) -> ConversationOut:
+def conversation_out(conversation: Conversation) -> ConversationOut:
     messages = None if conversation.messages is None else [_message_out(m) for m in conversation.messages]
     return ConversationOut(id=conversation.id, title=conversation.title, settings=conversation.settings,
                            created_at=_seconds(conversation.created_at), updated_at=_seconds(conversation.updated_at),

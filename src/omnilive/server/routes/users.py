@@ -8,6 +8,7 @@
     DELETE /v1/admin/users/{name}                   revoke the user and all their keys
     POST   /v1/admin/users/{name}/keys              another key (shown once)
     DELETE /v1/admin/users/{name}/keys/{key_id}     revoke one key ("olk_<id>" or the id)
+    GET    /v1/admin/users/{name}/conversations[/{id}]   only with admin_reads_conversations on (off by default)
 
 The same as `omnilive users ...` on the command line. Usage counts since the server started,
 and how many conversations each user keeps; never what is in them. Changes made here reach the
@@ -26,6 +27,7 @@ from omnilive.server.api_keys import key_id_named
 from omnilive.server.auth import Principal, principal_of, require_admin
 from omnilive.server.errors import APIError
 from omnilive.server.quotas import Quotas
+from omnilive.server.routes.conversations import ConversationList, ConversationOut, conversation_out
 from omnilive.server.store import AccountError, AccountStore, KeyInfo, User
 from omnilive.server.store.accounts import USER_NAME
 
@@ -166,6 +168,22 @@ def revoke_key(request: Request, name: UserName, key_id: Annotated[str, Path(max
     return _user_out(request, user)
 
 
+@admin.get("/{name}/conversations")
+def read_user_conversations(request: Request, name: UserName) -> ConversationList:
+    owner, history = _readable_history(request, name)
+    found = history.list_conversations(owner=owner, limit=1000)
+    return ConversationList(data=[conversation_out(c) for c in found], total=history.count_conversations(owner=owner))
+
+
+@admin.get("/{name}/conversations/{conversation_id}")
+def read_user_conversation(request: Request, name: UserName, conversation_id: str) -> ConversationOut:
+    owner, history = _readable_history(request, name)
+    found = history.get_conversation(conversation_id, owner=owner)
+    if found is None:
+        raise APIError(404, f"No such conversation: {conversation_id}", "conversation_id", "conversation_not_found")
+    return conversation_out(found)
+
+
 # -- helpers -------------------------------------------------------------------------------------
 
 _STATUS_BY_CODE = {"user_exists": 409, "user_not_found": 404, "key_not_found": 404, "invalid_user_name": 400}
@@ -187,6 +205,14 @@ def _existing(request: Request, name: str) -> User:
     if user is None:
         raise APIError(404, f"No user named '{name}'.", "name", "user_not_found")
     return user
+
+
+def _readable_history(request: Request, name: str):
+    """(the user's owner id, the history store), if this server lets admins read conversations."""
+    if not request.app.state.settings.admin_reads_conversations:
+        raise APIError(403, "Admins cannot read users' conversations on this server "
+                       "(OMNILIVE_ADMIN_READS_CONVERSATIONS is off).", None, "admin_reads_conversations_off")
+    return _existing(request, name).id, request.app.state.history
 
 
 def _changed(request: Request, user: User) -> None:
