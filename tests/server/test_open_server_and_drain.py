@@ -29,6 +29,7 @@ def test_open_until_a_user_exists_paced_events_and_sigterm_drain(tmp_path):
         assert "No users and no API key" in server.log_tail(200)  # an open server says so at start
         assert httpx.get(f"{server.url}/v1/models").status_code == 200
         assert httpx.get(f"{server.url}/v1/me").json()["admin"] is True
+        assert openai_client(server, "unused").models.list().data  # the SDK needs some key: any will do
 
         added = users_cli(server, "add", "root", "--admin")
         key = added.stdout.strip().split()[-1]

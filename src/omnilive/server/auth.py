@@ -99,9 +99,9 @@ class Authenticator:
 
     async def authenticate(self, key: str | None, websocket: bool) -> Principal | str:
         """The caller's principal, or why they are refused."""
+        if self.operator_key is None and not await self.has_users():
+            return OPERATOR  # an open server: whatever key a client sends (the openai SDK needs one) is fine
         if key is None:
-            if self.operator_key is None and not await self.has_users():
-                return OPERATOR
             return "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
         if self.operator_key is not None and hmac.compare_digest(key.encode(), self.operator_key):
             return OPERATOR
