@@ -161,12 +161,15 @@ def upload_media(request: Request, file: Annotated[UploadFile, File()]) -> Media
     if not mime_type or mime_type == "application/octet-stream":
         mime_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     limit = request.app.state.settings.max_media_bytes
+    too_large = APIError(413, f"The file '{filename}' is too large: the limit is {limit // (1024 * 1024)} MB "
+                         f"({limit} bytes).", "file", "file_too_large")
+    if file.size is not None and file.size > limit:  # refused before it counts against the upload quota
+        raise too_large
     request.app.state.quotas.admit_upload(principal_of(request), file.size or 0)  # or 429
     try:
         return _media_out(_store(request).save_media(file.file, mime_type, filename, limit, owner=_owner(request)))
     except MediaTooLarge:
-        raise APIError(413, f"The file '{filename}' is too large: the limit is {limit // (1024 * 1024)} MB "
-                       f"({limit} bytes).", "file", "file_too_large") from None
+        raise too_large from None
 
 
 @router.get("/media/{media_id}", response_class=FileResponse)
