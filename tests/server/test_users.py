@@ -84,6 +84,14 @@ def test_cli_users_add_keys_list_and_revoke_on_a_running_server(server, model_id
     db = b"".join(path.read_bytes() for path in server.data_dir.glob("omnilive.db*"))
     assert first_key.encode() not in db and first_key[17:].encode() not in db  # stored hashed only
 
+    changed = users_cli(server, "set", name, "--requests-per-minute", "700", "--admin")
+    assert changed.returncode == 0 and "requests_per_minute=700" in changed.stdout
+    deadline = time.monotonic() + 20  # the running server's key cache sees it within auth_cache_seconds
+    while (me := as_user(server, second_key).get("/v1/me").json())["quotas"]["requests_per_minute"] != 700:
+        assert time.monotonic() < deadline, me
+        time.sleep(0.5)
+    assert me["admin"] is True
+
     revoked = users_cli(server, "revoke", first_id)
     assert revoked.returncode == 0 and "revoked key" in revoked.stdout
     assert wait_for_status(lambda: as_user(server, first_key).get("/v1/models"), 401) == 401
