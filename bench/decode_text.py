@@ -1,4 +1,5 @@
-"""Decode speed of a native text checkpoint (Qwen3, Qwen3-MoE): omnilive vs transformers, in one run.
+"""Decode speed of a native text checkpoint (Qwen3, Qwen3-MoE) or of a Qwen3-VL's text decode
+(Qwen3-VL, Qwen3-VL-MoE): omnilive vs transformers, in one run.
 
 Prints, never asserts. Both load the same directory in the same dtype, one after the other
 (never both in memory), and decode the same prompt greedily at batch 1: omnilive's engine
@@ -15,8 +16,10 @@ parameters) ÷ measured copy bandwidth.
 repeats the question's text), ours vs transformers; decode is timed at the first length.
 
 --make-random writes a random-weight checkpoint of a real model's shape (qwen3-4b: Qwen3-4B;
-qwen3-30b-a3b: Qwen3-30B-A3B) with --layers of its layers (all by default), plus the packaged
-Qwen2.5 tokenizer.json (same vocabulary and chat tokens).
+qwen3-30b-a3b: Qwen3-30B-A3B; qwen3-vl-4b: Qwen3-VL-4B's decoder; qwen3-vl-30b-a3b:
+Qwen3-VL-30B-A3B's, experts fused) with --layers of its layers (all by default), plus the
+packaged Qwen2.5 tokenizer.json (same vocabulary and chat tokens). A Qwen3-VL one gets a tiny
+one-block vision tower: a text decode never runs it, and its weights are not counted.
 """
 
 from __future__ import annotations
@@ -45,19 +48,42 @@ SHAPES = {
                                     "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
                                     "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
                                     "norm_topk_prob": True, "tie_word_embeddings": False}),
+    "qwen3-vl-4b": ("qwen3_vl", {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                                 "tie_word_embeddings": True}),
+    "qwen3-vl-30b-a3b": ("qwen3_vl_moe", {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+                                          "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                                          "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                                          "tie_word_embeddings": False}),
 }
+VL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+TINY_VISION = {"depth": 1, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "deepstack_visual_indexes": [0]}
+
+
+def model_classes(model_type: str):
+    """(config class, model class) of transformers for a SHAPES model type."""
+    import transformers
+
+    return {"qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+            "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM),
+            "qwen3_vl": (transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration),
+            "qwen3_vl_moe": (transformers.Qwen3VLMoeConfig, transformers.Qwen3VLMoeForConditionalGeneration)}[model_type]
 
 
 def make_random(shape: str, directory: Path, layers: int | None, dtype: torch.dtype) -> None:
-    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
-
     model_type, sizes = SHAPES[shape]
     sizes = {**sizes, "num_hidden_layers": layers or sizes["num_hidden_layers"], "vocab_size": 151936,
              "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1e6}
-    config_cls, model_cls = ((Qwen3MoeConfig, Qwen3MoeForCausalLM) if model_type == "qwen3_moe"
-                             else (Qwen3Config, Qwen3ForCausalLM))
+    config_cls, model_cls = model_classes(model_type)
+    if model_type in VL_TYPES:
+        tie = sizes.pop("tie_word_embeddings")
+        rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+        config = config_cls(text_config={**sizes, "rope_parameters": rope}, vision_config=TINY_VISION,
+                            tie_word_embeddings=tie)
+    else:
+        config = config_cls(**sizes)
     with torch.device("meta"):  # no random init of billions of weights: filled below
-        model = model_cls(config_cls(**sizes))
+        model = model_cls(config)
     model = model.to(dtype).to_empty(device="cpu").eval()
     model.tie_weights()  # to_empty gave lm_head its own tensor: a tied checkpoint shares it again
     generator = torch.Generator().manual_seed(0)
@@ -74,16 +100,17 @@ def make_random(shape: str, directory: Path, layers: int | None, dtype: torch.dt
 
 def bytes_per_token(model) -> int:
     """Weights one decode step reads (of transformers' model, whose parameters are plain): every
-    parameter, except the experts a token does not use and the embedding rows."""
-    config = model.config
+    parameter, except the experts a token does not use, the embedding rows and a vision tower."""
+    tied, text = model.config.tie_word_embeddings, model.config.get_text_config()
     total = 0
     for name, p in model.named_parameters():  # a tied head is listed once, as the embedding
-        if name == "model.embed_tokens.weight" and config.tie_word_embeddings:
-            total += p.numel() * p.element_size()  # read whole by the tied output head
+        if "visual." in name:  # a Qwen3-VL's vision tower: a text decode never runs it
             continue
-        if ".experts." in name:  # transformers keeps each layer's experts as one 3D tensor
-            total += p.numel() * p.element_size() * config.num_experts_per_tok // config.num_experts
-        elif name != "model.embed_tokens.weight":  # one row of the embedding is read
+        if name.endswith("embed_tokens.weight"):  # one row is read, or the whole by a tied head
+            total += p.numel() * p.element_size() if tied else 0
+        elif ".experts." in name:  # transformers keeps each layer's experts as one 3D tensor
+            total += p.numel() * p.element_size() * text.num_experts_per_tok // text.num_experts
+        else:
             total += p.numel() * p.element_size()
     return total
 
@@ -116,9 +143,8 @@ def ours_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens:
 
 def transformers_decode(directory: Path, dtype: torch.dtype, ids: list[int], new_tokens: int,
                         prompts: list[list[int]]):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
+    model_type = read_config(directory)["model_type"]
+    model = model_classes(model_type)[1].from_pretrained(directory, dtype=dtype).eval()
     _, rate, tokens = time_generate(model, ids, new_tokens)
     ttft = [time_generate(model, prompt, 2)[0] for prompt in prompts]
     return rate, tokens, bytes_per_token(model), ttft
@@ -128,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--make-random", nargs=2, metavar=("SHAPE", "DIR"), help=f"SHAPE: {', '.join(SHAPES)}")
     ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--model", default=None, help="a qwen3 / qwen3_moe checkpoint directory")
+    ap.add_argument("--model", default=None, help="a qwen3 / qwen3_moe / qwen3_vl / qwen3_vl_moe checkpoint directory")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--dtype", default="bfloat16")
@@ -155,7 +181,8 @@ def main() -> None:
     bound = bandwidth * 1e9 / per_token
     same = next((i for i, (a, b) in enumerate(zip(ours_tokens, ref_tokens)) if a != b), len(ours_tokens))
     config = read_config(directory)
-    print(f"{directory.name} ({config['model_type']}): hidden {config['hidden_size']}, {config['num_hidden_layers']} "
+    text = config.get("text_config", config)
+    print(f"{directory.name} ({config['model_type']}): hidden {text['hidden_size']}, {text['num_hidden_layers']} "
           f"layers, {dtype}, {args.threads} threads, {os.cpu_count()} cores; prompt {len(ids)} tokens, "
           f"{args.new_tokens} new, greedy; first {same} tokens identical")
     print(f"copy bandwidth {bandwidth:.1f} GB/s; {per_token / 1e9:.2f} GB read per token → bound {bound:.2f} tok/s")

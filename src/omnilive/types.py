@@ -49,9 +49,20 @@ ContentPart = Union[str, ImageInput, AudioInput, VideoInput]
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: `arguments` is the JSON text it wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
     role: Role
     content: tuple[ContentPart, ...]
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     @property
     def text(self) -> str:
@@ -63,12 +74,42 @@ class SamplingParams:
     temperature: float = 0.7
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.0  # multiplicative, over prompt and output (HF's)
+    presence_penalty: float = 0.0  # additive, once per token seen in the output (OpenAI's)
+    frequency_penalty: float = 0.0  # additive, per occurrence in the output (OpenAI's)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     max_tokens: int | None = None  # None = up to the context limit
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; `parameters` is its JSON schema as JSON text."""
+
+    name: str
+    description: str | None = None
+    parameters: str = '{"type": "object", "properties": {}}'
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """auto: the model decides; none: no calls; required: at least one call; function: that one."""
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    function: str | None = None  # the function's name, for mode "function"
+    parallel: bool = True  # may call several functions in one reply
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """The reply is JSON (json_object), or JSON valid against `schema` (JSON text)."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +122,14 @@ class EngineRequest:
     max_thinking_tokens: int | None = None  # None = unlimited (thinking models only)
     min_thinking_tokens: int = 0  # think at least this long: an earlier </think> becomes "Wait"
     chat_template_kwargs: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # e.g. enable_thinking
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    response_format: ResponseFormat | None = None  # None: free text
+
+    @property
+    def offered_tools(self) -> tuple[Tool, ...]:
+        """The tools the prompt shows: none when the model must not call (as vLLM does)."""
+        return () if self.tool_choice.mode == "none" else self.tools
 
 
 @dataclass(frozen=True)
@@ -103,6 +152,17 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of the `index`-th tool call of the reply: the first carries its id and name,
+    the others pieces of its arguments' JSON text, as OpenAI streams them."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class AudioChunk:
     samples: np.ndarray  # (n,) float32, 24 kHz mono
     transcript: str  # the text this chunk speaks
@@ -122,7 +182,7 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "abort", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +191,7 @@ class Finished:
     usage: Usage
 
 
-EngineOutput = Union[TextDelta, ReasoningDelta, AudioChunk, Finished]
+EngineOutput = Union[TextDelta, ReasoningDelta, ToolCallDelta, AudioChunk, Finished]
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,30 @@ def test_mixed_batch_each_row_keeps_its_own_settings():
     assert samples[0].token_id == int(logits[0].argmax())
     assert samples[1].token_id == int(logits[1].argmax())
     assert samples[2].token_id == sample(logits[2:3], [row(seed=3, temperature=1.0)])[0].token_id
+
+
+def test_presence_and_frequency_penalties_count_the_output_only():
+    logits = torch.tensor([[3.0, 2.5, 1.0, 0.0]])
+    # token 0 once in the prompt, token 1 twice in the output
+    seen_row = SamplingRow(SamplingParams(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.25,
+                                          logprobs=True, top_logprobs=4), make_generator(0), [0, 1, 1], num_prompt=1)
+    got = sample(logits, [seen_row])[0]
+    expected = torch.tensor([3.0, 2.5 - 0.5 - 2 * 0.25, 1.0, 0.0]).log_softmax(-1)
+    assert got.token_id == 0
+    assert dict(got.top) == pytest.approx(dict(enumerate(expected.tolist())), abs=1e-5)
+
+
+def test_logit_bias_adds_to_the_raw_logits():
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    assert sample(logits, [row(temperature=0.0, logit_bias=((0, -100.0),))])[0].token_id == 1
+    assert sample(logits, [row(temperature=0.0, logit_bias=((2, 5.0), (99, 1.0)))])[0].token_id == 2
+
+
+def test_grammar_mask_bans_other_tokens_in_its_row_only():
+    logits = torch.tensor([[5.0, 1.0, 0.0, 4.0]] * 2)
+    allowed = torch.tensor([(1 << 1) | (1 << 2)], dtype=torch.int32)  # tokens 1 and 2
+    masked = SamplingRow(SamplingParams(temperature=1.0, logprobs=True), make_generator(3), [], allowed=allowed)
+    for _ in range(20):
+        free, bound = sample(logits, [row(temperature=0.0), masked])
+        assert free.token_id == 0 and bound.token_id in (1, 2)
+        assert bound.logprob > math.log(0.5) - 1 if bound.token_id == 1 else bound.logprob < math.log(0.5)

@@ -28,7 +28,7 @@ CHAT_TEMPLATE = (
 )
 CONFIG = {
     "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24, "max_position_embeddings": 512,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24, "max_position_embeddings": 2048,
     "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": False, "attention_bias": False,
     "use_sliding_window": False, "eos_token_id": SPECIAL_TOKENS["<|im_end|>"],
 }

@@ -23,6 +23,8 @@ PATCH_DIM = 3 * 2 * 14 * 14
 class Prompt:
     """Token ids plus the media metadata both implementations need."""
 
+    patch_dim = PATCH_DIM
+
     def __init__(self):
         self.ids: list[int] = []
         self.images, self.videos, self.seconds = [], [], []
@@ -51,7 +53,7 @@ class Prompt:
             if not grids:
                 return None
             grid_thw = torch.tensor(grids)
-            return VisionPatches(torch.randn(int(grid_thw.prod(-1).sum()), PATCH_DIM, generator=generator), grid_thw)
+            return VisionPatches(torch.randn(int(grid_thw.prod(-1).sum()), self.patch_dim, generator=generator), grid_thw)
 
         images, videos = patches(self.images), patches(self.videos)
         ids = torch.tensor(self.ids)

@@ -105,8 +105,10 @@ def build_tiny_vl(directory: str | Path, seed: int = 0, with_tokenizer: bool = T
     return TinyVL(directory, model)
 
 
-def build_vl_tokenizer():
-    """A `tokenizers.Tokenizer` of VOCAB ids with every SPECIAL_TOKENS token at its id."""
+def build_vl_tokenizer(special_tokens: dict[str, int] | None = None, plain_tokens: dict[str, int] | None = None):
+    """A `tokenizers.Tokenizer` of VOCAB ids with every special token (SPECIAL_TOKENS by
+    default) and every plain added token (such as Qwen3's `<think>`, not special) at its id;
+    learned tokens take the ids below the lowest of them."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -114,14 +116,17 @@ def build_vl_tokenizer():
     alphabet = [chr(c) for c in range(33, 127)] + [chr(256 + c) for c in (ord(" "), ord("\n"))]
     learner = Tokenizer(models.BPE())
     learner.pre_tokenizer = byte_level
-    learner.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=BPE_VOCAB, initial_alphabet=alphabet,
+    special_tokens, plain_tokens = special_tokens or SPECIAL_TOKENS, plain_tokens or {}
+    learner.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=min({**special_tokens, **plain_tokens}.values()),
+                                                            initial_alphabet=alphabet,
                                                             show_progress=False))
     learned = json.loads(learner.to_str())["model"]
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    tokenizer = Tokenizer(models.BPE(vocab={**learned["vocab"], **SPECIAL_TOKENS}, merges=merges))
+    tokenizer = Tokenizer(models.BPE(vocab={**learned["vocab"], **special_tokens, **plain_tokens}, merges=merges))
     tokenizer.pre_tokenizer = byte_level
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t in plain_tokens])
     return tokenizer
 
 

@@ -119,3 +119,22 @@ def test_chat_audio_out_whole_and_streamed(client, model_id):
     assert len(pcm) // 2 == len(samples)  # the same speech, streamed as PCM16
     assert "".join(d.transcript for d in audio_deltas) == audio.transcript
     assert {d.id for d in audio_deltas} == {audio_deltas[0].id}
+
+
+def test_arguments_the_server_cannot_honour_are_400s(client, question_wav):
+    import openai
+
+    def transcribe(**extra):
+        return client.audio.transcriptions.create(model="whisper-1", file=("q.wav", question_wav, "audio/wav"),
+                                                  **extra)
+
+    for extra, param in (({"timestamp_granularities": ["word"]}, "timestamp_granularities[]"),
+                         ({"temperature": 0.4}, "temperature"),
+                         ({"extra_body": {"chunking_strategy": "auto"}}, "chunking_strategy")):
+        with pytest.raises(openai.BadRequestError) as error:
+            transcribe(**extra)
+        assert error.value.body["param"] == param
+    assert transcribe(response_format="verbose_json", timestamp_granularities=["segment"]).segments
+    with pytest.raises(openai.BadRequestError) as error:
+        client.audio.speech.create(model="tts-1", input="Hello.", voice="alloy", instructions="Whisper it.")
+    assert error.value.body["param"] == "instructions"

@@ -56,7 +56,7 @@ def client(server):
 
 def ask(client, **extra):
     model = client.models.list().data[0].id
-    return client.chat.completions.create(model=model, messages=QUESTION, temperature=0, **extra)
+    return client.chat.completions.create(model=model, messages=QUESTION, **{"temperature": 0, **extra})
 
 
 def test_the_card_names_a_text_model(client, tiny):
@@ -187,3 +187,30 @@ def test_realtime_replies_stream_their_reasoning_apart_within_the_budget(server,
     assert text and "Considering the limited time" not in text  # the answer, without the reasoning
     usage = events[-1]["response"]["usage"]
     assert usage["output_token_details"]["reasoning_tokens"] == budget + closing.index(tiny.end_think_id) + 1
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+
+
+def test_a_thinking_model_calls_tools_after_its_reasoning(client):
+    """Reasoning stays free; the call after it is held to the function's schema (random weights)."""
+    import json
+
+    import jsonschema
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    for seed in range(3):
+        choice = ask(client, tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                     parallel_tool_calls=False,
+                     temperature=1.0, seed=seed, max_tokens=600, extra_body={"max_thinking_tokens": 4}).choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.reasoning_content
+        [call] = choice.message.tool_calls
+        assert call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    reply = ask(client, response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}},
+                temperature=1.0, seed=9, max_tokens=300,
+                extra_body={"chat_template_kwargs": {"enable_thinking": False}}).choices[0]
+    assert reply.finish_reason == "stop" and not reply.message.reasoning_content
+    jsonschema.validate(json.loads(reply.message.content), WEATHER)

@@ -115,3 +115,22 @@ def test_audio_output_is_a_400(client):
 
 def test_server_still_serves_after_bad_requests(client):
     assert ask(client, image_part(), temperature=0, max_tokens=3).choices[0].message.content
+
+
+def test_a_template_without_tools_still_calls_them_with_valid_arguments(client):
+    """Qwen2.5-VL's and Qwen2-VL's templates know no tools: they are written into the prompt
+    (backends/tool_prompt.py) and the reply, held to the schema, parses as a call."""
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}},
+              "required": ["colour"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "paint", "parameters": schema}}]
+    for seed in range(2):
+        choice = ask(client, image_part(), tools=tools, tool_choice="required", parallel_tool_calls=False,
+                     temperature=1.0, seed=seed, max_tokens=200).choices[0]
+        assert choice.finish_reason == "tool_calls"
+        [call] = choice.message.tool_calls
+        assert call.function.name == "paint"
+        jsonschema.validate(json.loads(call.function.arguments), schema)

@@ -24,10 +24,12 @@ from typing import AsyncIterator, Sequence
 import numpy as np
 import torch
 
+from omnilive.backends.tool_prompt import template_entry, with_tools
 from omnilive.backends.tts import SynthesisQueue
 from omnilive.engine.async_engine import engine_outputs
-from omnilive.engine.torch_threads import run_in_fresh_thread
 from omnilive.engine.speech_chunker import SpeechChunker
+from omnilive.engine.tool_calls import output_format
+from omnilive.engine.torch_threads import run_in_fresh_thread
 from omnilive.types import (
     ASR_SAMPLE_RATE,
     AudioChunk,
@@ -160,12 +162,15 @@ class EmbeddedBackend:
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         speak = "audio" in request.modalities
         voice = self._check_voice(request.voice) if speak else None
-        chat = await self._render_chat(request.messages, speak)
-        prompt_ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+        messages, tool_variables = with_tools(request.messages, request.offered_tools, self._tokenizer.info.chat_template)
+        chat = await self._render_chat(messages, speak)
+        prompt_ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, **tool_variables,
                                                          **dict(request.chat_template_kwargs))
         sampling = request.sampling  # the engine refuses a prompt or max_tokens beyond the context
         text_stream = self._llm.generate(request.request_id, prompt_ids, sampling, request.max_thinking_tokens,
-                                         min_thinking_tokens=request.min_thinking_tokens)
+                                         min_thinking_tokens=request.min_thinking_tokens,
+                                         output=output_format(request.tools, request.tool_choice,
+                                                              request.response_format))
         if not speak:
             async for out in engine_outputs(text_stream):
                 yield out
@@ -258,7 +263,7 @@ class EmbeddedBackend:
             # comes last instead of echoing the description back
             media = [await self._part_text(p, counters) for p in message.content if not isinstance(p, str)]
             words = [p for p in message.content if isinstance(p, str)]
-            chat.append({"role": message.role, "content": "\n".join(x for x in media + words if x)})
+            chat.append(template_entry(message, "\n".join(x for x in media + words if x)))
         system = SYSTEM_PROMPT + (SPOKEN_STYLE if speak else "")
         if chat and chat[0]["role"] == "system":
             chat[0]["content"] = chat[0]["content"] + (SPOKEN_STYLE if speak else "")

@@ -38,6 +38,7 @@ from omnilive.engine.llm_engine import LLMEngine, SpeechModel
 from omnilive.engine.request import PreparedPrompt
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_chunker import SpeechChunker
+from omnilive.engine.tool_calls import output_format
 from omnilive.engine.torch_threads import FreshThreadExecutor
 from omnilive.model.omni_checkpoint import (
     load_thinker,
@@ -194,14 +195,15 @@ class NativeBackend:
         voice = pick_voice(self.model.voices, request.voice)[1] if speak else None
         loop = asyncio.get_running_loop()
         prompt = await loop.run_in_executor(self._worker, self.model.processor.build, request.messages, speak,
-                                            dict(request.chat_template_kwargs))
+                                            dict(request.chat_template_kwargs), request.offered_tools)
         prepared: PreparedPrompt | list[int] = prompt.input_ids  # a text-only model takes token ids
         if hasattr(self.model.thinker, "encode_media"):
             # the vision and audio towers run here, on the prompt worker: on the engine thread
             # they would stall every running stream for as long as they take
             prepared = await loop.run_in_executor(self._worker, self.prepare, prompt)
         stream = self._llm.generate(request.request_id, prepared, request.sampling, request.max_thinking_tokens,
-                                    voice=voice, min_thinking_tokens=request.min_thinking_tokens)
+                                    voice=voice, min_thinking_tokens=request.min_thinking_tokens,
+                                    output=output_format(request.tools, request.tool_choice, request.response_format))
         async for output in engine_outputs(stream):
             yield output
 

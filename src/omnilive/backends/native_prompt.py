@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
+from omnilive.backends.tool_prompt import template_entry, with_tools
 from omnilive.types import (
     AudioInput,
     EngineError,
     ImageInput,
     Message,
+    Tool,
     VideoInput,
 )
 from omnilive.media.qwen_preprocess import (
@@ -71,7 +73,7 @@ STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 VIDEO_FPS_DEFAULT = 2.0
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -82,7 +84,7 @@ def chat_template_of(directory: Path, fallback: str = FALLBACK_CHAT_TEMPLATE) ->
     if jinja.exists():
         return jinja.read_text()
     for name in ("chat_template.json", "tokenizer_config.json"):
-        template = _read_json(directory / name).get("chat_template")
+        template = read_json(directory / name).get("chat_template")
         if isinstance(template, str) and template:
             return template
     return fallback
@@ -94,7 +96,7 @@ def load_omni_tokenizer(directory: str | Path, fallback_template: str = FALLBACK
     if not (directory / "tokenizer.json").exists():
         raise FileNotFoundError(f"{directory} has no tokenizer.json")
     backend = HFTokenizer.from_file(str(directory / "tokenizer.json"))
-    eos = _read_json(directory / "tokenizer_config.json").get("eos_token") or "<|im_end|>"
+    eos = read_json(directory / "tokenizer_config.json").get("eos_token") or "<|im_end|>"
     eos = eos["content"] if isinstance(eos, dict) else eos
     stops = [token_id for token in STOP_TOKENS if (token_id := backend.token_to_id(token)) is not None]
     info = TokenizerInfo(chat_template=chat_template_of(directory, fallback_template),
@@ -115,8 +117,8 @@ class VisualPreprocessing:
     @classmethod
     def from_checkpoint(cls, directory: str | Path) -> VisualPreprocessing:
         directory = Path(directory)
-        image = ImagePreprocessConfig.from_dict(_read_json(directory / "preprocessor_config.json"))
-        video = _read_json(directory / "video_preprocessor_config.json")
+        image = ImagePreprocessConfig.from_dict(read_json(directory / "preprocessor_config.json"))
+        video = read_json(directory / "video_preprocessor_config.json")
         size = video.get("size") or {}
         return cls(image, video.get("min_pixels", size.get("shortest_edge", VIDEO_MIN_PIXELS)),
                    video.get("max_pixels", size.get("longest_edge", VIDEO_MAX_PIXELS)))
@@ -152,7 +154,7 @@ class OmniPrompt:
 
 
 @dataclass
-class _Collected:
+class CollectedMedia:
     """Media in prompt order while the placeholders are expanded."""
 
     images: list[VisionPatches]
@@ -183,14 +185,17 @@ class QwenProcessor:
 
     def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
         """Template input: content parts as Qwen's processors take them."""
-        return [{"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages]
+        return [template_entry(m, [_part_dict(p) for p in m.content]) for m in messages]
 
     def build(self, messages: Sequence[Message], speak: bool = False,
-              template_kwargs: Mapping[str, Any] | None = None) -> OmniPrompt:
-        """template_kwargs: extra variables of the chat template (a request's chat_template_kwargs)."""
+              template_kwargs: Mapping[str, Any] | None = None, tools: Sequence[Tool] = ()) -> OmniPrompt:
+        """template_kwargs: extra variables of the chat template (a request's chat_template_kwargs);
+        tools: the functions the model may call."""
+        messages, tool_variables = with_tools(messages, tools, self.tokenizer.info.chat_template)
         chat = self.chat(messages, speak)
         items = [part["media"] for message in chat for part in message["content"] if "media" in part]
-        text = self.tokenizer.render_chat(chat, add_generation_prompt=True, **dict(template_kwargs or {}))
+        text = self.tokenizer.render_chat(chat, add_generation_prompt=True, **tool_variables,
+                                          **dict(template_kwargs or {}))
         ids = self.tokenizer.encode(text)
         return self._expand(ids, items)
 
@@ -201,7 +206,7 @@ class QwenProcessor:
         if [kinds[token] for token in ids if token in kinds] != [type(item) for item in items]:
             raise EngineError("the prompt's media placeholders do not match its media (media token text such "
                               "as <|IMAGE|> or <|image_pad|> cannot appear in messages)", param="messages")
-        collected = _Collected([], [], [], [])
+        collected = CollectedMedia([], [], [], [])
         out: list[int] = []
         image_tokens = audio_tokens = 0
         media = iter(items)
@@ -228,7 +233,7 @@ class QwenProcessor:
                                   code="context_length_exceeded")
         return OmniPrompt(out, self._media(collected), image_tokens, audio_tokens)
 
-    def _add_image(self, image: ImageInput, collected: _Collected) -> int:
+    def _add_image(self, image: ImageInput, collected: CollectedMedia) -> int:
         try:
             patches = preprocess_image(image.image, self.image)
         except ValueError as error:  # e.g. an aspect ratio past 200:1
@@ -236,14 +241,14 @@ class QwenProcessor:
         collected.images.append(patches)
         return patches.token_counts(self.image.merge_size)[0]
 
-    def _add_audio(self, audio: AudioInput, collected: _Collected) -> int:
+    def _add_audio(self, audio: AudioInput, collected: CollectedMedia) -> int:
         if len(audio.samples) == 0:
             raise EngineError("an audio input is empty", param="messages")
         mel = log_mel_spectrogram(audio.samples, n_mels=self.audio_bins)
         collected.mels.append(mel)
         return audio_placeholder_count(mel.shape[1])
 
-    def _add_video(self, video: VideoInput, collected: _Collected) -> tuple[list[int], int, int]:
+    def _add_video(self, video: VideoInput, collected: CollectedMedia) -> tuple[list[int], int, int]:
         """A video's placeholder ids, its vision token count and its audio token count. Its
         frames are the decoder's, already sampled at `video.fps`; a temporal patch of
         temporal_patch_size frames spans temporal_patch_size / fps seconds (second_per_grid_ts)."""
@@ -265,7 +270,7 @@ class QwenProcessor:
         interleaved = video_with_audio_placeholders(patches.grid_thw[0].tolist(), seconds, audio_count, t.mrope_layout)
         return [t.audio_start, *interleaved, t.audio_end], vision_count, audio_count
 
-    def _media(self, collected: _Collected) -> ThinkerMedia:
+    def _media(self, collected: CollectedMedia) -> ThinkerMedia:
         images = VisionPatches.concat(collected.images) if collected.images else None
         videos = VisionPatches.concat(collected.videos) if collected.videos else None
         mels = collected.mels

@@ -25,7 +25,8 @@ from omnilive.model.packed import pack_decoder
 from omnilive.model.thinker import ThinkerMedia
 from omnilive.model.tokenizer import Tokenizer
 from omnilive.model.weights import load_pretrained
-from omnilive.types import EngineError, Message
+from omnilive.backends.tool_prompt import template_entry, with_tools
+from omnilive.types import EngineError, Message, Tool
 
 # Qwen3's chat template in short, for a directory that lacks one: thinking unless disabled
 QWEN3_CHAT_TEMPLATE = (
@@ -45,12 +46,14 @@ class TextProcessor:
         self.tokenizer, self.family, self.max_prompt_tokens = tokenizer, family, max_prompt_tokens
 
     def build(self, messages: Sequence[Message], speak: bool = False,
-              template_kwargs: Mapping[str, Any] | None = None) -> OmniPrompt:
+              template_kwargs: Mapping[str, Any] | None = None, tools: Sequence[Tool] = ()) -> OmniPrompt:
         if any(not isinstance(part, str) for message in messages for part in message.content):
             raise EngineError(f"{self.family} reads text only: send no images, audio or video", param="messages",
                               code="unsupported_input")
-        chat = [{"role": message.role, "content": message.text} for message in messages]
-        text = self.tokenizer.render_chat(chat, add_generation_prompt=True, **dict(template_kwargs or {}))
+        messages, tool_variables = with_tools(messages, tools, self.tokenizer.info.chat_template)
+        chat = [template_entry(message, message.text) for message in messages]
+        text = self.tokenizer.render_chat(chat, add_generation_prompt=True, **tool_variables,
+                                          **dict(template_kwargs or {}))
         return OmniPrompt(self.tokenizer.encode(text), ThinkerMedia(), image_tokens=0, audio_tokens=0)
 
 

@@ -20,7 +20,7 @@ from omnilive.model.qwen2 import Qwen2ForCausalLM
 from omnilive.model.talker import Talker
 from omnilive.model.token2wav import Token2Wav, Voice
 from omnilive.model.tokenizer import Tokenizer
-from omnilive.types import EngineError, Message
+from omnilive.types import EngineError, Message, Tool
 
 
 class PromptBuilder(Protocol):
@@ -30,13 +30,13 @@ class PromptBuilder(Protocol):
     def input_modalities(self) -> tuple[str, ...]: ...
 
     def build(self, messages: Sequence[Message], speak: bool = False,
-              template_kwargs: Mapping[str, Any] | None = None) -> OmniPrompt: ...
+              template_kwargs: Mapping[str, Any] | None = None, tools: Sequence[Tool] = ()) -> OmniPrompt: ...
 
 
 @dataclass
 class OmniModel:
-    """A loaded checkpoint, what a family loader returns: Qwen2.5-Omni; Qwen2.5-VL, Qwen2-VL or
-    Qwen3 (no talker)."""
+    """A loaded checkpoint, what a family loader returns: Qwen2.5-Omni; Qwen2.5-VL, Qwen2-VL,
+    Qwen3-VL or Qwen3 (no talker)."""
 
     thinker: Qwen2ForCausalLM  # the decoder: an Omni thinker, a Qwen2.5-VL model, a Qwen3
     tokenizer: Tokenizer
@@ -68,6 +68,12 @@ def _qwen2_vl(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
     return load_qwen2_vl_family(directory, dtype, device)
 
 
+def _qwen3_vl(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
+    from omnilive.backends.native_vl import load_qwen3_vl_family
+
+    return load_qwen3_vl_family(directory, dtype, device)
+
+
 def _qwen3(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
     from omnilive.backends.native_text import load_qwen3
 
@@ -78,6 +84,8 @@ FAMILIES: dict[str, Loader] = {
     "qwen2_5_omni": _qwen2_5_omni,  # text, images, audio, video in; text and speech out
     "qwen2_5_vl": _qwen2_5_vl,  # text, images, video in; text out
     "qwen2_vl": _qwen2_vl,  # the same (Qwen2-VL, QVQ)
+    "qwen3_vl": _qwen3_vl,  # text, images, video in; text out; the Thinking variants think
+    "qwen3_vl_moe": _qwen3_vl,  # the same, with sparse expert MLPs
     "qwen3": _qwen3,  # text in, text out; thinks
     "qwen3_moe": _qwen3,  # the same, with sparse expert MLPs
 }

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import PreparedPrompt, RequestOutput
 from omnilive.engine.step_thread import StepThread
+from omnilive.engine.tool_calls import OutputFormat
 from omnilive.engine.torch_threads import set_torch_threads
 from omnilive.model.token2wav import Voice
 from omnilive.types import (
@@ -54,6 +55,9 @@ class AsyncLLM:
         self._streams: dict[str, _Stream] = {}  # guarded by _lock
         self._thread = StepThread("omnilive-llm-engine", engine.has_work, self._step, self._fail_all,
                                   self._end_all_streams, on_start=lambda: set_torch_threads(threads))
+        # the grammar vocabulary takes about a second to build: not on the first tool request
+        threading.Thread(target=lambda: engine.grammars.tokenizer, name="omnilive-grammar-vocabulary",
+                         daemon=True).start()
 
     async def generate(
         self,
@@ -64,6 +68,7 @@ class AsyncLLM:
         stop_token_ids: Sequence[int] = (),
         voice: Voice | None = None,
         min_thinking_tokens: int = 0,
+        output: OutputFormat | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream the request's outputs (LLMEngine.add_request's arguments); the last one has
         a finish_reason.
@@ -73,6 +78,9 @@ class AsyncLLM:
         """
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         prompt = prompt if isinstance(prompt, PreparedPrompt) else list(prompt)
+        # compiling a grammar (and, the first time, the vocabulary) is not the step thread's work
+        grammar = await asyncio.to_thread(self.engine.grammars.compile, output.grammar, output.param) \
+            if output is not None and output.grammar else None
         with self._lock:
             if self._thread.stopping:
                 raise EngineError("the engine is shut down")
@@ -83,7 +91,7 @@ class AsyncLLM:
         def add() -> None:
             try:
                 self.engine.add_request(request_id, prompt, sampling, thinking_budget, stop_token_ids, voice,
-                                        min_thinking_tokens)
+                                        min_thinking_tokens, output, grammar)
             except Exception as error:  # EngineError (bad request) or a bug: the caller gets it
                 stream.put(error)
 
@@ -159,6 +167,7 @@ def _joined(outputs: list[RequestOutput]) -> RequestOutput:
         text="".join(o.text for o in outputs),
         reasoning="".join(o.reasoning for o in outputs),
         logprobs=tuple(lp for o in outputs for lp in o.logprobs),
+        tool_calls=tuple(call for o in outputs for call in o.tool_calls),
         token_ids=tuple(t for o in outputs for t in o.token_ids),
         audio=tuple(chunk for o in outputs for chunk in o.audio),
     )
@@ -172,6 +181,7 @@ def as_engine_outputs(out: RequestOutput) -> list[EngineOutput]:
         messages.append(ReasoningDelta(out.reasoning))
     if out.text or out.logprobs:
         messages.append(TextDelta(out.text, tuple(out.logprobs)))
+    messages.extend(out.tool_calls)
     messages.extend(out.audio)
     if out.finish_reason is not None:
         messages.append(Finished(out.finish_reason, Usage(

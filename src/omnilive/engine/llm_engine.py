@@ -28,12 +28,14 @@ from typing import Protocol
 import torch
 
 from omnilive.engine.detokenizer import Detokenizer
+from omnilive.engine.grammar import Grammar, GrammarVocabulary
 from omnilive.engine.request import PreparedPrompt, Request, RequestOutput
 from omnilive.engine.runner import ModelRunner, Work
 from omnilive.engine.sampling import make_generator, sample
 from omnilive.engine.scheduler import AdmissionPolicy, Scheduler, StepPlan
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_stage import SpeechStage, guarded
+from omnilive.engine.tool_calls import OutputFormat, ToolCallParser
 from omnilive.engine.thinking import (
     BUDGET_EXHAUSTED_TEXT,
     NO_THINKING_TEXT,
@@ -107,6 +109,7 @@ class LLMEngine:
         # what one request can hold: the context, or every block when there are fewer
         self.max_request_tokens = min(self.context_length, self.cache.num_blocks * kv_block_size)
         self.think_markers = self._find_think_markers(think_start, think_end)
+        self.grammars = GrammarVocabulary(tokenizer, model.config.vocab_size)
         self.speaking: list[Request] = []  # replies done, speech still going (talker rows held)
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (abort), sent by the next
         self._in_step = False
@@ -126,11 +129,15 @@ class LLMEngine:
         stop_token_ids: Sequence[int] = (),
         voice: Voice | None = None,
         min_thinking_tokens: int = 0,
+        output: OutputFormat | None = None,
+        grammar: Grammar | None = None,
     ) -> None:
         """Queue a request; EngineError when it cannot be served (the caller's 400).
         prompt: token ids, or a multimodal prompt a model family's prompt builder prepared.
         thinking_budget / min_thinking_tokens: at most / at least this many sampled thinking
-        tokens (engine/thinking.py). voice: speak the reply in this voice (a model that speaks only)."""
+        tokens (engine/thinking.py). voice: speak the reply in this voice (a model that speaks only).
+        output: the grammar the reply follows and whether tool calls are parsed out of it
+        (engine/tool_calls.py); grammar: that grammar already compiled (else it is compiled here)."""
         prepared = prompt if isinstance(prompt, PreparedPrompt) else None
         prompt_ids = prepared.input_ids if prepared else [int(t) for t in prompt]
         self._check(request_id, prompt_ids, sampling, thinking_budget, voice)
@@ -138,6 +145,8 @@ class LLMEngine:
             raise EngineError("min_thinking_tokens must be >= 0 and at most the thinking budget",
                               param="min_thinking_tokens")
         room = self.max_request_tokens - len(prompt_ids)
+        if grammar is None and output is not None and output.grammar:
+            grammar = self.grammars.compile(output.grammar, output.param)
         request = Request(
             request_id=request_id,
             prompt_ids=prompt_ids,
@@ -151,6 +160,8 @@ class LLMEngine:
                       if self.think_markers else None),
             prepared=prepared.prompt if prepared else None,
             voice=voice,
+            grammar=grammar,
+            tool_parser=ToolCallParser() if output and output.tool_calls else None,
             audio_prompt_tokens=prepared.audio_tokens if prepared else 0,
             image_prompt_tokens=prepared.image_tokens if prepared else 0,
         )
@@ -275,7 +286,7 @@ class LLMEngine:
         if due:
             samples = sample(logits, [request.sampling_row() for request in due])
             for request, token in zip(due, samples):
-                request.append_sampled(token)
+                guarded(request, self.fail, request.append_sampled, token)
 
     def _end_replies(self) -> None:
         """Finished replies give their thinker rows and blocks back; a spoken one speaks on."""

@@ -7,10 +7,11 @@ chunk when several are missing, a decode when one is), and the logits of the las
 the next token. Forced tokens (thinking budget) are appended as output without sampling, so
 they are computed like a short prefill.
 
-A multimodal request carries its `prepared` prompt: the embeddings with its media merged in
-and its M-RoPE ids (the runner feeds those for prompt positions, token embeddings for the
-rest). A spoken request carries a `voice`; once admitted it holds a talker row and a
-`speech` stream, and it is `done` only when its speech has ended too, after its reply.
+A multimodal request carries its `prepared` prompt: the embeddings with its media merged in,
+its M-RoPE ids and, for Qwen3-VL, its DeepStack features (the runner feeds those for prompt
+positions, token embeddings for the rest). A spoken request carries a `voice`; once admitted
+it holds a talker row and a `speech` stream, and it is `done` only when its speech has ended
+too, after its reply.
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ import torch
 
 from omnilive.engine.block_manager import BlockTable, MediaSpan
 from omnilive.engine.detokenizer import Detokenizer, TextDeltas
+from omnilive.engine.grammar import Grammar
 from omnilive.engine.sampling import SamplingRow, TokenSample
 from omnilive.engine.speech import SpeechStream
 from omnilive.engine.thinking import Channel, ThinkingTracker
+from omnilive.engine.tool_calls import ToolCallParser
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Voice
-from omnilive.types import AudioChunk, EngineError, FinishReason, SamplingParams, TokenLogprob
+from omnilive.types import AudioChunk, EngineError, FinishReason, SamplingParams, TokenLogprob, ToolCallDelta
 
 
 @dataclass(frozen=True)
 class PreparedPrompt:
     """A multimodal prompt ready for the engine: what a model family's prompt builder gives."""
 
-    prompt: ThinkerPrompt  # token ids, embeddings with the media merged in, M-RoPE ids
+    prompt: ThinkerPrompt  # token ids, embeddings with the media merged in, M-RoPE ids, DeepStack features
     media_spans: tuple[MediaSpan, ...] = ()  # the media behind placeholder runs: part of the block keys
     audio_tokens: int = 0  # audio placeholders (usage)
     image_tokens: int = 0  # image and video placeholders (usage)
@@ -52,6 +55,7 @@ class RequestOutput:
     text: str = ""  # content delta
     reasoning: str = ""  # reasoning (inside <think>) delta
     logprobs: tuple[TokenLogprob, ...] = ()  # one per sampled content token
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # tool-call pieces parsed out of the content
     token_ids: tuple[int, ...] = ()  # new output tokens (sampled and forced)
     audio: tuple[AudioChunk, ...] = ()  # speech that became final, in order
     finish_reason: FinishReason | None = None  # set once the request is done (its speech too)
@@ -80,8 +84,10 @@ class Request:
     generator: torch.Generator
     token_text: Callable[[int], tuple[str, bytes]]  # for logprobs
     thinking: ThinkingTracker | None = None
-    prepared: ThinkerPrompt | None = None  # a multimodal prompt: embeddings, M-RoPE ids
+    prepared: ThinkerPrompt | None = None  # a multimodal prompt: embeddings, M-RoPE ids (, DeepStack)
     voice: Voice | None = None  # None: text only
+    grammar: Grammar | None = None  # the reply's content must follow it (constrained decoding)
+    tool_parser: ToolCallParser | None = None  # tool calls are parsed out of the content
     audio_prompt_tokens: int = 0
     image_prompt_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
@@ -99,6 +105,7 @@ class Request:
     audio: list[AudioChunk] = field(default_factory=list)
     _deltas: TextDeltas = field(default_factory=TextDeltas)
     _logprobs: list[TokenLogprob] = field(default_factory=list)
+    _tool_calls: list[ToolCallDelta] = field(default_factory=list)
     _new_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -128,7 +135,18 @@ class Request:
                                   or self.finish_reason == "abort")
 
     def sampling_row(self) -> SamplingRow:
-        return SamplingRow(self.sampling, self.generator, self.token_ids)
+        return SamplingRow(self.sampling, self.generator, self.token_ids, len(self.prompt_ids), self._allowed())
+
+    def _allowed(self) -> torch.Tensor | None:
+        """The grammar's mask for the next token; none inside a think block (reasoning is free),
+        and the think marker stays allowed while the model may still open one."""
+        if self.grammar is None or (self.thinking is not None and self.thinking.inside):
+            return None
+        mask = self.grammar.allowed()
+        if self.thinking is not None and self.thinking.may_open:
+            start = self.thinking.markers.start_id
+            mask[start // 32] |= torch.tensor(1 << (start % 32), dtype=torch.int64).to(torch.int32)
+        return mask
 
     def force_at_start(self) -> None:
         if self.thinking is not None:
@@ -148,6 +166,11 @@ class Request:
         self.finish_reason = reason
         if reason != "abort":
             self._add_deltas(self.detokenizer.finish())
+            if self.tool_parser is not None:
+                text, calls = self.tool_parser.finish()
+                self._content(text, calls)
+                if reason == "stop" and self.tool_parser.calls:
+                    self.finish_reason = "tool_calls"
         if self.speech is not None:
             self.speech.finish_text()
 
@@ -167,6 +190,7 @@ class Request:
             text=self._deltas.content,
             reasoning=self._deltas.reasoning,
             logprobs=tuple(self._logprobs),
+            tool_calls=tuple(self._tool_calls),
             token_ids=tuple(self._new_token_ids),
             audio=tuple(self.audio),
             finish_reason=self.finish_reason if done else None,
@@ -179,12 +203,21 @@ class Request:
             image_prompt_tokens=self.image_prompt_tokens,
         )
         self._deltas, self._logprobs, self._new_token_ids, self.audio = TextDeltas(), [], [], []
+        self._tool_calls = []
         return output
 
     def _add_deltas(self, deltas: TextDeltas) -> None:
-        self._deltas += deltas
-        if self.speech is not None and deltas.content:
-            self.speech.tell(deltas.content)  # the next AudioChunk says it
+        self._deltas.reasoning += deltas.reasoning
+        if self.tool_parser is None:
+            self._content(deltas.content, [])
+        elif deltas.content:
+            self._content(*self.tool_parser.feed(deltas.content))
+
+    def _content(self, text: str, calls: list[ToolCallDelta]) -> None:
+        self._deltas.content += text
+        self._tool_calls += calls
+        if self.speech is not None and text:
+            self.speech.tell(text)  # the next AudioChunk says it
 
     def _append_forced(self, token_ids: tuple[int, ...]) -> None:
         for token_id in token_ids:
@@ -203,15 +236,17 @@ class Request:
         if self.thinking is not None:
             channel, to_force = self.thinking.observe(token_id, forced)
         if channel == "content":
+            if self.grammar is not None:
+                self.grammar.accept(token_id)
             self._add_deltas(self.detokenizer.add_token(token_id, reasoning=False))
             if sample is not None and sample.logprob is not None:
                 self._logprobs.append(self._token_logprob(token_id, sample))
         else:
             self.reasoning_tokens += 1
             if channel == "reasoning":
-                self._deltas += self.detokenizer.add_token(token_id, reasoning=True)
+                self._add_deltas(self.detokenizer.add_token(token_id, reasoning=True))
             else:
-                self._deltas += self.detokenizer.switch_channel(reasoning=self.thinking.inside)
+                self._add_deltas(self.detokenizer.switch_channel(reasoning=self.thinking.inside))
         if self.detokenizer.stopped:
             self.finish("stop")
         elif self.num_output >= self.max_new_tokens:

@@ -10,9 +10,12 @@ padding). What a row feeds:
 - a text request: its token ids, rotary position = cache position;
 - a request with a `prepared` multimodal prompt: for prompt positions the prompt's own
   embeddings (media merged) and M-RoPE ids; for every later token (the reply, forced tokens)
-  the token's embedding, and all three rotary ids = cache position + the prompt's delta.
+  the token's embedding, and all three rotary ids = cache position + the prompt's delta;
+- a prepared prompt with DeepStack features (Qwen3-VL): those of the positions the row
+  computes (a chunk takes its own slice), zeros for every other row and position.
 Any decoder built on model.qwen2.Qwen2ForCausalLM runs here (Qwen2 text, the Omni thinker,
-Qwen2.5-VL): `forward(input_ids, positions, cache, rows, inputs_embeds=, rope_positions=)`.
+Qwen2.5-VL, Qwen3-VL): `forward(input_ids, positions, cache, rows, inputs_embeds=, rope_positions=,
+deepstack=)`.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ class ModelRunner:
         rope = self._rope_positions(work, width)
         if any(w.request.prepared is not None and w.start < len(w.request.prompt_ids) for w in work):
             embeds = self._embeds(work, width)
-            return self.model(None, positions.to(device), self.cache, rows, inputs_embeds=embeds, rope_positions=rope)
+            return self.model(None, positions.to(device), self.cache, rows, inputs_embeds=embeds, rope_positions=rope,
+                              **self._deepstack(work, width))
         input_ids = torch.zeros((len(work), width), dtype=torch.long)
         for i, w in enumerate(work):
             input_ids[i, : w.size] = torch.tensor(w.request.token_ids[w.start : w.end])
@@ -94,6 +98,21 @@ class ModelRunner:
             looked_up = self.model.model.embed_tokens(torch.tensor(token_ids, device=device))
             embeds[torch.tensor(token_rows, device=device), torch.tensor(token_cols, device=device)] = looked_up
         return embeds
+
+    def _deepstack(self, work: list[Work], width: int) -> dict[str, torch.Tensor]:
+        """{"deepstack": [L, rows, width, H]} when a row computes prompt positions of a prompt
+        with DeepStack features; {} otherwise (the model's forward takes none)."""
+        rows = [(i, w, w.request.prepared.deepstack) for i, w in enumerate(work)
+                if w.request.prepared is not None and w.request.prepared.deepstack is not None
+                and w.start < len(w.request.prompt_ids)]
+        if not rows:
+            return {}
+        deepstack = torch.zeros((rows[0][2].layers, len(work), width, self.model.config.hidden_size),
+                                dtype=self.model.dtype, device=self.model.device)
+        for i, w, features in rows:
+            split = min(len(w.request.prompt_ids), w.end)
+            deepstack[:, i, : split - w.start] = features.dense(w.start, split).to(deepstack.dtype)
+        return {"deepstack": deepstack}
 
     def _rope_positions(self, work: list[Work], width: int) -> torch.Tensor | None:
         """[3, rows, width] M-RoPE ids (a prepared prompt's own, then position + its delta);

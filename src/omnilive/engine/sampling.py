@@ -1,4 +1,5 @@
-"""Batched next-token sampling: repetition penalty → temperature → top-k → top-p → draw.
+"""Batched next-token sampling: logit bias → penalties → grammar mask → temperature → top-k →
+top-p → draw.
 
 Every step is a small function over a [B, V] float32 logits tensor with per-row parameters,
 so one call serves a whole decode batch where each request has its own settings.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from omnilive.engine.grammar import apply_allowed
 from omnilive.types import SamplingParams
 
 MASKED_LOGPROB = -9999.0
@@ -40,6 +42,8 @@ class SamplingRow:
     params: SamplingParams
     generator: torch.Generator
     seen_token_ids: Sequence[int]  # prompt + output so far, for the repetition penalty
+    num_prompt: int = 0  # seen_token_ids[num_prompt:] is the output (presence / frequency penalties)
+    allowed: torch.Tensor | None = None  # the grammar's bitmask of tokens that may come next
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -60,6 +64,33 @@ def apply_repetition_penalty(logits: torch.Tensor, rows: Sequence[SamplingRow]) 
         seen = torch.tensor(sorted(set(row.seen_token_ids)), dtype=torch.long, device=logits.device)
         values = logits[i, seen]
         logits[i, seen] = torch.where(values > 0, values / penalty, values * penalty)
+
+
+def apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+    """In place: OpenAI's logit_bias, added to the raw logits (-100 bans a token)."""
+    vocab = logits.shape[-1]
+    for i, row in enumerate(rows):
+        for token_id, bias in row.params.logit_bias:
+            if 0 <= token_id < vocab:
+                logits[i, token_id] += bias
+
+
+def apply_presence_frequency(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+    """In place, OpenAI's rule over the output so far: logit -= presence·[count > 0] + frequency·count."""
+    for i, row in enumerate(rows):
+        presence, frequency = row.params.presence_penalty, row.params.frequency_penalty
+        output = row.seen_token_ids[row.num_prompt:]
+        if (presence == 0 and frequency == 0) or not output:
+            continue
+        ids, counts = torch.tensor(list(output), dtype=torch.long).unique(return_counts=True)
+        logits[i, ids] -= presence + frequency * counts.to(logits.dtype)
+
+
+def apply_grammars(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+    """In place: -inf for the tokens a row's grammar forbids (rows without one are untouched)."""
+    constrained = [i for i, row in enumerate(rows) if row.allowed is not None]
+    if constrained:
+        apply_allowed(logits, constrained, [rows[i].allowed for i in constrained])
 
 
 def apply_temperature(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
@@ -145,7 +176,10 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[TokenSampl
     """logits: [B, V] for the B rows' next positions. Does not modify the caller's tensor."""
     assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
     logits = logits.float().clone()
+    apply_logit_bias(logits, rows)
     apply_repetition_penalty(logits, rows)
+    apply_presence_frequency(logits, rows)
+    apply_grammars(logits, rows)
     apply_temperature(logits, rows)
     mask_top_k_top_p(logits, rows)
     tokens = draw(logits, rows)

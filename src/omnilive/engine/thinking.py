@@ -48,6 +48,9 @@ class ThinkingTracker:
         last_start = max((i for i, t in enumerate(prompt_ids) if t == markers.start_id), default=-1)
         last_end = max((i for i, t in enumerate(prompt_ids) if t == markers.end_id), default=-1)
         self.inside = last_start > last_end  # the prompt opened a think block (QwQ/R1 templates)
+        # the reply may still begin with <think>: not when the prompt opened one, nor when it
+        # ends with a closed one (Qwen3's enable_thinking=false template)
+        self.may_open = not self.inside and not (last_end >= 0 and last_end >= len(prompt_ids) - 4)
         self.sampled_inside = 0
 
     def tokens_to_force_at_start(self) -> tuple[int, ...]:
@@ -62,6 +65,7 @@ class ThinkingTracker:
 
     def observe(self, token_id: int, forced: bool) -> tuple[Channel, tuple[int, ...]]:
         """Classify one new token; returns its channel and the tokens to force after it."""
+        self.may_open = False
         if token_id == self.markers.end_id and self.inside:
             self.inside = False
             return "marker", ()

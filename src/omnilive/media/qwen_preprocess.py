@@ -101,6 +101,30 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return new_h, new_w
 
 
+def video_frame_size(num_frames: int, height: int, width: int, factor: int, temporal_patch_size: int,
+                     min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The frame size Qwen3-VL's video processor resizes to: sides multiples of `factor`, and
+    the pixels of all frames together (frame count rounded to whole temporal patches) within
+    [min_pixels, max_pixels]; a side below `factor` is first scaled up to it."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"video aspect ratio must be at most 200, got {width}x{height}")
+    frames = max(num_frames, temporal_patch_size)
+    new_h, new_w = round(height / factor) * factor, round(width / factor) * factor
+    total = round(frames / temporal_patch_size) * temporal_patch_size * new_h * new_w
+    if total > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels)
+        new_h = max(factor, math.floor(height / beta / factor) * factor)
+        new_w = max(factor, math.floor(width / beta / factor) * factor)
+    elif total < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width))
+        new_h = math.ceil(height * beta / factor) * factor
+        new_w = math.ceil(width * beta / factor) * factor
+    return new_h, new_w
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, with any transparency composited over white (as transformers does)."""
     if "A" in image.getbands() or image.info.get("transparency") is not None:
@@ -155,15 +179,18 @@ def preprocess_video(
     config: ImagePreprocessConfig = ImagePreprocessConfig(),
     min_pixels: int = VIDEO_MIN_PIXELS,
     max_pixels: int = VIDEO_MAX_PIXELS,
+    size: tuple[int, int] | None = None,
 ) -> VisionPatches:
     """Already-sampled frames of one video (all the first frame's size) → its patches.
 
-    Pairs of consecutive frames share a temporal patch; an odd count repeats the last frame.
+    Frames are resized within [min_pixels, max_pixels] each, or to `size` (height, width)
+    when given. Pairs of consecutive frames share a temporal patch; an odd count repeats the
+    last frame.
     """
     if not frames:
         raise ValueError("a video needs at least one frame")
     first = frames[0]
-    height, width = smart_resize(first.height, first.width, config.factor, min_pixels, max_pixels)
+    height, width = size or smart_resize(first.height, first.width, config.factor, min_pixels, max_pixels)
     resized = [_resized_normalized(frame, height, width, config) for frame in frames]
     resized += [resized[-1]] * (-len(resized) % config.temporal_patch_size)
     rows, grid = _patchify(np.stack(resized), config)

@@ -35,10 +35,12 @@ class RotaryEmbedding(nn.Module):
     `apply_rotary`. With `mrope_section` (Qwen2-VL / Qwen2.5-Omni M-RoPE) positions may be
     [3, B, T] (temporal, height, width): the D/2 frequencies are cut into three consecutive
     sections and section i takes its angles from axis i. Plain [B, T] positions mean all three
-    axes are equal, which is ordinary RoPE.
+    axes are equal, which is ordinary RoPE. `interleaved` (Qwen3-VL): the axes alternate
+    frequency by frequency instead of taking consecutive sections.
     """
 
-    def __init__(self, head_dim: int, theta: float, mrope_section: tuple[int, ...] | None = None):
+    def __init__(self, head_dim: int, theta: float, mrope_section: tuple[int, ...] | None = None,
+                 interleaved: bool = False):
         super().__init__()
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
         # A plain CPU attribute, not a buffer: it must stay float32 when the model is cast to
@@ -48,6 +50,14 @@ class RotaryEmbedding(nn.Module):
         if mrope_section is not None and sum(mrope_section) != head_dim // 2:
             raise ValueError(f"mrope_section {mrope_section} must sum to head_dim / 2 = {head_dim // 2}")
         self.mrope_section = tuple(mrope_section) if mrope_section is not None else None
+        # interleaved M-RoPE (Qwen3-VL): frequency i takes axis i % 3 (t, h, w, t, h, w, ...) while
+        # that axis has frequencies left in its section, the temporal axis all the rest
+        self.mrope_axis = None
+        if interleaved and mrope_section is not None:
+            axis = torch.zeros(head_dim // 2, dtype=torch.long, device="cpu")
+            for a in (1, 2):
+                axis[a : 3 * mrope_section[a] : 3] = a
+            self.mrope_axis = axis
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """positions [B, T] (or [3, B, T] with M-RoPE) → angles [B, T, D]
@@ -58,8 +68,12 @@ class RotaryEmbedding(nn.Module):
         if positions.ndim == 3:
             if self.mrope_section is None:
                 raise ValueError("[3, B, T] positions need a model configured with mrope_section")
-            sections = freqs.split(self.mrope_section, dim=-1)
-            freqs = torch.cat([section[axis % 3] for axis, section in enumerate(sections)], dim=-1)
+            if self.mrope_axis is not None:
+                axis = self.mrope_axis.to(positions.device)
+                freqs = freqs.gather(0, axis.expand(freqs.shape[1:]).unsqueeze(0)).squeeze(0)
+            else:
+                sections = freqs.split(self.mrope_section, dim=-1)
+                freqs = torch.cat([section[axis % 3] for axis, section in enumerate(sections)], dim=-1)
         return torch.cat((freqs, freqs), dim=-1)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,12 +63,15 @@ class PackedLinear(nn.Module):
 
 def pack_linears(module: nn.Module) -> int:
     """Replace every nn.Linear inside `module` whose weight this machine packs (`can_pack`) by
-    a PackedLinear, in place; returns how many were packed."""
+    a PackedLinear, in place, and let a module with its own `pack` method pack its weights;
+    returns how many were packed."""
     count = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Linear) and can_pack(child.weight.dtype, child.weight.device):
             setattr(module, name, PackedLinear(child))
             count += 1
+        elif callable(getattr(child, "pack", None)):  # weights held otherwise (moe.FusedExperts)
+            count += child.pack()
         else:
             count += pack_linears(child)
     return count

@@ -1,6 +1,8 @@
 """Qwen2 decoder-only language model, and the decoders that differ from it in a detail:
 Llama (biases), Qwen3 (no q/k/v bias, an RMSNorm on every query and key head), Qwen3-MoE
-(Qwen3 with a sparse mixture of experts as the MLP of most layers, model/moe.py).
+(Qwen3 with a sparse mixture of experts as the MLP of most layers, model/moe.py), and
+Qwen3-VL's text model (Qwen3 with interleaved M-RoPE and DeepStack: visual features added to
+the hidden states after the first layers; its MoE keeps each layer's experts fused).
 
 Parameter names equal the Hugging Face checkpoint keys, so a safetensors checkpoint loads
 with no renaming. The model holds no request state: every call gets the KV cache, the cache
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from omnilive.model.kv_cache import KVCache, PagedKVCache
-from omnilive.model.moe import SparseMoE
+from omnilive.model.moe import FusedSparseMoE, SparseMoE
 from omnilive.model.layers import (
     Attention,
     CacheWrite,
@@ -61,7 +63,12 @@ class Qwen2Config:
     @property
     def qk_norm(self) -> bool:
         """Qwen3: each query and key head is RMS-normalised before the rotary embedding."""
-        return self.model_type in ("qwen3", "qwen3_moe")
+        return self.model_type in ("qwen3", "qwen3_moe", "qwen3_vl_text", "qwen3_vl_moe_text")
+
+    @property
+    def mrope_interleaved(self) -> bool:
+        """Qwen3-VL: the M-RoPE axes alternate frequency by frequency (layers.RotaryEmbedding)."""
+        return self.model_type in ("qwen3_vl_text", "qwen3_vl_moe_text")
 
     def is_moe_layer(self, index: int) -> bool:
         return (self.num_experts > 0 and index not in self.mlp_only_layers
@@ -116,7 +123,10 @@ class DecoderLayer(nn.Module):
             output_bias=config.attention_output_bias,
             qk_norm_eps=config.rms_norm_eps if config.qk_norm else None,
         )
-        if config.is_moe_layer(index):
+        if config.is_moe_layer(index) and config.model_type == "qwen3_vl_moe_text":
+            self.mlp = FusedSparseMoE(config.hidden_size, config.moe_intermediate_size, config.num_experts,
+                                      config.num_experts_per_tok)
+        elif config.is_moe_layer(index):
             self.mlp = SparseMoE(config.hidden_size, config.moe_intermediate_size, config.num_experts,
                                  config.num_experts_per_tok, config.norm_topk_prob)
         else:
@@ -135,7 +145,8 @@ class Qwen2Model(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, index) for index in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta, config.mrope_section)
+        self.rotary_emb = RotaryEmbedding(config.attention_head_dim, config.rope_theta, config.mrope_section,
+                                          interleaved=config.mrope_interleaved)
 
 
 class Qwen2ForCausalLM(nn.Module):
@@ -168,6 +179,7 @@ class Qwen2ForCausalLM(nn.Module):
         *,
         inputs_embeds: torch.Tensor | None = None,  # [B, T, H]: used instead of embedding input_ids
         rope_positions: torch.Tensor | None = None,  # [B, T] or [3, B, T] (M-RoPE); default positions
+        deepstack: torch.Tensor | None = None,  # [L, B, T, H]: added after each of the first L layers
     ) -> torch.Tensor:
         """Run B rows of T tokens; returns the final hidden states [B, T, H].
 
@@ -178,6 +190,10 @@ class Qwen2ForCausalLM(nn.Module):
         `positions` say where a token sits in its row (cache index, causal order);
         `rope_positions` what the rotary embedding sees. They differ only for multimodal
         prompts, whose media tokens share M-RoPE ids (see model.rope_index).
+
+        `deepstack` (Qwen3-VL): visual features of intermediate ViT layers, added to the
+        hidden states that leave decoder layer i < L; zero at every position that is no image
+        or video token (adding zero changes nothing, so one dense tensor serves any batch).
         """
         write = cache.writer(slots, positions)  # where each token's key/value goes, for all layers
         pack = write.pack_index  # with right padding, only the valid tokens run through the layers
@@ -195,9 +211,14 @@ class Qwen2ForCausalLM(nn.Module):
             x = embeds if pack is None else embeds[pack]
         if pack is not None:
             cos, sin = cos[pack], sin[pack]
+        if deepstack is not None:
+            deepstack = deepstack.reshape(deepstack.shape[0], -1, deepstack.shape[-1])  # [L, B * T, H]
+            deepstack = deepstack if pack is None else deepstack[:, pack]
         # x: [B * T or N, H], one row per token that runs
         for index, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, cache.k[index], cache.v[index], write)
+            if deepstack is not None and index < deepstack.shape[0]:
+                x = x + deepstack[index].to(x.dtype)
         x = self.model.norm(x)
         B, T = positions.shape
         if pack is not None:  # padding rows come back as zeros

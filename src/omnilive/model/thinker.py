@@ -112,12 +112,36 @@ class ThinkerMedia:
 
 
 @dataclass(frozen=True)
+class DeepStackFeatures:
+    """Qwen3-VL's DeepStack features of one prompt: rows [L, V, H] of its V image / video tokens
+    at prompt `positions` [V] (ascending). The decoder adds them after its first L layers; every
+    other position gets zeros, which `dense` spells out for any slice of the prompt."""
+
+    positions: torch.Tensor
+    rows: torch.Tensor
+
+    @property
+    def layers(self) -> int:
+        return self.rows.shape[0]
+
+    def dense(self, start: int, end: int) -> torch.Tensor:
+        """[L, end - start, H] for prompt positions start..end-1 (a prefill chunk's share)."""
+        out = self.rows.new_zeros(self.rows.shape[0], end - start, self.rows.shape[-1])
+        bounds = torch.tensor([start, end], device=self.positions.device)
+        first, last = torch.searchsorted(self.positions, bounds).tolist()
+        out[:, self.positions[first:last] - start] = self.rows[:, first:last]
+        return out
+
+
+@dataclass(frozen=True)
 class ThinkerPrompt:
-    """One prompt ready for prefill: token ids [T], embeddings [T, H], TMRoPE ids."""
+    """One prompt ready for prefill: token ids [T], embeddings [T, H], TMRoPE ids, and for
+    Qwen3-VL its DeepStack features."""
 
     input_ids: torch.Tensor
     embeds: torch.Tensor
     rope: PromptPositions
+    deepstack: DeepStackFeatures | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -128,15 +152,19 @@ class ThinkerPrompt:
 
     def prefill_inputs(self, start: int = 0, end: int | None = None) -> dict[str, torch.Tensor]:
         """Keyword arguments of `OmniThinker.forward` (all but cache and slots) for tokens
-        start..end-1 of the prompt as one row: input_ids, positions, inputs_embeds, rope_positions."""
+        start..end-1 of the prompt as one row: input_ids, positions, inputs_embeds, rope_positions
+        (and deepstack when the prompt has it)."""
         end = len(self) if end is None else end
         device = self.embeds.device
-        return {
+        inputs = {
             "input_ids": self.input_ids[None, start:end],
             "positions": torch.arange(start, end, device=device)[None],
             "inputs_embeds": self.embeds[None, start:end],
             "rope_positions": self.rope.positions[:, None, start:end].to(device),
         }
+        if self.deepstack is not None:
+            inputs["deepstack"] = self.deepstack.dense(start, end)[:, None]
+        return inputs
 
 
 class OmniThinker(Qwen2ForCausalLM):

@@ -9,10 +9,20 @@ param "messages[1].content[0]".
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Callable
 
-from omnilive.types import ContentPart, EngineRequest, Message, SamplingParams
+from omnilive.types import (
+    ContentPart,
+    EngineRequest,
+    Message,
+    ResponseFormat,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 from omnilive.media.data_url import decode_base64, load_media_url, parse_data_url
 from omnilive.media.decode import MediaKind, decode_audio, decode_image, decode_video, sniff_format
 from omnilive.media.errors import MediaError
@@ -26,6 +36,7 @@ from omnilive.server.protocol import (
     FilePart,
     ImagePart,
     InputAudioPart,
+    NamedToolChoice,
     TextPart,
     VideoURLPart,
 )
@@ -48,7 +59,29 @@ async def to_engine_request(
         max_thinking_tokens=request.thinking_budget,
         min_thinking_tokens=request.min_thinking_tokens or 0,
         chat_template_kwargs=tuple(sorted((request.chat_template_kwargs or {}).items())),
+        tools=tuple(Tool(t.function.name, t.function.description, json.dumps(t.function.parameters),
+                         bool(t.function.strict)) for t in request.tools or ()),
+        tool_choice=tool_choice(request),
+        response_format=response_format(request),
     )
+
+
+def tool_choice(request: ChatCompletionRequest) -> ToolChoice:
+    """OpenAI's default: auto with tools, none without; parallel calls unless refused."""
+    parallel = request.parallel_tool_calls is not False
+    choice = request.tool_choice or ("auto" if request.tools else "none")
+    if isinstance(choice, NamedToolChoice):
+        return ToolChoice("function", choice.function.name, parallel)
+    return ToolChoice(choice, None, parallel)
+
+
+def response_format(request: ChatCompletionRequest) -> ResponseFormat | None:
+    given = request.response_format
+    if given is None or given.type == "text":
+        return None
+    if given.type == "json_object":
+        return ResponseFormat("json_object")
+    return ResponseFormat("json_schema", json.dumps(given.json_schema.schema_))
 
 
 def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
@@ -58,6 +91,9 @@ def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
         "top_p": request.top_p,
         "top_k": max(request.top_k, 0) if request.top_k is not None else None,
         "repetition_penalty": request.repetition_penalty,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "logit_bias": tuple((int(k), float(v)) for k, v in request.logit_bias.items()) if request.logit_bias else None,
         "max_tokens": request.completion_limit,
         "seed": request.seed,
         "stop": request.stop_sequences,
@@ -69,10 +105,11 @@ def sampling_params(request: ChatCompletionRequest) -> SamplingParams:
 
 async def _to_message(message: ChatMessage, where: str, files: FileStore, limits: MediaLimits) -> Message:
     role = _ROLES.get(message.role, message.role)
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ())
     if message.content is None:  # an assistant turn that only carried audio or tool calls
-        return Message(role=role, content=())
+        return Message(role=role, content=(), tool_calls=calls)
     if isinstance(message.content, str):
-        return Message(role=role, content=(message.content,))
+        return Message(role=role, content=(message.content,), tool_calls=calls, tool_call_id=message.tool_call_id)
     parts: list[ContentPart] = []
     for j, part in enumerate(message.content):
         param = f"{where}.content[{j}]"
@@ -80,7 +117,7 @@ async def _to_message(message: ChatMessage, where: str, files: FileStore, limits
             parts.append(await _to_part(part, files, limits, param))
         except MediaError as e:
             raise e.with_param(param) from None
-    return Message(role=role, content=tuple(parts))
+    return Message(role=role, content=tuple(parts), tool_calls=calls, tool_call_id=message.tool_call_id)
 
 
 async def _to_part(part, files: FileStore, limits: MediaLimits, param: str) -> ContentPart:

@@ -89,6 +89,8 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None, str | None
     if param is None:
         return ("The request body must be a JSON object (and sent with Content-Type: application/json).",
                 None, "invalid_request_body")
+    if all(e.get("type") == "extra_forbidden" for e in deepest):
+        return f"Unrecognized request argument supplied: {param}", param, "unrecognized_argument"
     if all(e.get("type") == "missing" for e in deepest):
         return f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
     reasons = dict.fromkeys(e.get("msg", "invalid value").removeprefix("Value error, ") for e in deepest)

@@ -91,15 +91,74 @@ ContentPart = Annotated[
 ]
 
 
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionCallParam(_Lenient):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCallParam(_Lenient):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCallParam
+
+
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallParam] | None = Field(None, max_length=128)  # an assistant turn's calls
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)  # a tool turn: the call it answers
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id is None) == (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id (and only a tool message has one)")
+        return self
+
+
+class FunctionDefinition(_Lenient):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class ToolParam(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Lenient):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatParam(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormatParam:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type 'json_schema', and only then")
         return self
 
 
@@ -123,13 +182,15 @@ class ThinkingParams(_Lenient):
     budget_tokens: int | None = Field(None, ge=0)
 
 
-class ChatCompletionRequest(_Lenient):
+class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions.
 
-    Accepted but not honoured: presence_penalty and frequency_penalty (the engine has a
-    multiplicative `repetition_penalty` instead, accepted as an extension, as vLLM does),
-    `user`. Only n=1 is supported.
+    Every field is honoured or refused: an argument this server does not know is a 400, as on
+    OpenAI's API, never silently dropped. `user`, `safety_identifier` and `prompt_cache_key`
+    only identify the caller. Only n=1 is supported.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -143,7 +204,8 @@ class ChatCompletionRequest(_Lenient):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator takes: 64 bits
+    logit_bias: dict[str, float] | None = Field(None, max_length=300)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stop: str | list[str] | None = None
     n: int | None = 1
     logprobs: bool | None = None
@@ -157,7 +219,23 @@ class ChatCompletionRequest(_Lenient):
     thinking: ThinkingParams | None = None  # extension (Anthropic's shape)
     # extension (vLLM's): extra variables of the model's chat template, e.g. {"enable_thinking": false}
     chat_template_kwargs: dict[str, str | int | float | bool | None] | None = Field(None, max_length=16)
+    tools: list[ToolParam] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatParam | None = None
+    store: Literal[False] | None = None  # this server keeps no completions for later retrieval
+    service_tier: Literal["auto", "default"] | None = None  # one tier here
     user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None  # prefix caching is automatic
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit() or not -100 <= bias <= 100:
+                raise ValueError("logit_bias maps token ids (digits) to biases in [-100, 100]")
+        return value
 
     @field_validator("n")
     @classmethod
@@ -178,6 +256,13 @@ class ChatCompletionRequest(_Lenient):
     def _consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs=true")
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two functions have the same name")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names function {self.tool_choice.function.name!r}, which is not in tools")
+        if self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice 'required' needs tools")
         return self
 
     @property
@@ -226,18 +311,34 @@ class AudioDelta(BaseModel):
     expires_at: int
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDeltaOut(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCallDeltaOut] | None = None
     audio: AudioDelta | None = None
+
+
+FinishReasonOut = Literal["stop", "length", "tool_calls"]
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReasonOut | None = None
 
 
 class CompletionTokensDetails(BaseModel):
@@ -269,8 +370,16 @@ class ChatCompletionChunk(BaseModel):
     def to_json(self) -> str:
         body = self.model_dump()
         for choice in body["choices"]:  # deltas carry only what changed, as OpenAI's do
-            choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
+            choice["delta"] = _without_nones(choice["delta"])
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def _without_nones(value):
+    if isinstance(value, dict):
+        return {key: _without_nones(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nones(item) for item in value]
+    return value
 
 
 class AudioOut(BaseModel):
@@ -281,10 +390,22 @@ class AudioOut(BaseModel):
     format: AudioOutputFormat  # extension: what `data` holds
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
     audio: AudioOut | None = None
 
 
@@ -292,7 +413,7 @@ class Choice(BaseModel):
     index: int = 0
     message: AssistantMessageOut
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReasonOut
 
 
 class ChatCompletion(BaseModel):
@@ -307,12 +428,18 @@ class ChatCompletion(BaseModel):
 # -- audio, models, files -----------------------------------------------------------------------
 
 
-class SpeechRequest(_Lenient):
+class SpeechRequest(BaseModel):
+    """POST /v1/audio/speech. An argument this server cannot honour (`instructions`: the
+    packaged voices take no style prompt) is a 400, not dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
     model: str
     input: str = Field(min_length=1)
     voice: str | None = None
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio"] = "audio"  # the audio itself, streamed as it is made
 
 
 class ModelObject(BaseModel):

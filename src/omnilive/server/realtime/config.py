@@ -8,13 +8,21 @@ what one response takes from them.
 
 Both dialects' shapes of a setting land in the same field (beta's flat `turn_detection`, GA's
 `audio.input.turn_detection`), so the rest of the session never asks which dialect it speaks.
+
+Tools are checked when they are given, not when a response runs: duplicate names, a
+tool_choice naming no given function, or parameters that are no usable JSON schema are an
+`error` event for that session.update / response.create (a response would only fail later).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 
-from omnilive.types import SPEECH_SAMPLE_RATE, ModelCard
+import llguidance
+
+from omnilive.types import SPEECH_SAMPLE_RATE, ModelCard, Tool, ToolChoice
+from omnilive.engine.tool_calls import output_format
 from omnilive.server.realtime import events as ev
 from omnilive.server.realtime.events import Dialect, RealtimeError
 from omnilive.server.realtime.response import ResponsePlan
@@ -43,6 +51,8 @@ class SessionConfig:
     temperature: float | None = None
     max_output_tokens: int | None = None
     max_thinking_tokens: int | None = None  # None: unlimited (thinking models only)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)  # auto, as OpenAI's default
 
 
 def updated_config(config: SessionConfig, s: ev.SessionIn) -> SessionConfig:
@@ -72,15 +82,22 @@ def updated_config(config: SessionConfig, s: ev.SessionIn) -> SessionConfig:
         changes["max_output_tokens"] = None if limit == "inf" else limit
     if "max_thinking_tokens" in s.model_fields_set:
         changes["max_thinking_tokens"] = s.max_thinking_tokens
-    return replace(config, **changes)
+    if s.tools is not None:
+        changes["tools"] = function_tools(s.tools, "session.tools")
+    if s.tool_choice is not None:
+        changes["tool_choice"] = tool_choice(s.tool_choice)
+    updated = replace(config, **changes)
+    check_tool_choice(updated.tools, updated.tool_choice, "session.tool_choice")
+    return updated
 
 
 def session_wire(config: SessionConfig, session_id: str, card: ModelCard, dialect: Dialect) -> dict:
     c, td = config, config.turn_detection
     detection = None if td is None else {"type": "server_vad", **{k: getattr(td, k) for k in TURN_DETECTION_FIELDS}}
     transcription = {"model": _asr_name(card), "language": c.language, "prompt": c.transcription_prompt}
-    common = {"id": session_id, "object": "realtime.session", "instructions": c.instructions, "tools": [],
-              "tool_choice": "auto", "max_thinking_tokens": c.max_thinking_tokens}  # the last: an extension
+    common = {"id": session_id, "object": "realtime.session", "instructions": c.instructions,
+              "tools": tools_wire(c.tools), "tool_choice": tool_choice_wire(c.tool_choice, dialect),
+              "max_thinking_tokens": c.max_thinking_tokens}  # the last: an extension
     limit = c.max_output_tokens or "inf"
     if dialect.beta:  # the beta schema lists only OpenAI's model names, so ours is left out
         return {**common, "modalities": ["text", "audio"] if c.audio_out else ["text"], "voice": c.voice,
@@ -102,6 +119,11 @@ def response_plan(config: SessionConfig, request: ev.ResponseIn) -> ResponsePlan
     if out is not None:
         _check_format(out.format, "response.audio.output.format")
     limit = request.max_output_tokens or request.max_response_output_tokens
+    tools = c.tools if request.tools is None else function_tools(request.tools, "response.tools")
+    choice = c.tool_choice if request.tool_choice is None else tool_choice(request.tool_choice)
+    if request.parallel_tool_calls is not None:
+        choice = replace(choice, parallel=request.parallel_tool_calls)
+    check_tool_choice(tools, choice, "response.tool_choice")
     return ResponsePlan(
         audio=c.audio_out if modalities is None else "audio" in modalities,
         voice=request.voice or (out and out.voice) or c.voice,
@@ -110,7 +132,60 @@ def response_plan(config: SessionConfig, request: ev.ResponseIn) -> ResponsePlan
         max_output_tokens=c.max_output_tokens if limit is None else (None if limit == "inf" else limit),
         max_thinking_tokens=(request.max_thinking_tokens if "max_thinking_tokens" in request.model_fields_set
                              else c.max_thinking_tokens),
+        tools=tools,
+        tool_choice=choice,
     )
+
+
+# -- tools ----------------------------------------------------------------------------------------
+
+
+def function_tools(given: list[ev.FunctionToolIn], param: str) -> tuple[Tool, ...]:
+    """Realtime's flat function tools → the engine's, each schema checked by the engine's own
+    grammar compiler (what a response would otherwise fail on)."""
+    tools, names = [], set()
+    for i, t in enumerate(given):
+        if t.name in names:
+            raise RealtimeError(f"{param} has two functions named {t.name!r}; names must be unique.",
+                                "invalid_value", f"{param}[{i}].name")
+        names.add(t.name)
+        tool = Tool(t.name, t.description, json.dumps(t.parameters))
+        grammar = output_format((tool,), ToolChoice("required"), None).grammar
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
+        if failed:
+            reason = messages[0].split("\n")[0].split(": ", 1)[-1] if messages else "it does not compile"
+            raise RealtimeError(f"{param}[{i}].parameters ({t.name!r}) is not a usable JSON schema: {reason}",
+                                "invalid_value", f"{param}[{i}].parameters")
+        tools.append(tool)
+    return tuple(tools)
+
+
+def tool_choice(given: ev.ToolChoiceIn) -> ToolChoice:
+    if isinstance(given, ev.NamedToolChoiceIn):
+        return ToolChoice("function", given.name)
+    if given in ("auto", "none", "required"):
+        return ToolChoice(given)
+    return ToolChoice("function", given)  # beta's string form: a function's name
+
+
+def check_tool_choice(tools: tuple[Tool, ...], choice: ToolChoice, param: str) -> None:
+    names = [t.name for t in tools]
+    if choice.mode == "function" and choice.function not in names:
+        raise RealtimeError(f"tool_choice names function {choice.function!r}, which is not in tools "
+                            f"({', '.join(names) or 'none given'}).", "invalid_value", param)
+    if choice.mode == "required" and not names:
+        raise RealtimeError("tool_choice 'required' needs at least one tool.", "invalid_value", param)
+
+
+def tools_wire(tools: tuple[Tool, ...]) -> list[dict]:
+    return [{"type": "function", "name": t.name, "description": t.description or "",
+             "parameters": json.loads(t.parameters)} for t in tools]
+
+
+def tool_choice_wire(choice: ToolChoice, dialect: Dialect) -> str | dict:
+    if choice.mode != "function":
+        return choice.mode
+    return choice.function if dialect.beta else {"type": "function", "name": choice.function}
 
 
 def _check_format(fmt, param: str) -> None:

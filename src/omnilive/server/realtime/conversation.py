@@ -7,16 +7,20 @@ A user audio item carries its transcript as a future: the turn is committed at o
 transcript arrives a moment later, so a response waits for it only when it builds its prompt.
 Webcam frames arrive as image-only user items; only the latest few before a turn are shown
 to the model with it (older frames' pixels are dropped, the items stay).
+
+A function call is an item of its own (type "function_call"), as is the result the client
+sends back ("function_call_output"); to the engine they are an assistant message's
+`tool_calls` and a `tool` message answering one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from omnilive.types import SPEECH_SAMPLE_RATE, ContentPart, ImageInput, Message
-from omnilive.server.realtime.events import Dialect, RealtimeError
+from omnilive.types import SPEECH_SAMPLE_RATE, ContentPart, ImageInput, Message, ToolCall
+from omnilive.server.realtime.events import Dialect, ItemIn, RealtimeError
 
 ContentKind = Literal["input_text", "input_audio", "input_image", "output_text", "output_audio"]
 FRAMES_PER_TURN = 2  # latest webcam frames shown with a turn; each costs OCR time in the prompt
@@ -37,27 +41,42 @@ class Content:
         return self.audio_samples * 1000 // SPEECH_SAMPLE_RATE
 
 
-@dataclass
+ItemType = Literal["message", "function_call", "function_call_output"]
+
+
+@dataclass(eq=False)  # an item is itself: two with equal fields are still two items
 class Item:
     id: str
-    role: Literal["user", "assistant", "system"]
+    role: Literal["user", "assistant", "system", "tool"]  # function_call: assistant; its output: tool
     content: list[Content]
     status: Literal["completed", "incomplete", "in_progress"] = "completed"
+    type: ItemType = "message"
+    call_id: str = ""  # function_call, function_call_output: the call
+    name: str = ""  # function_call: the function
+    arguments: str = ""  # function_call: JSON text (grows while the model writes it)
+    output: str = ""  # function_call_output: the result, as the client gave it
 
     @property
     def images_only(self) -> bool:
         return self.role == "user" and bool(self.content) and all(c.kind == "input_image" for c in self.content)
 
+    @staticmethod
+    def function_call(item_id: str, call_id: str, name: str, arguments: str = "",
+                      status: Literal["completed", "incomplete", "in_progress"] = "completed") -> Item:
+        return Item(item_id, "assistant", [], status, "function_call", call_id, name, arguments)
+
+    @staticmethod
+    def function_call_output(item_id: str, call_id: str, output: str) -> Item:
+        return Item(item_id, "tool", [], type="function_call_output", call_id=call_id, output=output)
+
     def wire(self, dialect: Dialect) -> dict:
         """The item as events show it (audio and image bytes are not echoed)."""
-        return {
-            "id": self.id,
-            "object": "realtime.item",
-            "type": "message",
-            "status": self.status,
-            "role": self.role,
-            "content": [_content_wire(c, dialect) for c in self.content],
-        }
+        head = {"id": self.id, "object": "realtime.item", "type": self.type, "status": self.status}
+        if self.type == "function_call":
+            return {**head, "call_id": self.call_id, "name": self.name, "arguments": self.arguments}
+        if self.type == "function_call_output":
+            return {**head, "call_id": self.call_id, "output": self.output}
+        return {**head, "role": self.role, "content": [_content_wire(c, dialect) for c in self.content]}
 
 
 def _content_wire(content: Content, dialect: Dialect) -> dict:
@@ -97,6 +116,21 @@ class Conversation:
             self._forget_old_frames()
         return self.items[index - 1].id if index > 0 else None
 
+    def function_call(self, call_id: str) -> Item:
+        """The function_call item of `call_id` (what a function_call_output answers)."""
+        for item in self.items:
+            if item.type == "function_call" and item.call_id == call_id:
+                return item
+        raise RealtimeError(f"No function call with call_id '{call_id}' is in the conversation.", "invalid_value",
+                            "item.call_id")
+
+    def call_item(self, item_id: str, source: ItemIn) -> Item:
+        """A function_call or function_call_output item the client sends (not yet added)."""
+        if source.type == "function_call":
+            return Item.function_call(item_id, source.call_id, source.name, source.arguments or "")
+        self.function_call(source.call_id)  # an output answers a call the conversation holds
+        return Item.function_call_output(item_id, source.call_id, source.output)
+
     def delete(self, item_id: str) -> None:
         self.items.remove(self.find(item_id))
 
@@ -115,6 +149,16 @@ class Conversation:
         """Engine messages for `items` (default: all); consecutive user items become one turn."""
         messages: list[Message] = [Message("system", (instructions,))] if instructions.strip() else []
         for item in self.items if items is None else items:
+            if item.type == "function_call":  # calls made together (or after words) are one assistant turn
+                call = ToolCall(item.call_id, item.name, item.arguments)
+                if messages and messages[-1].role == "assistant":
+                    messages[-1] = replace(messages[-1], tool_calls=messages[-1].tool_calls + (call,))
+                else:
+                    messages.append(Message("assistant", (), tool_calls=(call,)))
+                continue
+            if item.type == "function_call_output":
+                messages.append(Message("tool", (item.output,), tool_call_id=item.call_id))
+                continue
             parts = tuple([p for c in item.content for p in await _engine_parts(c)])
             if not parts:
                 continue  # a cancelled reply that said nothing, or frames forgotten

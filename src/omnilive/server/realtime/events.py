@@ -9,9 +9,13 @@ Clients speak one of two dialects of the same protocol, chosen at connect time:
     conversation.item.added / .done         conversation.item.created
     content "output_audio" / "output_text"  content "audio" / "text"
     session.audio.input.turn_detection      session.turn_detection   (flat session shape)
+    tool_choice {"type": "function", ...}   tool_choice "<function name>"   (echoed as a string)
 
-Client events are parsed leniently about fields we do not use (tools, noise reduction...) and
-strictly about the ones we do: a wrong type or value is an `error` event, never a crash.
+Both dialects give tools in the same flat shape ({"type": "function", "name", "description",
+"parameters"}), and call them with the same events (response.function_call_arguments.*).
+
+Client events are parsed leniently about fields we do not use (noise reduction, tracing...)
+and strictly about the ones we do: a wrong type or value is an `error` event, never a crash.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 
 class RealtimeError(Exception):
@@ -86,6 +90,25 @@ class AudioConfigIn(_In):
 
 Modalities = list[Literal["text", "audio"]]
 MaxTokens = Annotated[int, Field(ge=1)] | Literal["inf"]
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # as chat completions take it
+
+
+class FunctionToolIn(_In):
+    """Realtime's flat tool shape (no nested "function" object, unlike chat completions)."""
+
+    type: Literal["function"] = "function"
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class NamedToolChoiceIn(_In):
+    type: Literal["function"]
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+# "auto" | "none" | "required" | {"type": "function", "name": ...}; beta may give the name alone
+ToolChoiceIn = NamedToolChoiceIn | str
 
 
 class SessionIn(_In):
@@ -105,6 +128,8 @@ class SessionIn(_In):
     max_response_output_tokens: MaxTokens | None = None
     max_output_tokens: MaxTokens | None = None
     max_thinking_tokens: int | None = Field(None, ge=0)  # extension: a thinking model's budget
+    tools: list[FunctionToolIn] | None = Field(None, max_length=128)
+    tool_choice: ToolChoiceIn | None = None
 
 
 # -- conversation items -------------------------------------------------------------------------------
@@ -120,9 +145,25 @@ class ContentIn(_In):
 
 class ItemIn(_In):
     id: str | None = Field(None, max_length=64)
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system"]
-    content: list[ContentIn]
+    type: Literal["message", "function_call", "function_call_output"] = "message"
+    role: Literal["user", "assistant", "system"] | None = None  # message
+    content: list[ContentIn] | None = None  # message
+    call_id: str | None = Field(None, min_length=1, max_length=256)  # function_call, function_call_output
+    name: str | None = Field(None, pattern=FUNCTION_NAME)  # function_call
+    arguments: str | None = None  # function_call: JSON text
+    output: str | None = None  # function_call_output: free text
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> ItemIn:
+        if self.type == "message" and (self.role is None or self.content is None):
+            raise ValueError("a message item needs role and content")
+        if self.type != "message" and self.call_id is None:
+            raise ValueError(f"a {self.type} item needs call_id")
+        if self.type == "function_call" and self.name is None:
+            raise ValueError("a function_call item needs name")
+        if self.type == "function_call_output" and self.output is None:
+            raise ValueError("a function_call_output item needs output")
+        return self
 
 
 class ResponseIn(_In):
@@ -135,6 +176,9 @@ class ResponseIn(_In):
     max_output_tokens: MaxTokens | None = None
     max_response_output_tokens: MaxTokens | None = None
     max_thinking_tokens: int | None = Field(None, ge=0)  # extension: a thinking model's budget
+    tools: list[FunctionToolIn] | None = Field(None, max_length=128)
+    tool_choice: ToolChoiceIn | None = None
+    parallel_tool_calls: bool | None = None
 
 
 # -- client events ---------------------------------------------------------------------------------

@@ -9,8 +9,14 @@
     response.content_part.done, response.output_item.done, conversation.item.done (GA)
     response.done                         status completed | cancelled | incomplete | failed
 
+A function call the model makes is an output item of its own (`function_call`), added when
+the engine names the function, then response.function_call_arguments.delta ... and, at the
+end, response.function_call_arguments.done and its output_item.done. When tools are offered
+the message item opens only once the model says something, so a reply that only calls has
+just its calls in `output`, as OpenAI's does; without tools it opens at once.
+
 Cancelling the task that runs `ResponseRun.run` (barge-in, response.cancel, disconnect) closes
-the engine's iterator at once, which aborts the request in the engine; the item keeps what
+the engine's iterator at once, which aborts the request in the engine; the items keep what
 was already sent, and response.done says "cancelled".
 
 A `Speculation` is an answer begun before its turn is committed: the engine's outputs are
@@ -25,7 +31,7 @@ import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omnilive.types import (
     SPEECH_SAMPLE_RATE,
@@ -35,6 +41,9 @@ from omnilive.types import (
     Finished,
     ReasoningDelta,
     TextDelta,
+    Tool,
+    ToolCallDelta,
+    ToolChoice,
     Usage,
 )
 from omnilive.media.encode import pcm16_bytes
@@ -55,15 +64,27 @@ class ResponsePlan:
     temperature: float | None
     max_output_tokens: int | None
     max_thinking_tokens: int | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+
+    @property
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice.mode != "none"
+
+
+AddItem = Callable[[Item], str | None]  # adds to the conversation; returns the previous item's id
 
 
 class ResponseRun:
     def __init__(self, plan: ResponsePlan, item: Item, emit: Callable[..., None], dialect: Dialect, metrics: Metrics,
-                 response_id: str | None = None):
+                 add_item: AddItem, response_id: str | None = None):
         self.id = response_id or new_id("resp")
         self.plan, self.item, self.emit, self.dialect, self.metrics = plan, item, emit, dialect, metrics
+        self.add_item = add_item
         self.cancel_reason: str | None = None  # "turn_detected" | "client_cancelled", set by the canceller
         self.content = Content("output_audio" if plan.audio else "output_text")
+        self.output: list[Item] = []  # the message item (`item`, once opened) and function calls, in order
+        self.calls: dict[int, Item] = {}  # the engine's call index → its function_call item
         self.reasoning = ""  # a thinking model's reasoning: sent as its own events, never spoken
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
@@ -76,7 +97,7 @@ class ResponseRun:
             "object": "realtime.response",
             "status": status,
             "status_details": details,
-            "output": [self.item.wire(self.dialect)] if status != "in_progress" else [],
+            "output": [item.wire(self.dialect) for item in self.output] if status != "in_progress" else [],
             "usage": _usage_wire(usage) if usage is not None else None,
             "max_output_tokens": self.plan.max_output_tokens or "inf",
         }
@@ -88,12 +109,28 @@ class ResponseRun:
                 "format": {"type": "audio/pcm", "rate": SPEECH_SAMPLE_RATE}, "voice": self.plan.voice}})
         return response
 
-    def start(self, previous_item_id: str | None) -> None:
+    def start(self) -> None:
         """The events that open the response (sent before the engine is asked anything)."""
         self.emit("response.created", response=self.wire("in_progress"))
-        self.emit("response.output_item.added", response_id=self.id, output_index=0, item=self.item.wire(self.dialect))
+        if not self.plan.offers_tools:
+            self._open_message()
+
+    @property
+    def message_open(self) -> bool:
+        return self.item in self.output  # items compare by identity
+
+    def _add_output(self, item: Item) -> None:
+        self.output.append(item)
+        previous = self.add_item(item)
+        self.emit("response.output_item.added", response_id=self.id, output_index=len(self.output) - 1,
+                  item=item.wire(self.dialect))
         added = "conversation.item.created" if self.dialect.beta else "conversation.item.added"
-        self.emit(added, previous_item_id=previous_item_id, item=self.item.wire(self.dialect))
+        self.emit(added, previous_item_id=previous, item=item.wire(self.dialect))
+
+    def _open_message(self) -> None:
+        if self.message_open:
+            return
+        self._add_output(self.item)
         self.item.content.append(self.content)
         self.emit("response.content_part.added", **self._at(), part=self._part())
 
@@ -107,17 +144,22 @@ class ResponseRun:
             stream = outputs()
             async for out in stream:
                 self.metrics.engine_outputs.inc()
-                if isinstance(out, TextDelta) and out.text and self.first_token_at is None:
+                if (isinstance(out, TextDelta) and out.text or isinstance(out, ToolCallDelta)) and self.first_token_at is None:
                     self.first_token_at = time.perf_counter()
                     self.metrics.time_to_first_token.observe(self.first_token_at - self.started_at)
                 if isinstance(out, AudioChunk) and self.plan.audio:
+                    self._open_message()
                     self._send_audio(out)
                 elif isinstance(out, ReasoningDelta) and out.text:
+                    self._open_message()
                     self.reasoning += out.text
                     self.emit("response.reasoning_text.delta", **self._at(), delta=out.text)
                 elif isinstance(out, TextDelta) and not self.plan.audio and out.text:
+                    self._open_message()
                     self.content.text += out.text
                     self.emit("response.output_text.delta", **self._at(), delta=out.text)
+                elif isinstance(out, ToolCallDelta):
+                    self._call_delta(out)
                 elif isinstance(out, Finished):
                     usage, ended = out.usage, out.finish_reason
                     self.metrics.prompt_tokens.inc(usage.prompt_tokens)
@@ -142,6 +184,18 @@ class ResponseRun:
             self.metrics.finished.labels(ended).inc()
         self._finish(status, usage, details)
 
+    def _call_delta(self, delta: ToolCallDelta) -> None:
+        """The first piece of a call names it (a new function_call item); the rest extend its arguments."""
+        if delta.id is not None:
+            call = Item.function_call(new_id("item"), delta.id, delta.name or "", status="in_progress")
+            self.calls[delta.index] = call
+            self._add_output(call)
+        call = self.calls[delta.index]
+        if delta.arguments:
+            call.arguments += delta.arguments
+            self.emit("response.function_call_arguments.delta", response_id=self.id, item_id=call.id,
+                      output_index=self.output.index(call), call_id=call.call_id, delta=delta.arguments)
+
     def _send_audio(self, chunk: AudioChunk) -> None:
         if self.first_audio_at is None:
             self.first_audio_at = time.perf_counter()
@@ -157,6 +211,21 @@ class ResponseRun:
             self.emit("response.output_audio.delta", **self._at(), delta=base64.b64encode(pcm16_bytes(piece)).decode())
 
     def _finish(self, status: str, usage: Usage | None, details: dict | None) -> None:
+        item_status = "completed" if status == "completed" else "incomplete"
+        for index, item in enumerate(self.output):
+            item.status = item_status
+            if item is self.item:
+                self._finish_message()
+            else:
+                self.emit("response.function_call_arguments.done", response_id=self.id, item_id=item.id,
+                          output_index=index, call_id=item.call_id, name=item.name, arguments=item.arguments)
+            self.emit("response.output_item.done", response_id=self.id, output_index=index,
+                      item=item.wire(self.dialect))
+            if not self.dialect.beta:
+                self.emit("conversation.item.done", item=item.wire(self.dialect))
+        self.emit("response.done", response=self.wire(status, usage or Usage(), details))
+
+    def _finish_message(self) -> None:
         if self.reasoning:
             self.emit("response.reasoning_text.done", **self._at(), text=self.reasoning)
         self.content.text = self.content.text.strip()
@@ -166,14 +235,10 @@ class ResponseRun:
         else:
             self.emit("response.output_text.done", **self._at(), text=self.content.text)
         self.emit("response.content_part.done", **self._at(), part=self._part())
-        self.item.status = "completed" if status == "completed" else "incomplete"
-        self.emit("response.output_item.done", response_id=self.id, output_index=0, item=self.item.wire(self.dialect))
-        if not self.dialect.beta:
-            self.emit("conversation.item.done", item=self.item.wire(self.dialect))
-        self.emit("response.done", response=self.wire(status, usage or Usage(), details))
 
     def _at(self) -> dict:
-        return {"response_id": self.id, "item_id": self.item.id, "output_index": 0, "content_index": 0}
+        return {"response_id": self.id, "item_id": self.item.id, "output_index": self.output.index(self.item),
+                "content_index": 0}
 
     def _part(self) -> dict:
         if self.plan.audio:

@@ -275,6 +275,10 @@ class RealtimeSession:
 
     async def _on_conversation_item_create(self, event: ev.ConversationItemCreate) -> None:
         source = event.item
+        if source.type != "message":
+            item = self.conversation.call_item(source.id or new_id("item"), source)
+            self._announce(item, self.conversation.add(item, event.previous_item_id))
+            return
         contents = [self._content(part, source.role, f"item.content[{i}]") for i, part in enumerate(source.content)]
         if not contents:
             raise RealtimeError("A message item needs at least one content part.", "invalid_value", "item.content")
@@ -324,7 +328,7 @@ class RealtimeSession:
 
     async def _on_conversation_item_delete(self, event: ev.ConversationItemDelete) -> None:
         item = self.conversation.find(event.item_id)
-        if self.response is not None and self.response.item is item:
+        if self.response is not None and (self.response.item is item or item in self.response.output):
             await self._cancel_response("client_cancelled")
         self.conversation.delete(item.id)
         self.emit("conversation.item.deleted", item_id=item.id)
@@ -351,10 +355,9 @@ class RealtimeSession:
         plan = response_plan(self.config, request)
         item = Item(new_id("item"), "assistant", [], status="in_progress")
         response_id = speculation.response_id if speculation is not None else None
-        run = ResponseRun(plan, item, self.emit, self.dialect, self.metrics, response_id)
+        run = ResponseRun(plan, item, self.emit, self.dialect, self.metrics, self.conversation.add, response_id)
         history = list(self.conversation.items)  # what this reply answers
-        previous = self.conversation.add(item)
-        run.start(previous)
+        run.start()
         outputs = speculation.take() if speculation is not None else lambda: self._answer(run.id, plan, history)
 
         self.response = run
@@ -366,7 +369,8 @@ class RealtimeSession:
         sampling = SamplingParams(max_tokens=plan.max_output_tokens) if plan.temperature is None else \
             SamplingParams(temperature=plan.temperature, max_tokens=plan.max_output_tokens)
         request = EngineRequest(response_id, messages, sampling, ("text", "audio") if plan.audio else ("text",),
-                                plan.voice, max_thinking_tokens=plan.max_thinking_tokens)
+                                plan.voice, max_thinking_tokens=plan.max_thinking_tokens, tools=plan.tools,
+                                tool_choice=plan.tool_choice)
         async with contextlib.aclosing(self.engine.generate(request)) as stream:  # closing aborts the request
             async for out in stream:
                 yield out

@@ -43,8 +43,9 @@ async def transcriptions(
     language: Annotated[str | None, Form()] = None,
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[TranscriptFormat, Form()] = "json",
-    temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,  # accepted; decoding is greedy for stable results
+    temperature: Annotated[float, Form(ge=0, le=0)] = 0.0,  # greedy only: stable, and no fallback re-decodes
 ):
+    await _check_form_fields(request)
     check_model(request, model, TRANSCRIPTION_MODELS)
     limits = request.app.state.media_limits
     data = await file.read()
@@ -54,6 +55,22 @@ async def transcriptions(
         raise e.with_param("file") from None
     transcript = await request.app.state.engine.transcribe(audio, language or None, prompt or None)
     return _transcript_response(transcript, response_format)
+
+
+TRANSCRIPTION_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature"}
+
+
+async def _check_form_fields(request: Request) -> None:
+    """A form field this server does not honour is a 400, never silently dropped; segment
+    timestamps come with verbose_json, so asking for them is fine."""
+    form = await request.form()
+    for name in form.keys():
+        if name in ("timestamp_granularities[]", "timestamp_granularities"):
+            if any(value != "segment" for value in form.getlist(name)):
+                raise APIError(400, "only segment timestamps are available (response_format verbose_json)",
+                               name, "unsupported_value")
+        elif name not in TRANSCRIPTION_FIELDS:
+            raise APIError(400, f"Unrecognized request argument supplied: {name}", name, "unrecognized_argument")
 
 
 def _transcript_response(transcript: Transcript, response_format: TranscriptFormat):

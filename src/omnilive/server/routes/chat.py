@@ -33,6 +33,7 @@ from omnilive.types import (
     ReasoningDelta,
     TextDelta,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from omnilive.media.encode import encode_audio, pcm16_bytes, pcm16_to_float
@@ -53,8 +54,12 @@ from omnilive.server.protocol import (
     ClosingStreamingResponse,
     CompletionTokensDetails,
     Delta,
+    FunctionCallDelta,
+    FunctionCallOut,
     PromptTokensDetails,
     TokenLogprobOut,
+    ToolCallDeltaOut,
+    ToolCallOut,
     TopLogprob,
     UsageOut,
     sse,
@@ -133,6 +138,8 @@ async def completion_chunks(
                 yield chunk(Delta(content=out.text), logprobs=logprobs)
             elif isinstance(out, ReasoningDelta):
                 yield chunk(Delta(reasoning_content=out.text))
+            elif isinstance(out, ToolCallDelta):
+                yield chunk(Delta(tool_calls=[_tool_call_delta(out)]))
             elif isinstance(out, AudioChunk):
                 if not first_audio_seen:
                     first_audio_seen = True
@@ -145,7 +152,7 @@ async def completion_chunks(
                 ended = out.finish_reason
                 metrics.prompt_tokens.inc(out.usage.prompt_tokens)
                 metrics.completion_tokens.inc(out.usage.completion_tokens)
-                finish_reason = "length" if out.finish_reason == "length" else "stop"
+                finish_reason = out.finish_reason if out.finish_reason in ("length", "tool_calls") else "stop"
                 yield chunk(Delta(), finish_reason=finish_reason)
                 yield ChatCompletionChunk(
                     id=meta.id, created=meta.created, model=meta.model, choices=[], usage=_usage_out(out.usage)
@@ -198,13 +205,33 @@ async def join_chunks(chunks: list[ChatCompletionChunk], audio_format: str) -> C
             expires_at=audio_deltas[0].expires_at,
             format=audio_format,
         )
-    message = AssistantMessageOut(content=content, reasoning_content=reasoning or None, audio=audio)
+    tool_calls = _joined_tool_calls([call for c in deltas for call in c.delta.tool_calls or ()])
+    message = AssistantMessageOut(content=content if content or not tool_calls else None,
+                                  reasoning_content=reasoning or None, tool_calls=tool_calls or None, audio=audio)
     choice = Choice(
         message=message,
         logprobs=ChoiceLogprobs(content=tokens) if has_logprobs else None,
         finish_reason=finish_reason,
     )
     return ChatCompletion(id=head.id, created=head.created, model=head.model, choices=[choice], usage=usage)
+
+
+def _tool_call_delta(out: ToolCallDelta) -> ToolCallDeltaOut:
+    """OpenAI's streamed shape: the first piece has id, type and name (and empty arguments)."""
+    if out.id is not None:
+        return ToolCallDeltaOut(index=out.index, id=out.id, type="function",
+                                function=FunctionCallDelta(name=out.name, arguments=out.arguments))
+    return ToolCallDeltaOut(index=out.index, function=FunctionCallDelta(arguments=out.arguments))
+
+
+def _joined_tool_calls(pieces: list[ToolCallDeltaOut]) -> list[ToolCallOut]:
+    calls: dict[int, ToolCallOut] = {}
+    for piece in pieces:
+        if piece.id is not None:
+            calls[piece.index] = ToolCallOut(id=piece.id, function=FunctionCallOut(name=piece.function.name or "",
+                                                                                    arguments=""))
+        calls[piece.index].function.arguments += piece.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
 
 
 def _usage_out(usage: Usage) -> UsageOut:

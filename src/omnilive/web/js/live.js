@@ -1,6 +1,7 @@
 // The voice / video panel: starts and ends a LiveSession, shows its state (listening, you are
-// speaking, thinking, replying) and both sides' transcripts as messages in the chat, and hands
-// each finished turn to the app so it is saved in the conversation history.
+// speaking, thinking, replying), both sides' transcripts and any function calls (with their
+// results) as messages in the chat, and hands each finished turn to the app so it is saved in
+// the conversation history (calls are not: the history holds text turns).
 
 import { LiveSession } from "./realtime.js";
 
@@ -20,6 +21,7 @@ export class LiveController {
     this.session = null;
     this.video = false;
     this.views = new Map(); // realtime item id → MessageView
+    this.calls = new Map(); // function_call item id → ToolCallView
     this.panel = document.getElementById("live-panel");
     this.status = document.getElementById("live-status");
     this.camera = document.getElementById("camera-preview");
@@ -78,6 +80,7 @@ export class LiveController {
     this.session = null;
     if (session) session.stop();
     this.views.clear();
+    this.calls.clear();
     this.setMuted(false);
     this.startButton.disabled = false;
     this.startButton.hidden = false;
@@ -144,6 +147,13 @@ export class LiveController {
         root.dataset.bargeIns = String(Number(root.dataset.bargeIns || 0) + 1);
         const view = this.views.get(itemId);
         if (view) view.setStatus(`Interrupted after ${(playedMs / 1000).toFixed(1)} s.`);
+      },
+      onToolCall: ({ itemId, callId, name, args }) => {
+        if (!this.calls.has(itemId)) this.calls.set(itemId, this.app.messages.addToolCall({ name, callId, args }));
+      },
+      onToolArguments: (itemId, args) => this.calls.get(itemId)?.setArguments(args),
+      onToolResult: (callId, output) => {
+        for (const view of this.calls.values()) if (view.callId === callId) view.setResult(output);
       },
       onFrame: (count) => (this.app.root.dataset.framesSent = String(count)),
       onError: (message) => this.app.showError(message),

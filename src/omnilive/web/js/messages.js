@@ -1,5 +1,6 @@
 // The message list: user and assistant bubbles, replies rendered as Markdown while they stream,
-// reasoning folded away in a <details>, attachments shown as previews.
+// reasoning folded away in a <details>, attachments shown as previews, and the model's function
+// calls folded as "Called name({...})" with their arguments and result inside.
 
 import { mediaPreview } from "./attachments.js";
 import { renderMarkdown } from "./markdown.js";
@@ -26,11 +27,21 @@ export class MessageList {
 
   // media: [{ kind, url, filename }] (url may be a Promise of one)
   add({ role, content = "", reasoning = "", media = [], source = "text" }) {
-    this.container.querySelector(".welcome")?.remove();
     const view = new MessageView(role, source);
     for (const item of media) view.addMedia(item);
     view.setReasoning(reasoning);
     view.setContent(content);
+    return this.append(view);
+  }
+
+  addToolCall({ name, callId, args = "" }) {
+    const view = new ToolCallView(name, callId);
+    view.setArguments(args);
+    return this.append(view);
+  }
+
+  append(view) {
+    this.container.querySelector(".welcome")?.remove();
     const stick = this.nearBottom();
     this.container.append(view.element);
     if (stick) this.scrollToEnd();
@@ -133,5 +144,75 @@ export class MessageView {
     this.reasoningBox.hidden = !this.reasoning;
     this.reasoningBox.querySelector(".reasoning-text").textContent = this.reasoning;
     this.onResize();
+  }
+}
+
+// A function call the model made. Folded, it reads as the call itself; open, it shows the
+// arguments and the result the client sent back (JSON pretty-printed, anything else as is).
+export class ToolCallView {
+  constructor(name, callId) {
+    this.name = name;
+    this.callId = callId;
+    this.arguments = "";
+    this.result = null;
+    this.onResize = () => {};
+    this.element = document.createElement("article");
+    this.element.className = "message tool-call";
+    this.element.dataset.role = "tool";
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    this.call = document.createElement("code");
+    summary.append("Called ", this.call);
+    this.argumentsText = document.createElement("pre");
+    this.resultText = document.createElement("pre");
+    this.resultText.className = "tool-call-result";
+    details.append(summary, part("Arguments", this.argumentsText), part("Result", this.resultText));
+    this.element.append(details);
+  }
+
+  setArguments(text) {
+    this.arguments = text || "";
+    this.render();
+  }
+
+  setResult(text) {
+    this.result = text;
+    this.render();
+  }
+
+  render() {
+    this.call.textContent = `${this.name}(${compactJson(this.arguments)})`;
+    this.argumentsText.textContent = prettyJson(this.arguments);
+    this.resultText.textContent = this.result === null ? "Waiting for the result…" : prettyJson(this.result);
+    this.element.dataset.state = this.result === null ? "called" : "answered";
+    this.onResize();
+  }
+}
+
+function part(heading, body) {
+  const box = document.createElement("div");
+  box.className = "tool-call-part";
+  const label = document.createElement("div");
+  label.className = "tool-call-heading";
+  label.textContent = heading;
+  box.append(label, body);
+  return box;
+}
+
+// arguments still streaming are not JSON yet: shown as they are
+function compactJson(text) {
+  try {
+    return JSON.stringify(JSON.parse(text));
+  } catch {
+    return text;
+  }
+}
+
+function prettyJson(text) {
+  try {
+    const value = JSON.parse(text);
+    return typeof value === "object" && value !== null ? JSON.stringify(value, null, 2) : text;
+  } catch {
+    return text;
   }
 }

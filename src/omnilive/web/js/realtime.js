@@ -6,6 +6,9 @@
 //
 // Barge-in: when the server hears speech (input_audio_buffer.speech_started) while a reply is
 // playing, playback stops and conversation.item.truncate tells the server how much was heard.
+//
+// Function calls (a session given tools): each function_call item and the function_call_output
+// answering it are reported as they join the conversation, the arguments as they stream.
 
 import { apiKey, base64FromBytes } from "./api.js";
 
@@ -15,7 +18,8 @@ const FRAME_MAX_SIDE = 640;
 export class LiveSession {
   // callbacks: onState(state), onUserSpeech(itemId), onUserTranscript(itemId, text),
   // onAssistantDelta(itemId, text), onAssistantDone(itemId, text), onBargeIn({ itemId, playedMs }),
-  // onFrame(count), onError(message)
+  // onFrame(count), onError(message), onToolCall({ itemId, callId, name, args }),
+  // onToolArguments(itemId, args), onToolResult(callId, output)
   constructor({ model, voice, instructions, temperature, video, player, videoElement, callbacks }) {
     Object.assign(this, { model, voice, instructions, temperature, video, player, videoElement });
     this.on = callbacks;
@@ -28,6 +32,7 @@ export class LiveSession {
     this.userSpeaking = false;
     this.closedByUs = false;
     this.assistantText = new Map(); // item id → transcript so far
+    this.callArguments = new Map(); // function_call item id → arguments so far
   }
 
   async start() {
@@ -143,6 +148,20 @@ export class LiveSession {
         this.on.onAssistantDelta(event.item_id, text);
         break;
       }
+      case "conversation.item.added":
+      case "conversation.item.created":
+        this.itemAdded(event.item || {});
+        break;
+      case "response.function_call_arguments.delta": {
+        const args = (this.callArguments.get(event.item_id) || "") + event.delta;
+        this.callArguments.set(event.item_id, args);
+        this.on.onToolArguments(event.item_id, args);
+        break;
+      }
+      case "response.function_call_arguments.done":
+        this.callArguments.delete(event.item_id);
+        this.on.onToolArguments(event.item_id, event.arguments);
+        break;
       case "response.done":
         for (const [itemId, text] of this.assistantText) this.on.onAssistantDone(itemId, text);
         this.assistantText.clear();
@@ -157,6 +176,14 @@ export class LiveSession {
         break;
       default:
         break;
+    }
+  }
+
+  itemAdded(item) {
+    if (item.type === "function_call") {
+      this.on.onToolCall({ itemId: item.id, callId: item.call_id, name: item.name, args: item.arguments || "" });
+    } else if (item.type === "function_call_output") {
+      this.on.onToolResult(item.call_id, item.output);
     }
   }
 
