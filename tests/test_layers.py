@@ -21,7 +21,8 @@ ALLOWED = {
     "server": {"types", "media", "engine", "backends"},  # never model: tensors stay below it
     "web": set(),
     "eval": set(),  # a client of any server over HTTP: none of omnilive's server, engine or model
-    "cli": {"types", "media", "model", "engine", "backends", "server", "eval"},
+    "cli": {"types", "media", "model", "engine", "backends", "server", "eval", "cli_users"},
+    "cli_users": {"types", "media", "model", "engine", "backends", "server"},  # `omnilive users`
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -1,4 +1,4 @@
-"""`omnilive serve [...]`, `omnilive eval TASK [...]` and `omnilive --version`.
+"""`omnilive serve [...]`, `omnilive users ...` (cli_users.py), `omnilive eval TASK [...]` and `omnilive --version`.
 
 Flags override OMNILIVE_* environment variables, which override the defaults: the CLI only
 passes the flags that were given, and `Settings` reads the environment for the rest.
@@ -13,6 +13,7 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
+from omnilive.cli_users import add_users_parser, run_users
 from omnilive.eval.command import add_eval_parser, run as run_eval
 from omnilive.server.app import package_version
 from omnilive.server.settings import Settings
@@ -33,13 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer <key>' on /v1 routes")
+    serve.add_argument("--api-key", help="one admin key for /v1 routes (users' keys: omnilive users)")
     serve.add_argument("--data-dir", help="uploaded files, model cache and database live here")
     serve.add_argument("--cache-dir", help="assembled model files (default: DATA_DIR/models)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                        help="allow browser requests from ORIGIN (repeatable; '*' for any)")
     add_eval_parser(commands)
+    add_users_parser(commands)
     return parser
 
 
@@ -49,20 +51,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     from omnilive.server.app import create_app
+    from omnilive.server.drain import run_server
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+    run_server(app, settings.host, settings.port, settings.log_level, settings.drain_seconds)  # SIGTERM drains
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "users":
+        return run_users(args)
     try:
         settings = settings_from_args(args)
     except ValidationError as e:

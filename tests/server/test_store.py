@@ -18,6 +18,7 @@ from tests.server_process import ServerProcess
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 MAX_MEDIA_BYTES = 64 * 1024
+ME = "user_test"  # the owner of what these tests store
 
 
 def _pg_admin():
@@ -63,13 +64,13 @@ def store(database_url, tmp_path):
 
 
 def test_messages_keep_their_order_media_and_reasoning(store):
-    conversation = store.create_conversation(settings={"model": "m", "temperature": 0.3})
-    picture = store.save_media(io.BytesIO(b"\x89PNG fake"), "image/png", "cat.png", MAX_MEDIA_BYTES)
-    store.append_message(conversation.id, "user", "What   is\nthis?", media_ids=[picture.id])
-    store.append_message(conversation.id, "assistant", "A cat.", reasoning="It has whiskers.")
-    store.append_message(conversation.id, "user", "Sure?")
+    conversation = store.create_conversation(settings={"model": "m", "temperature": 0.3}, owner=ME)
+    picture = store.save_media(io.BytesIO(b"\x89PNG fake"), "image/png", "cat.png", MAX_MEDIA_BYTES, owner=ME)
+    store.append_message(conversation.id, "user", "What   is\nthis?", media_ids=[picture.id], owner=ME)
+    store.append_message(conversation.id, "assistant", "A cat.", reasoning="It has whiskers.", owner=ME)
+    store.append_message(conversation.id, "user", "Sure?", owner=ME)
 
-    loaded = store.get_conversation(conversation.id)
+    loaded = store.get_conversation(conversation.id, owner=ME)
     assert [m.role for m in loaded.messages] == ["user", "assistant", "user"]
     assert [m.content for m in loaded.messages] == ["What   is\nthis?", "A cat.", "Sure?"]
     assert loaded.messages[0].media[0].id == picture.id and loaded.messages[0].media[0].kind == "image"
@@ -80,44 +81,91 @@ def test_messages_keep_their_order_media_and_reasoning(store):
 
 
 def test_list_rename_and_delete(store):
-    first = store.create_conversation("first")
-    second = store.create_conversation("second")
-    store.append_message(first.id, "user", "bump")  # updating moves it to the top
-    assert [c.id for c in store.list_conversations()][:2] == [first.id, second.id]
-    assert store.update_conversation(second.id, title="renamed").title == "renamed"
-    assert store.get_conversation(second.id).title == "renamed"
-    assert store.delete_conversation(first.id)
-    assert store.get_conversation(first.id) is None
-    assert not store.delete_conversation(first.id)
-    assert store.append_message(first.id, "user", "too late") is None
+    first = store.create_conversation("first", owner=ME)
+    second = store.create_conversation("second", owner=ME)
+    store.append_message(first.id, "user", "bump", owner=ME)  # updating moves it to the top
+    assert [c.id for c in store.list_conversations(owner=ME)][:2] == [first.id, second.id]
+    assert store.update_conversation(second.id, title="renamed", owner=ME).title == "renamed"
+    assert store.get_conversation(second.id, owner=ME).title == "renamed"
+    assert store.delete_conversation(first.id, owner=ME)
+    assert store.get_conversation(first.id, owner=ME) is None
+    assert not store.delete_conversation(first.id, owner=ME)
+    assert store.append_message(first.id, "user", "too late", owner=ME) is None
 
 
 def test_media_is_stored_once_and_removed_with_its_last_conversation(store):
-    kept = store.create_conversation("kept")
-    dropped = store.create_conversation("dropped")
-    shared = store.save_media(io.BytesIO(b"same bytes"), "audio/wav", "a.wav", MAX_MEDIA_BYTES)
-    again = store.save_media(io.BytesIO(b"same bytes"), "audio/wav", "b.wav", MAX_MEDIA_BYTES)
-    only_dropped = store.save_media(io.BytesIO(b"other bytes"), "video/mp4", "v.mp4", MAX_MEDIA_BYTES)
+    kept = store.create_conversation("kept", owner=ME)
+    dropped = store.create_conversation("dropped", owner=ME)
+    shared = store.save_media(io.BytesIO(b"same bytes"), "audio/wav", "a.wav", MAX_MEDIA_BYTES, owner=ME)
+    again = store.save_media(io.BytesIO(b"same bytes"), "audio/wav", "b.wav", MAX_MEDIA_BYTES, owner=ME)
+    only_dropped = store.save_media(io.BytesIO(b"other bytes"), "video/mp4", "v.mp4", MAX_MEDIA_BYTES, owner=ME)
     assert again.id == shared.id and store.media_file(shared.id).read_bytes() == b"same bytes"
 
-    store.append_message(kept.id, "user", "one", media_ids=[shared.id])
-    store.append_message(dropped.id, "user", "two", media_ids=[shared.id, only_dropped.id])
-    store.delete_conversation(dropped.id)
-    assert store.get_media(shared.id) is not None and store.media_file(shared.id).exists()
-    assert store.get_media(only_dropped.id) is None and not store.media_file(only_dropped.id).exists()
+    store.append_message(kept.id, "user", "one", media_ids=[shared.id], owner=ME)
+    store.append_message(dropped.id, "user", "two", media_ids=[shared.id, only_dropped.id], owner=ME)
+    store.delete_conversation(dropped.id, owner=ME)
+    assert store.get_media(shared.id, owner=ME) is not None and store.media_file(shared.id).exists()
+    assert store.get_media(only_dropped.id, owner=ME) is None and not store.media_file(only_dropped.id).exists()
 
 
 def test_unknown_media_and_oversized_media_are_refused(store):
     from omnilive.server.store import MediaTooLarge
 
-    conversation = store.create_conversation()
+    conversation = store.create_conversation(owner=ME)
     with pytest.raises(KeyError):
-        store.append_message(conversation.id, "user", "x", media_ids=["0" * 64])
+        store.append_message(conversation.id, "user", "x", media_ids=["0" * 64], owner=ME)
     with pytest.raises(MediaTooLarge):
-        store.save_media(io.BytesIO(b"x" * (MAX_MEDIA_BYTES + 1)), "image/png", "big.png", MAX_MEDIA_BYTES)
-    assert store.get_conversation(conversation.id).messages == ()
+        store.save_media(io.BytesIO(b"x" * (MAX_MEDIA_BYTES + 1)), "image/png", "big.png", MAX_MEDIA_BYTES, owner=ME)
+    assert store.get_conversation(conversation.id, owner=ME).messages == ()
     assert not list(store.media_dir.glob("*.part"))  # no half-written file left behind
-    assert store.get_media("../../etc/passwd") is None
+    assert store.get_media("../../etc/passwd", owner=ME) is None
+
+
+def test_each_owner_sees_only_their_own(store):
+    mine = store.create_conversation("mine", owner=ME)
+    picture = store.save_media(io.BytesIO(b"my picture"), "image/png", "p.png", MAX_MEDIA_BYTES, owner=ME)
+    store.append_message(mine.id, "user", "hello", media_ids=[picture.id], owner=ME)
+    other = "user_other"
+    assert store.list_conversations(owner=other) == [] and store.count_conversations(owner=other) == 0
+    assert store.get_conversation(mine.id, owner=other) is None
+    assert store.update_conversation(mine.id, title="taken", owner=other) is None
+    assert not store.delete_conversation(mine.id, owner=other)
+    assert store.append_message(mine.id, "user", "intruding", owner=other) is None
+    assert store.get_media(picture.id, owner=other) is None
+    theirs = store.create_conversation("theirs", owner=other)
+    with pytest.raises(KeyError):  # knowing the sha256 of my picture does not let them attach it
+        store.append_message(theirs.id, "user", "x", media_ids=[picture.id], owner=other)
+    # uploading the same bytes makes them an owner too; the bytes are stored once
+    again = store.save_media(io.BytesIO(b"my picture"), "image/png", "q.png", MAX_MEDIA_BYTES, owner=other)
+    assert again.id == picture.id and store.get_media(picture.id, owner=other) is not None
+    assert store.get_conversation(mine.id, owner=ME).title == "mine"
+    assert store.conversations_by_owner() == {ME: 1, other: 1}
+
+
+def test_a_history_from_before_users_belongs_to_the_operator(tmp_path):
+    """A database written by a server without users (no owner column) is upgraded at open."""
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = sqlalchemy.create_engine(url)
+    with old.begin() as sql:
+        sql.exec_driver_sql("CREATE TABLE conversations (id VARCHAR(40) PRIMARY KEY, title VARCHAR(200), "
+                            "created_at DATETIME, updated_at DATETIME, settings JSON)")
+        sql.exec_driver_sql("CREATE TABLE media (sha256 VARCHAR(64) PRIMARY KEY, kind VARCHAR(16), "
+                            "mime_type VARCHAR(120), bytes BIGINT, filename VARCHAR(255), created_at DATETIME)")
+        sql.exec_driver_sql("INSERT INTO conversations VALUES ('conv_old', 'Old chat', '2026-01-01 00:00:00', "
+                            "'2026-01-01 00:00:00', '{}')")
+        sql.exec_driver_sql(f"INSERT INTO media VALUES ('{'a' * 64}', 'image', 'image/png', 3, 'x.png', "
+                            "'2026-01-01 00:00:00')")
+    old.dispose()
+    upgraded = HistoryStore.open(url, tmp_path / "media")
+    try:
+        operator = ""
+        assert [c.title for c in upgraded.list_conversations(owner=operator)] == ["Old chat"]
+        assert upgraded.get_media("a" * 64, owner=operator) is not None
+        assert upgraded.list_conversations(owner=ME) == []
+    finally:
+        upgraded.close()
 
 
 # -- the REST API on a real server, killed mid-reply ---------------------------------------------

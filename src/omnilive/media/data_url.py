@@ -6,7 +6,6 @@ item is refused without allocating it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
@@ -18,7 +17,7 @@ from omnilive.media.limits import DEFAULT_LIMITS, MediaLimits
 _WHITESPACE = re.compile(rb"\s+")
 
 
-def _too_large(size: int, max_bytes: int) -> MediaError:
+def too_large(size: int, max_bytes: int) -> MediaError:
     return MediaError(
         f"media item is {size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB", "media_too_large"
     )
@@ -28,7 +27,7 @@ def decode_base64(text: str | bytes, max_bytes: int = DEFAULT_LIMITS.max_bytes) 
     """Standard or URL-safe base64, padding optional, line breaks allowed (as some clients send)."""
     raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
     if len(raw) * 3 // 4 > max_bytes + 3:  # the cheap pre-check: no allocation of the decoded bytes
-        raise _too_large(len(raw) * 3 // 4, max_bytes)
+        raise too_large(len(raw) * 3 // 4, max_bytes)
     raw = _WHITESPACE.sub(b"", raw).replace(b"-", b"+").replace(b"_", b"/")
     raw += b"=" * (-len(raw) % 4)
     try:
@@ -36,7 +35,7 @@ def decode_base64(text: str | bytes, max_bytes: int = DEFAULT_LIMITS.max_bytes) 
     except (binascii.Error, ValueError):
         raise MediaError("media data is not valid base64", "invalid_data_url") from None
     if len(data) > max_bytes:
-        raise _too_large(len(data), max_bytes)
+        raise too_large(len(data), max_bytes)
     if not data:
         raise MediaError("media data is empty", "empty_media")
     return data
@@ -59,10 +58,10 @@ def parse_data_url(url: str, max_bytes: int = DEFAULT_LIMITS.max_bytes) -> tuple
     if any(f.lower() == "base64" for f in fields[1:]):
         return mime, decode_base64(payload, max_bytes)
     if len(payload) > 3 * max_bytes:  # percent-encoding at most triples the size
-        raise _too_large(len(payload) // 3, max_bytes)
+        raise too_large(len(payload) // 3, max_bytes)
     data = unquote_to_bytes(payload)
     if len(data) > max_bytes:
-        raise _too_large(len(data), max_bytes)
+        raise too_large(len(data), max_bytes)
     if not data:
         raise MediaError("media data is empty", "empty_media")
     return mime, data
@@ -79,38 +78,7 @@ async def load_media_url(url: str, limits: MediaLimits = DEFAULT_LIMITS) -> tupl
                 "remote media URLs are disabled on this server; send the media inline as a data: URL",
                 "remote_url_not_allowed",
             )
-        return await _fetch(url, limits)
+        from omnilive.media.remote import fetch_public  # httpx, only when remote fetching is on
+
+        return await fetch_public(url, limits)
     raise MediaError(f"unsupported URL scheme {scheme or url[:16]!r}: use a data: URL", "invalid_data_url")
-
-
-async def _fetch(url: str, limits: MediaLimits) -> tuple[str | None, bytes]:
-    """GET with a total time budget and a byte cap enforced while streaming.
-
-    Off by default: an operator who enables it lets clients make this server issue requests.
-    """
-    import httpx  # only needed when remote fetching is enabled
-
-    client = httpx.AsyncClient(timeout=limits.fetch_timeout_s, follow_redirects=True, max_redirects=3)
-    try:
-        async with asyncio.timeout(limits.fetch_timeout_s), client, client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise MediaError(f"fetching media failed: HTTP {response.status_code}", "fetch_failed")
-            length = response.headers.get("content-length", "")
-            declared = int(length) if length.isdigit() else 0
-            if declared > limits.max_bytes:
-                raise _too_large(declared, limits.max_bytes)
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limits.max_bytes:
-                    raise _too_large(size, limits.max_bytes)
-                chunks.append(chunk)
-            mime = response.headers.get("content-type", "").split(";")[0].strip().lower() or None
-    except TimeoutError:
-        raise MediaError(f"fetching media took over {limits.fetch_timeout_s:g} s", "fetch_failed") from None
-    except httpx.HTTPError as e:
-        raise MediaError(f"fetching media failed: {type(e).__name__}", "fetch_failed") from None
-    data = b"".join(chunks)
-    if not data:
-        raise MediaError("fetched media is empty", "empty_media")
-    return mime, data

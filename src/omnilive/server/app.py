@@ -3,7 +3,8 @@
     app = create_app(Settings(), engine)      # engine=None loads the one settings.model names
 
 Request path through the middleware, outermost first:
-    metrics (time + count everything) → CORS → API key (/v1 only) → body size limit → routes
+    metrics (time + count everything) → drain (503 after SIGTERM) → CORS → auth (/v1: who is
+    calling) → quotas (per user) → body size limit / WebSocket event rate → routes
 The engine starts in the lifespan, so uvicorn accepts connections only once it is ready.
 """
 
@@ -21,13 +22,18 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omnilive.types import Backend
-from omnilive.server.auth import APIKeyMiddleware
+from omnilive.server.auth import Authenticator, AuthMiddleware, ClientSecrets
+from omnilive.server.drain import Drain, DrainMiddleware
 from omnilive.server.errors import error_response, install_error_handlers
 from omnilive.server.files import FileStore
 from omnilive.server.metrics import Metrics, MetricsMiddleware
-from omnilive.server.routes import audio, chat, conversations, files, health, models, realtime
+from omnilive.server.quotas import QuotaBook, QuotaExceeded, QuotaMiddleware, Quotas, quota_response
+from omnilive.server.routes import (
+    audio, chat, client_secrets, conversations, files, health, models, realtime, users,
+)
 from omnilive.server.settings import Settings
-from omnilive.server.store import HistoryStore
+from omnilive.server.store import AccountStore, HistoryStore
+from omnilive.server.ws_limits import WebSocketRateLimitMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         app.state.history = HistoryStore.open(settings.resolved_database_url, settings.data_dir / "media")
+        app.state.accounts = authenticator.accounts = AccountStore(app.state.history.engine)
+        _say_who_may_connect(settings, app.state.accounts)
         await engine.start()
         log.info("engine ready: %s", engine.card.id)
         try:
@@ -65,24 +73,56 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
     app.state.files = FileStore(settings.files_dir)
     app.state.media_limits = settings.media_limits()
     app.state.created = int(time.time())
+    app.state.drain = Drain()
+    app.state.client_secrets = ClientSecrets()
+    app.state.auth = authenticator = Authenticator(
+        settings.api_key.get_secret_value() if settings.api_key is not None else None,
+        settings.auth_cache_seconds, app.state.client_secrets,
+    )
+    app.state.quotas = quota_book = QuotaBook(Quotas(
+        settings.quota_requests_per_minute, settings.quota_tokens_per_minute,
+        settings.quota_concurrent_streams, settings.quota_upload_bytes_per_day,
+    ))
+    metrics.prompt_tokens.on_inc = lambda principal, n: quota_book.record_tokens(principal, int(n), 0)
+    metrics.completion_tokens.on_inc = lambda principal, n: quota_book.record_tokens(principal, 0, int(n))
     install_error_handlers(app)
 
-    for module in (health, models, chat, audio, files, conversations):
+    @app.exception_handler(QuotaExceeded)
+    async def _quota_exceeded(_, error: QuotaExceeded):
+        return quota_response(error)
+
+    for module in (health, models, chat, audio, files, conversations, users, client_secrets):
         app.include_router(module.router)
+    app.include_router(users.admin)
     app.include_router(realtime.router)  # WebSocket /v1/realtime
     if (WEB_DIR / "index.html").exists():  # the web app, when it is installed
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
 
     # add_middleware wraps what is already there: the last added runs first
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.api_key is not None:
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    app.add_middleware(WebSocketRateLimitMiddleware, events_per_second=settings.realtime_max_events_per_second)
+    app.add_middleware(QuotaMiddleware, book=quota_book, metrics=metrics)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _say_who_may_connect(settings: Settings, accounts: AccountStore) -> None:
+    """An open server says so: with no users and no --api-key, whoever reaches it may use it all."""
+    if settings.api_key is not None or accounts.has_users():
+        return
+    where = f"{settings.host}:{settings.port}"
+    loopback = settings.host in ("127.0.0.1", "::1", "localhost")
+    log.warning(
+        "No users and no API key: every /v1 route is open to %s. Add a user with `omnilive users add NAME "
+        "--admin` (or pass --api-key) to require keys.",
+        f"programs on this machine ({where})" if loopback else f"ANYONE WHO CAN REACH {where}",
+    )
 
 
 class BodySizeLimitMiddleware:

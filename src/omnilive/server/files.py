@@ -5,6 +5,9 @@
 Crash safety comes from ordering: content is written to a temporary name, fsynced and renamed
 first; the sidecar is renamed into place last, so a file exists exactly when its sidecar does.
 Deleting removes the sidecar first. Leftovers of an interrupted write are swept at start-up.
+
+Each file has an owner (a user id; "" = the operator, and every file from before users): the
+routes see the store through `OwnedFiles`, in which other owners' files do not exist.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class StoredFile:
     bytes: int
     created_at: int  # unix seconds
     content_type: str | None
+    owner: str = ""  # sidecars written before users have none: the operator's
 
 
 class FileStore:
@@ -39,7 +43,8 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._sweep()
 
-    def create(self, source: BinaryIO, filename: str, purpose: str, content_type: str | None) -> StoredFile:
+    def create(self, source: BinaryIO, filename: str, purpose: str, content_type: str | None, *,
+               owner: str) -> StoredFile:
         file_id = f"file-{uuid.uuid4().hex[:24]}"
         content = self._content_path(file_id)
         partial = content.with_name(content.name + _PARTIAL)
@@ -48,7 +53,7 @@ class FileStore:
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, content)
-        stored = StoredFile(file_id, filename, purpose, content.stat().st_size, int(time.time()), content_type)
+        stored = StoredFile(file_id, filename, purpose, content.stat().st_size, int(time.time()), content_type, owner)
         self._write_json(self._meta_path(file_id), asdict(stored))
         return stored
 
@@ -60,10 +65,10 @@ class FileStore:
         except FileNotFoundError:
             return None
 
-    def list(self, purpose: str | None = None) -> list[StoredFile]:
+    def list(self, purpose: str | None = None, *, owner: str) -> list[StoredFile]:
         """Newest first, as OpenAI lists them."""
         found = (self.get(path.name.removesuffix(".json")) for path in self.root.glob("file-*.json"))
-        files = [f for f in found if f is not None and (purpose is None or f.purpose == purpose)]
+        files = [f for f in found if f is not None and f.owner == owner and (purpose is None or f.purpose == purpose)]
         return sorted(files, key=lambda f: (f.created_at, f.id), reverse=True)
 
     def path(self, file_id: str) -> Path:
@@ -110,3 +115,34 @@ class FileStore:
                 path.unlink(missing_ok=True)
             elif _ID.match(path.name) and not path.with_suffix(".json").exists():
                 path.unlink(missing_ok=True)
+
+
+class OwnedFiles:
+    """One owner's view of a FileStore: another owner's file id is not found, as an unknown one."""
+
+    def __init__(self, store: FileStore, owner: str):
+        self.store, self.owner = store, owner
+
+    def create(self, source: BinaryIO, filename: str, purpose: str, content_type: str | None) -> StoredFile:
+        return self.store.create(source, filename, purpose, content_type, owner=self.owner)
+
+    def get(self, file_id: str) -> StoredFile | None:
+        stored = self.store.get(file_id)
+        return stored if stored is not None and stored.owner == self.owner else None
+
+    def list(self, purpose: str | None = None) -> list[StoredFile]:
+        return self.store.list(purpose, owner=self.owner)
+
+    def path(self, file_id: str) -> Path:
+        return self.store.path(self._own(file_id))
+
+    def read(self, file_id: str) -> bytes:
+        return self.store.read(self._own(file_id))
+
+    def delete(self, file_id: str) -> bool:
+        return self.get(file_id) is not None and self.store.delete(file_id)
+
+    def _own(self, file_id: str) -> str:
+        if self.get(file_id) is None:
+            raise FileNotFoundError(file_id)
+        return file_id

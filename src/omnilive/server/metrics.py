@@ -3,14 +3,21 @@
 `MetricsMiddleware` counts every HTTP request by route template and status, and times it to
 the end of its body (a streamed completion counts until its last chunk). Chat routes add
 token counts and the latencies a user feels: time to first token and to first audio.
+
+Usage is labelled by user name (from the request's principal), never by key; the operator
+(--api-key, or an open server) is "(operator)". The number of series grows with the number of
+users, which only an admin can raise.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from omnilive.server.auth import Principal, current_principal
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -24,8 +31,15 @@ class Metrics:
             "omnilive_http_request_duration_seconds", "HTTP request time, to the last body byte",
             ["route"], buckets=_LATENCY_BUCKETS, registry=r,
         )
-        self.prompt_tokens = Counter("omnilive_prompt_tokens", "Prompt tokens processed", registry=r)
-        self.completion_tokens = Counter("omnilive_completion_tokens", "Completion tokens generated", registry=r)
+        self.prompt_tokens = PerUserCounter(
+            Counter("omnilive_prompt_tokens", "Prompt tokens processed, by user", ["user"], registry=r))
+        self.completion_tokens = PerUserCounter(
+            Counter("omnilive_completion_tokens", "Completion tokens generated, by user", ["user"], registry=r))
+        self.user_requests = Counter("omnilive_user_requests", "/v1 requests admitted, by user", ["user"], registry=r)
+        self.rate_limited = Counter(
+            "omnilive_rate_limited_requests", "/v1 requests refused by a quota, by user and quota",
+            ["user", "quota"], registry=r,
+        )
         self.engine_outputs = Counter(
             "omnilive_engine_outputs", "Outputs received from the engine (text deltas, audio chunks...)", registry=r
         )
@@ -44,6 +58,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PerUserCounter:
+    """A counter labelled by the user of the request being served, used as a plain Counter
+    (`.inc(n)`): the routes that count tokens need not know about users. `on_inc` also sees
+    each amount with its principal (the token quotas)."""
+
+    def __init__(self, counter: Counter, on_inc: Callable[[Principal, float], None] | None = None):
+        self.counter, self.on_inc = counter, on_inc
+
+    def inc(self, amount: float = 1) -> None:
+        principal = current_principal.get()
+        self.counter.labels(principal.name if principal is not None else "(none)").inc(amount)
+        if principal is not None and self.on_inc is not None:
+            self.on_inc(principal, amount)
 
 
 class MetricsMiddleware:

@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     # SecretStr: never printed in logs or reprs
     api_key: SecretStr | None = Field(None, description=(
-        "when set, every /v1 route needs `Authorization: Bearer <api_key>`; /health, /metrics and the "
-        "web app's static files stay open (a load balancer and Prometheus need them)"))
+        "one admin key for one-person setups: `Authorization: Bearer <api_key>` on /v1 routes, beside the "
+        "keys of users made with `omnilive users`; with neither, the server is open. /health, /metrics and "
+        "the web app's static files stay open (a load balancer and Prometheus need them)"))
     cors_origins: Annotated[list[str], NoDecode] = Field([], description=(
         'browser origins allowed to call the API: "*" for any, or a comma-separated list '
         "(the flag: once per origin); empty = no cross-origin requests"))
@@ -104,6 +105,30 @@ class Settings(BaseSettings):
         "longest text for /v1/audio/speech, in characters (as OpenAI)"))
     allow_remote_media_urls: bool = Field(False, description=(
         "let clients make this server fetch media from http(s) URLs"))
+
+    realtime_max_events_per_second: float = Field(500.0, ge=0, description=(
+        "client events a realtime WebSocket may send per second on average (twice that at once); faster "
+        "senders are read more slowly, not refused (0 = no limit)"))
+    drain_seconds: float = Field(30.0, ge=0, le=3600, description=(
+        "on SIGTERM, seconds that requests in flight (streams included) get to finish while new ones get 503; "
+        "then the server stops (0 = stop at once)"))
+
+    # users, keys and quotas (docs/security.md); users themselves live in the database: `omnilive users`
+    auth_cache_seconds: float = Field(10.0, ge=0, le=3600, description=(
+        "seconds a verified user key is trusted without asking the database again; a key revoked with "
+        "`omnilive users revoke` stops working within this time (through /v1/admin/users at once)"))
+    admin_reads_conversations: bool = Field(False, description=(
+        "let admins read users' conversations through /v1/admin/users/NAME/conversations; off, admins "
+        "manage users and see usage but read no one's chats"))
+    quota_requests_per_minute: int = Field(0, ge=0, description=(
+        "default per-user limit on /v1 requests per minute (0 = none); over it: 429 with Retry-After"))
+    quota_tokens_per_minute: int = Field(0, ge=0, description=(
+        "default per-user limit on prompt + completion tokens per minute (0 = none)"))
+    quota_concurrent_streams: int = Field(0, ge=0, description=(
+        "default per-user limit on generations running at once: chat completions, speech, "
+        "transcriptions, realtime sessions (0 = none)"))
+    quota_upload_bytes_per_day: int = Field(0, ge=0, description=(
+        "default per-user limit on bytes uploaded to /v1/files and /v1/history/media in 24 hours (0 = none)"))
 
     @field_validator("cors_origins", mode="before")
     @classmethod

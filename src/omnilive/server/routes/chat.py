@@ -64,6 +64,7 @@ from omnilive.server.protocol import (
     UsageOut,
     sse,
 )
+from omnilive.server.routes.files import files_of
 from omnilive.server.routes.models import check_model
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = request.app.state
     card = check_model(request, body.model)
     voice = body.audio.voice if body.audio is not None else None
-    engine_request = await to_engine_request(body, state.files, state.media_limits, voice)
+    engine_request = await to_engine_request(body, files_of(request), state.media_limits, voice)  # the caller's files
     meta = StreamMeta(engine_request.request_id, int(time.time()), card.id, f"audio_{uuid.uuid4().hex}", received_at)
 
     outputs = state.engine.generate(engine_request)

@@ -12,6 +12,11 @@
 Not under /v1/conversations: OpenAI uses that path for its Responses API's conversations,
 whose shape differs. Handlers are plain functions, run in FastAPI's thread pool: the store
 blocks on SQL and disk.
+
+Everything here belongs to the caller: another user's conversation or media id is a 404, the
+same as an id that never existed (admins included: they manage users, not their chats).
+Every integer has bounds, so none reaches the database past its 64 bits (issue 18: an offset of
+7468668545912323178496 was a 500).
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from omnilive.server.auth import principal_of
 from omnilive.server.errors import APIError
 from omnilive.server.store import Conversation, HistoryStore, MediaInfo, MediaTooLarge, Message
 
 router = APIRouter(prefix="/v1/history", tags=["history"])
+
+MAX_OFFSET = 1_000_000_000  # far past any real history, far below SQLite's and PostgreSQL's 2**63
 
 
 # -- API models ---------------------------------------------------------------------------------
@@ -101,33 +109,36 @@ class Deleted(BaseModel):
 
 @router.get("/conversations")
 def list_conversations(
-    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ConversationList:
-    store = _store(request)
-    data = [_conversation_out(c) for c in store.list_conversations(limit, offset)]
-    return ConversationList(data=data, total=store.count_conversations())
+    store, owner = _store(request), _owner(request)
+    data = [conversation_out(c) for c in store.list_conversations(owner=owner, limit=limit, offset=offset)]
+    return ConversationList(data=data, total=store.count_conversations(owner=owner))
 
 
 @router.post("/conversations", status_code=201)
 def create_conversation(request: Request, body: ConversationCreate) -> ConversationOut:
-    return _conversation_out(_store(request).create_conversation(body.title.strip(), body.settings))
+    created = _store(request).create_conversation(body.title.strip(), body.settings, owner=_owner(request))
+    return conversation_out(created)
 
 
 @router.get("/conversations/{conversation_id}")
 def get_conversation(request: Request, conversation_id: str) -> ConversationOut:
-    return _conversation_out(_existing(_store(request).get_conversation(conversation_id), conversation_id))
+    found = _store(request).get_conversation(conversation_id, owner=_owner(request))
+    return conversation_out(_existing(found, conversation_id))
 
 
 @router.patch("/conversations/{conversation_id}")
 def update_conversation(request: Request, conversation_id: str, body: ConversationPatch) -> ConversationOut:
     title = body.title.strip() if body.title is not None else None
-    updated = _store(request).update_conversation(conversation_id, title, body.settings)
-    return _conversation_out(_existing(updated, conversation_id))
+    updated = _store(request).update_conversation(conversation_id, title, body.settings, owner=_owner(request))
+    return conversation_out(_existing(updated, conversation_id))
 
 
 @router.delete("/conversations/{conversation_id}")
 def delete_conversation(request: Request, conversation_id: str) -> Deleted:
-    if not _store(request).delete_conversation(conversation_id):
+    if not _store(request).delete_conversation(conversation_id, owner=_owner(request)):
         raise _not_found(conversation_id)
     return Deleted(id=conversation_id, deleted=True)
 
@@ -135,7 +146,8 @@ def delete_conversation(request: Request, conversation_id: str) -> Deleted:
 @router.post("/conversations/{conversation_id}/messages", status_code=201)
 def append_message(request: Request, conversation_id: str, body: MessageCreate) -> MessageOut:
     try:
-        message = _store(request).append_message(conversation_id, body.role, body.content, body.reasoning, body.media)
+        message = _store(request).append_message(conversation_id, body.role, body.content, body.reasoning, body.media,
+                                                 owner=_owner(request))
     except KeyError as e:
         raise APIError(400, f"No such media: {e.args[0]}. Upload it to /v1/history/media first.",
                        "media", "media_not_found") from None
@@ -149,17 +161,21 @@ def upload_media(request: Request, file: Annotated[UploadFile, File()]) -> Media
     if not mime_type or mime_type == "application/octet-stream":
         mime_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     limit = request.app.state.settings.max_media_bytes
+    too_large = APIError(413, f"The file '{filename}' is too large: the limit is {limit // (1024 * 1024)} MB "
+                         f"({limit} bytes).", "file", "file_too_large")
+    if file.size is not None and file.size > limit:  # refused before it counts against the upload quota
+        raise too_large
+    request.app.state.quotas.admit_upload(principal_of(request), file.size or 0)  # or 429
     try:
-        return _media_out(_store(request).save_media(file.file, mime_type, filename, limit))
+        return _media_out(_store(request).save_media(file.file, mime_type, filename, limit, owner=_owner(request)))
     except MediaTooLarge:
-        raise APIError(413, f"The file '{filename}' is too large: the limit is {limit // (1024 * 1024)} MB "
-                       f"({limit} bytes).", "file", "file_too_large") from None
+        raise too_large from None
 
 
 @router.get("/media/{media_id}", response_class=FileResponse)
 def get_media(request: Request, media_id: str) -> FileResponse:
     store = _store(request)
-    media = store.get_media(media_id)
+    media = store.get_media(media_id, owner=_owner(request))
     if media is None or not store.media_file(media_id).exists():
         raise APIError(404, f"No such media: {media_id}", "media_id", "media_not_found")
     # content-addressed: the bytes behind an id never change
@@ -172,6 +188,10 @@ def get_media(request: Request, media_id: str) -> FileResponse:
 
 def _store(request: Request) -> HistoryStore:
     return request.app.state.history
+
+
+def _owner(request: Request) -> str:
+    return principal_of(request).owner
 
 
 def _not_found(conversation_id: str) -> APIError:
@@ -199,7 +219,7 @@ def _message_out(message: Message) -> MessageOut:
                       media=[_media_out(m) for m in message.media], created_at=_seconds(message.created_at))
 
 
-def _conversation_out(conversation: Conversation) -> ConversationOut:
+def conversation_out(conversation: Conversation) -> ConversationOut:
     messages = None if conversation.messages is None else [_message_out(m) for m in conversation.messages]
     return ConversationOut(id=conversation.id, title=conversation.title, settings=conversation.settings,
                            created_at=_seconds(conversation.created_at), updated_at=_seconds(conversation.updated_at),

@@ -4,7 +4,8 @@
     GET /v1/files/{id}/content                  DELETE /v1/files/{id}
 
 Handlers are plain functions: FastAPI runs them in its thread pool, off the event loop,
-which suits their blocking disk I/O.
+which suits their blocking disk I/O. Each caller sees only their own files (OwnedFiles); an
+upload counts against its user's upload quota.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
+from omnilive.server.auth import principal_of
 from omnilive.server.errors import APIError
-from omnilive.server.files import FileStore, StoredFile
+from omnilive.server.files import OwnedFiles, StoredFile
 from omnilive.server.protocol import FileObject
 
 router = APIRouter()
@@ -24,8 +26,13 @@ router = APIRouter()
 Purpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
 
 
-def _store(request: Request) -> FileStore:
-    return request.app.state.files
+def _store(request: Request) -> OwnedFiles:
+    return files_of(request)
+
+
+def files_of(request: Request) -> OwnedFiles:
+    """The caller's files: what chat messages may refer to by file id."""
+    return OwnedFiles(request.app.state.files, principal_of(request).owner)
 
 
 def _object(stored: StoredFile) -> FileObject:
@@ -54,6 +61,7 @@ def upload_file(
     content_type = file.content_type
     if not content_type or content_type == "application/octet-stream":
         content_type = mimetypes.guess_type(filename)[0] or content_type
+    request.app.state.quotas.admit_upload(principal_of(request), file.size or 0)  # or 429
     return _object(_store(request).create(file.file, filename, purpose, content_type))
 
 

@@ -1,6 +1,7 @@
 """SQLAlchemy 2.0 tables of the conversation history kept for the web app.
 
     conversations 1─* messages *─* media   (through message_media, in attachment order)
+    media 1─* media_owners                  (who uploaded the bytes: only they may read or attach them)
 
 Media bytes live on disk, named by their sha256 (see repository.MediaFiles); the `media` row
 says what the bytes are. The same picture sent twice is stored once. Portable types only, so
@@ -43,6 +44,8 @@ class ConversationRow(Base):
     __tablename__ = "conversations"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "conv_" + 32 hex
+    # the user it belongs to (accounts.UserRow.id); "" = the operator: --api-key or an open server
+    owner: Mapped[str] = mapped_column(String(40), default="", server_default="", index=True)
     title: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, index=True)
@@ -82,6 +85,16 @@ class MediaRow(Base):
     mime_type: Mapped[str] = mapped_column(String(120))
     bytes: Mapped[int] = mapped_column(BigInteger)
     filename: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class MediaOwnerRow(Base):
+    """Bytes are stored once (by sha256) however many users upload them; each uploader owns them."""
+
+    __tablename__ = "media_owners"
+
+    sha256: Mapped[str] = mapped_column(ForeignKey("media.sha256", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(40), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 

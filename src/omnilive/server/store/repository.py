@@ -1,9 +1,12 @@
 """The history store: conversations and their messages in SQL, media bytes on disk.
 
     store = HistoryStore.open("sqlite:///data/omnilive.db", Path("data/media"))
-    conv = store.create_conversation("Trip plans", {"model": "omnilive-small"})
-    media = store.save_media(open("cat.png", "rb"), "image/png", "cat.png", max_bytes=25 << 20)
-    store.append_message(conv.id, "user", "What is this?", media_ids=[media.id])
+    conv = store.create_conversation("Trip plans", {"model": "omnilive-small"}, owner=user_id)
+    media = store.save_media(open("cat.png", "rb"), "image/png", "cat.png", max_bytes=25 << 20, owner=user_id)
+    store.append_message(conv.id, "user", "What is this?", media_ids=[media.id], owner=user_id)
+
+Every call names its `owner` (a user id; "" = the operator): a conversation or media of another
+owner is not found, exactly as one that does not exist, so ids leak nothing between users.
 
 Crash safety: every call is one transaction, committed before it returns, so a message the
 client was told about survives a SIGKILL right after. SQLite runs in WAL mode with
@@ -24,14 +27,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from omnilive.server.store.database import connect
 from omnilive.server.store.models import (
-    Base,
     ConversationRow,
+    MediaOwnerRow,
     MediaRow,
     MessageMediaRow,
     MessageRow,
@@ -93,57 +97,58 @@ class HistoryStore:
     @classmethod
     def open(cls, database_url: str, media_dir: Path) -> HistoryStore:
         """Connect, create the tables that are missing, and make the media folder."""
-        if database_url.startswith("postgresql://"):  # plain URLs mean psycopg 3, not psycopg2
-            database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
-        if database_url.startswith("sqlite:///"):
-            Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(database_url, pool_pre_ping=True)
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(engine)
         media_dir.mkdir(parents=True, exist_ok=True)
-        return cls(engine, media_dir)
+        return cls(connect(database_url), media_dir)
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- conversations -------------------------------------------------------------------------
 
-    def list_conversations(self, limit: int = 100, offset: int = 0) -> list[Conversation]:
+    def list_conversations(self, *, owner: str, limit: int = 100, offset: int = 0) -> list[Conversation]:
         """Most recently updated first."""
         with self._sessions() as session:
             rows = session.scalars(
-                select(ConversationRow)
+                select(ConversationRow).where(ConversationRow.owner == owner)
                 .order_by(ConversationRow.updated_at.desc(), ConversationRow.id)
                 .limit(limit).offset(offset)
             )
             return [_conversation(row) for row in rows]
 
-    def count_conversations(self) -> int:
+    def count_conversations(self, *, owner: str) -> int:
         with self._sessions() as session:
-            return session.scalar(select(func.count()).select_from(ConversationRow)) or 0
+            query = select(func.count()).select_from(ConversationRow).where(ConversationRow.owner == owner)
+            return session.scalar(query) or 0
 
-    def create_conversation(self, title: str = "", settings: dict | None = None) -> Conversation:
+    def conversations_by_owner(self) -> dict[str, int]:
+        """How many conversations each owner has (for the admins' usage listing; no content)."""
+        with self._sessions() as session:
+            query = select(ConversationRow.owner, func.count()).group_by(ConversationRow.owner)
+            return {owner: count for owner, count in session.execute(query)}
+
+    def create_conversation(self, title: str = "", settings: dict | None = None, *, owner: str) -> Conversation:
         now = utc_now()
-        row = ConversationRow(id=f"conv_{uuid.uuid4().hex}", title=title, settings=settings or {},
+        row = ConversationRow(id=f"conv_{uuid.uuid4().hex}", owner=owner, title=title, settings=settings or {},
                               created_at=now, updated_at=now)
         with self._sessions.begin() as session:
             session.add(row)
         return _conversation(row, messages=())
 
-    def get_conversation(self, conversation_id: str) -> Conversation | None:
+    def get_conversation(self, conversation_id: str, *, owner: str) -> Conversation | None:
         with self._sessions() as session:
             row = session.get(
                 ConversationRow, conversation_id,
                 options=[selectinload(ConversationRow.messages).selectinload(MessageRow.attachments)],
             )
-            return _conversation(row, messages=tuple(map(_message, row.messages))) if row else None
+            if row is None or row.owner != owner:
+                return None
+            return _conversation(row, messages=tuple(map(_message, row.messages)))
 
     def update_conversation(
-        self, conversation_id: str, title: str | None = None, settings: dict | None = None
+        self, conversation_id: str, title: str | None = None, settings: dict | None = None, *, owner: str
     ) -> Conversation | None:
         with self._sessions.begin() as session:
-            row = session.get(ConversationRow, conversation_id)
+            row = _owned(session, conversation_id, owner)
             if row is None:
                 return None
             if title is not None:
@@ -153,10 +158,10 @@ class HistoryStore:
             row.updated_at = utc_now()
             return _conversation(row)
 
-    def delete_conversation(self, conversation_id: str) -> bool:
+    def delete_conversation(self, conversation_id: str, *, owner: str) -> bool:
         """Delete it with its messages, then any media no other message refers to."""
         with self._sessions.begin() as session:
-            row = session.get(ConversationRow, conversation_id)
+            row = _owned(session, conversation_id, owner)
             if row is None:
                 return False
             message_ids = select(MessageRow.id).where(MessageRow.conversation_id == conversation_id)
@@ -166,6 +171,7 @@ class HistoryStore:
             still_used = set(session.scalars(select(MessageMediaRow.sha256).where(MessageMediaRow.sha256.in_(used))))
             orphans = used - still_used
             if orphans:
+                session.execute(delete(MediaOwnerRow).where(MediaOwnerRow.sha256.in_(orphans)))
                 session.execute(delete(MediaRow).where(MediaRow.sha256.in_(orphans)))
         for sha in orphans:  # after the commit: a crash in between leaves a file, never a dangling row
             self._media_path(sha).unlink(missing_ok=True)
@@ -180,18 +186,21 @@ class HistoryStore:
         content: str,
         reasoning: str | None = None,
         media_ids: Iterable[str] = (),
+        *,
+        owner: str,
     ) -> Message | None:
-        """Add a message (committed on return); None if the conversation does not exist.
+        """Add a message (committed on return); None if the owner has no such conversation.
 
-        Raises KeyError naming a media id that was never uploaded. An untitled conversation
+        Raises KeyError naming a media id the owner never uploaded. An untitled conversation
         takes its title from its first user message.
         """
         media_ids = list(media_ids)
         with self._sessions.begin() as session:
-            conversation = session.get(ConversationRow, conversation_id)
+            conversation = _owned(session, conversation_id, owner)
             if conversation is None:
                 return None
-            known = {row.sha256: row for row in session.scalars(select(MediaRow).where(MediaRow.sha256.in_(media_ids)))}
+            owned = select(MediaOwnerRow.sha256).where(MediaOwnerRow.owner == owner, MediaOwnerRow.sha256.in_(media_ids))
+            known = {row.sha256: row for row in session.scalars(select(MediaRow).where(MediaRow.sha256.in_(owned)))}
             missing = [m for m in media_ids if m not in known]
             if missing:
                 raise KeyError(missing[0])
@@ -208,8 +217,9 @@ class HistoryStore:
 
     # -- media ---------------------------------------------------------------------------------
 
-    def save_media(self, source: BinaryIO, mime_type: str, filename: str, max_bytes: int) -> MediaInfo:
-        """Store bytes under their sha256 (once, however often they are sent); MediaTooLarge over max_bytes."""
+    def save_media(self, source: BinaryIO, mime_type: str, filename: str, max_bytes: int, *, owner: str) -> MediaInfo:
+        """Store bytes under their sha256 (once, however often and by whom they are sent) and make
+        `owner` one of their owners; MediaTooLarge over max_bytes."""
         digest, size = hashlib.sha256(), 0
         handle, partial = tempfile.mkstemp(dir=self.media_dir, suffix=".part")
         try:
@@ -231,20 +241,26 @@ class HistoryStore:
 
         row = MediaRow(sha256=sha, kind=media_kind(mime_type), mime_type=mime_type, bytes=size,
                        filename=filename[:255], created_at=utc_now())
-        try:
-            with self._sessions.begin() as session:
-                existing = session.get(MediaRow, sha)
-                if existing is not None:
-                    return _media(existing)
-                session.add(row)
-        except IntegrityError:  # the same bytes uploaded at the same moment by another request
-            return self.get_media(sha)
-        return _media(row)
+        for _ in range(3):  # an IntegrityError = the same bytes saved at the same moment by another request
+            try:
+                with self._sessions.begin() as session:
+                    existing = session.get(MediaRow, sha)
+                    if existing is None:
+                        session.add(row)
+                    if session.get(MediaOwnerRow, (sha, owner)) is None:
+                        session.add(MediaOwnerRow(sha256=sha, owner=owner, created_at=row.created_at))
+                    return _media(existing or row)
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not record media {sha}")
 
-    def get_media(self, media_id: str) -> MediaInfo | None:
+    def get_media(self, media_id: str, *, owner: str) -> MediaInfo | None:
+        """The media if `owner` uploaded it, else None (as for an id that does not exist)."""
         if not _SHA256.match(media_id):
             return None
         with self._sessions() as session:
+            if session.get(MediaOwnerRow, (media_id, owner)) is None:
+                return None
             row = session.get(MediaRow, media_id)
             return _media(row) if row else None
 
@@ -257,12 +273,9 @@ class HistoryStore:
         return self.media_dir / sha[:2] / sha
 
 
-def _sqlite_pragmas(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _owned(session: Session, conversation_id: str, owner: str) -> ConversationRow | None:
+    row = session.get(ConversationRow, conversation_id)
+    return row if row is not None and row.owner == owner else None
 
 
 def _title_from(content: str) -> str:

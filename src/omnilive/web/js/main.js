@@ -1,7 +1,7 @@
 // The omnilive web app: wires the sidebar (history), the message list, the composer (text and
 // attachments), the settings dialog and the voice/video panel to the server's API.
 
-import { apiJson, describeError } from "./api.js";
+import { apiJson, apiKey, describeError } from "./api.js";
 import { AttachmentTray, bindFileSources } from "./attachments.js";
 import { streamChat, toApiMessages } from "./chat.js";
 import { historyApi, mediaObjectUrl, Sidebar } from "./history.js";
@@ -98,6 +98,23 @@ async function loadModels() {
   if (models.some((model) => model.id === state.settings.model)) select.value = state.settings.model;
   const card = models.find((model) => model.id === select.value) || models[0];
   if (card) settingsDialog.setVoices(card.voices || [], card.default_voice);
+  await showSignedIn();
+}
+
+// who the API key belongs to: a user's name, or the operator (--api-key, or an open server)
+async function showSignedIn() {
+  const badge = $("signed-in");
+  try {
+    const me = await apiJson("/v1/me");
+    const operator = me.name === "(operator)";
+    badge.textContent = operator ? (apiKey() ? "operator" : "open server") : me.name;
+    badge.dataset.admin = String(me.admin);
+    badge.title = operator ? "No user: the operator's key, or a server without users"
+      : `Signed in as ${me.name}${me.admin ? " (admin)" : ""}`;
+    badge.hidden = false;
+  } catch {
+    badge.hidden = true;
+  }
 }
 
 function applySettings(changes) {
@@ -292,6 +309,7 @@ function bind() {
     setSidebarOpen(false);
   });
   $("open-settings").addEventListener("click", () => settingsDialog.open(state.settings));
+  $("signed-in").addEventListener("click", () => settingsDialog.open(state.settings));
   $("error-close").addEventListener("click", clearError);
   $("open-sidebar").addEventListener("click", () => setSidebarOpen(true));
   $("close-sidebar").addEventListener("click", () => setSidebarOpen(false));
