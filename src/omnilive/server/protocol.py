@@ -1,17 +1,16 @@
-"""The OpenAI wire format: pydantic request, response and chunk models for the /v1 routes.
+"""The OpenAI wire format of what clients send: pydantic request models for the /v1 routes
+(what the server sends back is in responses.py).
 
-Requests ignore unknown fields (as OpenAI does) so newer clients keep working; fields we
-accept but cannot honour are listed in `ChatCompletionRequest`'s docstring.
+A request's top level refuses arguments it does not know, as OpenAI's API does: a field the
+server cannot honour is a 400, never dropped. Nested objects (content parts, tools) ignore
+unknown keys, so a newer client's extra detail does not break a request.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 
 class _Lenient(BaseModel):
@@ -287,145 +286,7 @@ class ChatCompletionRequest(BaseModel):
         return THINKING_BUDGET_BY_EFFORT[self.reasoning_effort] if self.reasoning_effort else None
 
 
-# -- response and stream chunks ---------------------------------------------------------------
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-class TokenLogprobOut(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprobOut] | None
-
-
-class AudioDelta(BaseModel):
-    id: str
-    data: str  # base64 PCM16 little-endian, 24 kHz mono
-    transcript: str
-    expires_at: int
-
-
-class FunctionCallDelta(BaseModel):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class ToolCallDeltaOut(BaseModel):
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: FunctionCallDelta
-
-
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallDeltaOut] | None = None
-    audio: AudioDelta | None = None
-
-
-FinishReasonOut = Literal["stop", "length", "tool_calls"]
-
-
-class ChunkChoice(BaseModel):
-    index: int = 0
-    delta: Delta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReasonOut | None = None
-
-
-class CompletionTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
-
-
-class PromptTokensDetails(BaseModel):
-    audio_tokens: int = 0
-    image_tokens: int = 0  # extension
-    cached_tokens: int = 0
-
-
-class UsageOut(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    completion_tokens_details: CompletionTokensDetails
-    prompt_tokens_details: PromptTokensDetails
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: UsageOut | None = None
-
-    def to_json(self) -> str:
-        body = self.model_dump()
-        for choice in body["choices"]:  # deltas carry only what changed, as OpenAI's do
-            choice["delta"] = _without_nones(choice["delta"])
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-
-
-def _without_nones(value):
-    if isinstance(value, dict):
-        return {key: _without_nones(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [_without_nones(item) for item in value]
-    return value
-
-
-class AudioOut(BaseModel):
-    id: str
-    data: str  # base64, in the requested format
-    transcript: str
-    expires_at: int
-    format: AudioOutputFormat  # extension: what `data` holds
-
-
-class FunctionCallOut(BaseModel):
-    name: str
-    arguments: str
-
-
-class ToolCallOut(BaseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCallOut
-
-
-class AssistantMessageOut(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallOut] | None = None
-    audio: AudioOut | None = None
-
-
-class Choice(BaseModel):
-    index: int = 0
-    message: AssistantMessageOut
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReasonOut
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: UsageOut
-
-
-# -- audio, models, files -----------------------------------------------------------------------
+# -- audio -----------------------------------------------------------------------------------
 
 
 class SpeechRequest(BaseModel):
@@ -440,54 +301,3 @@ class SpeechRequest(BaseModel):
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio"] = "audio"  # the audio itself, streamed as it is made
-
-
-class ModelObject(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    # extensions: what the model is made of and what it takes and gives
-    parts: list[dict]
-    context_length: int
-    voices: list[str]
-    default_voice: str
-    input_modalities: list[str]
-    output_modalities: list[str]
-
-
-class FileObject(BaseModel):
-    id: str
-    object: Literal["file"] = "file"
-    bytes: int
-    created_at: int
-    filename: str
-    purpose: str
-    status: Literal["processed"] = "processed"
-    content_type: str | None = None  # extension
-
-
-# -- server-sent events -----------------------------------------------------------------------
-
-
-def sse(data: str) -> bytes:
-    return f"data: {data}\n\n".encode()
-
-
-SSE_DONE = sse("[DONE]")
-
-
-class ClosingStreamingResponse(StreamingResponse):
-    """A StreamingResponse that always closes its body iterator, however the response ends.
-
-    Starlette cancels the sending task when the client disconnects; if that happens while the
-    generator is parked at a `yield`, nothing closes it and the engine would keep generating
-    until garbage collection. Closing it here runs the generator's `finally` (which aborts the
-    engine request) at once.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()

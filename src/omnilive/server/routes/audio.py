@@ -23,7 +23,8 @@ from omnilive.media.decode import decode_audio
 from omnilive.media.encode import audio_mime, encode_audio, pcm16_bytes
 from omnilive.media.errors import MediaError
 from omnilive.server.errors import APIError
-from omnilive.server.protocol import ClosingStreamingResponse, SpeechRequest
+from omnilive.server.protocol import SpeechRequest
+from omnilive.server.responses import ClosingStreamingResponse
 from omnilive.server.routes.models import check_model
 
 router = APIRouter()

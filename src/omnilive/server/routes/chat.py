@@ -40,14 +40,14 @@ from omnilive.media.encode import encode_audio, pcm16_bytes, pcm16_to_float
 from omnilive.server.convert import to_engine_request
 from omnilive.server.errors import APIError, error_body
 from omnilive.server.metrics import Metrics
-from omnilive.server.protocol import (
+from omnilive.server.protocol import ChatCompletionRequest
+from omnilive.server.responses import (
     SSE_DONE,
     AssistantMessageOut,
     AudioDelta,
     AudioOut,
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     Choice,
     ChoiceLogprobs,
     ChunkChoice,

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse
 from omnilive.server.auth import principal_of
 from omnilive.server.errors import APIError
 from omnilive.server.files import OwnedFiles, StoredFile
-from omnilive.server.protocol import FileObject
+from omnilive.server.responses import FileObject
 
 router = APIRouter()
 

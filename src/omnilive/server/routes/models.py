@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from omnilive.types import ModelCard
 from omnilive.server.errors import model_not_found
-from omnilive.server.protocol import ModelObject
+from omnilive.server.responses import ModelObject
 
 router = APIRouter()
 
