@@ -1,12 +1,16 @@
 """A tiny random Qwen3-Omni (`qwen3_omni_moe`) checkpoint, built with transformers' own classes.
 
     tiny = build_tiny_qwen3_omni(tmp_path, seed=0)
-    tiny.directory   # config.json + model.safetensors (thinker.*, talker.*, code2wav.* keys)
+    tiny.directory   # config.json + model.safetensors (thinker.*, talker.*, code2wav.* keys), and
+                     # (with_tokenizer) tokenizer.json, tokenizer_config.json, chat_template.json,
+                     # preprocessor_config.json, video_preprocessor_config.json
     tiny.model       # transformers' Qwen3OmniMoeForConditionalGeneration (float32, eval)
     tiny.thinker     # its Qwen3OmniMoeThinkerForConditionalGeneration: the reference
 
 Token ids are tests/model/omni_tiny.py's (TOKENS: media placeholders and markers at 140..146 of
-a 160-token vocabulary). The thinker has 3 MoE decoder layers (the middle one a dense MLP), a
+a 160-token vocabulary), spelled as Qwen3-Omni's tokenizer spells them (SPECIAL_TOKENS: the
+tokenizer of tests/model/vl_tiny.py with <|audio_pad|>, <|audio_start|>, <|audio_end|>). The chat
+template is omnilive's short form of Qwen3-Omni's (backends/native_qwen3_omni.py). The thinker has 3 MoE decoder layers (the middle one a dense MLP), a
 2-block vision tower with DeepStack after both blocks, and a 2-layer AuT audio encoder with
 n_window 50 (100 mel frames, 13 tokens per conv chunk: transformers counts tokens for that size only) and n_window_infer 200 (attention windows of two
 chunks), so a short audio already crosses chunk and window edges. The talker and Code2Wav are
@@ -15,11 +19,14 @@ the smallest transformers accepts: their keys are in the checkpoint, as in a rea
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from omnilive.backends.native_qwen3_omni import QWEN3_OMNI_CHAT_TEMPLATE
+from tests.model import vl_tiny
 from tests.model.omni_tiny import TOKENS, randomize
 
 VOCAB = 160
@@ -50,6 +57,17 @@ AUDIO = {
     "downsample_hidden_size": 8, "conv_chunksize": 500,
 }
 POSITION_ID_PER_SECONDS = 13
+SPECIAL_TOKENS = {**{t: i for t, i in vl_tiny.SPECIAL_TOKENS.items() if i not in (140, 143, 144)},
+                  "<|audio_pad|>": IDS["audio_token_id"], "<|audio_start|>": IDS["audio_start_token_id"],
+                  "<|audio_end|>": IDS["audio_end_token_id"]}
+PREPROCESSOR = {  # Qwen3-Omni's preprocessor_config.json keys (image and audio parts), tiny sizes
+    "min_pixels": 32 * 32, "max_pixels": 96 * 96, "patch_size": PATCH, "temporal_patch_size": 2, "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "feature_size": 128, "sampling_rate": 16000,
+    "hop_length": 160, "n_fft": 400, "chunk_length": 300, "processor_class": "Qwen3OmniMoeProcessor",
+    "image_processor_type": "Qwen2VLImageProcessor", "feature_extractor_type": "WhisperFeatureExtractor",
+}
+VIDEO_PREPROCESSOR = {"min_pixels": 32 * 32, "max_pixels": 64 * 64, "patch_size": PATCH, "temporal_patch_size": 2,
+                      "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
 TALKER_TEXT = {
     "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
     "num_key_value_heads": 1, "head_dim": 16, "num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16,
@@ -92,7 +110,7 @@ def tiny_qwen3_omni_config():
                               user_token_id=156, assistant_token_id=157)
 
 
-def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0) -> TinyQwen3Omni:
+def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0, with_tokenizer: bool = False) -> TinyQwen3Omni:
     from transformers import Qwen3OmniMoeForConditionalGeneration
     from transformers.utils import logging as transformers_logging
 
@@ -106,4 +124,19 @@ def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0) -> TinyQwen3Omni
         model.save_pretrained(directory)
     finally:
         transformers_logging.set_verbosity(verbosity)
+    if with_tokenizer:
+        write_tokenizer(directory)
     return TinyQwen3Omni(directory, model)
+
+
+def write_tokenizer(directory: Path) -> None:
+    """The tokenizer and processor files a Qwen3-Omni checkpoint ships."""
+    vl_tiny.build_vl_tokenizer(SPECIAL_TOKENS).save(str(directory / "tokenizer.json"))
+    added = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                      "single_word": False} for t, i in sorted(SPECIAL_TOKENS.items(), key=lambda kv: kv[1])}
+    config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+              "bos_token": None, "model_max_length": 2048, "added_tokens_decoder": added}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    (directory / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_OMNI_CHAT_TEMPLATE}, indent=1))
+    (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=1))
+    (directory / "video_preprocessor_config.json").write_text(json.dumps(VIDEO_PREPROCESSOR, indent=1))

@@ -138,6 +138,10 @@ class Qwen3OmniThinker(Qwen2ForCausalLM):
         self.audio_tower = Qwen3OmniAudioEncoder(config.audio_config)
         self.visual = Qwen3OmniVision(config.vision_config)
 
+    def audio_placeholder_count(self, mel_frames: int) -> int:
+        """<|audio_pad|> placeholders of an audio of this many mel frames (the engine's media keys)."""
+        return self.thinker_config.audio_tokens(mel_frames)
+
     def encode_media(self, media: ThinkerMedia) -> dict[int, torch.Tensor]:
         """Encoder outputs by placeholder id: images / videos [n, 1 + L, H] (merger row, then
         the L DeepStack rows), audio [n, H] (every audio of the prompt encoded together)."""
