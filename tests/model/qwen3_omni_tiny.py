@@ -10,10 +10,13 @@
 Token ids are tests/model/omni_tiny.py's (TOKENS: media placeholders and markers at 140..146 of
 a 160-token vocabulary), spelled as Qwen3-Omni's tokenizer spells them (SPECIAL_TOKENS: the
 tokenizer of tests/model/vl_tiny.py with <|audio_pad|>, <|audio_start|>, <|audio_end|>). The chat
-template is omnilive's short form of Qwen3-Omni's (backends/native_qwen3_omni.py). The thinker has 3 MoE decoder layers (the middle one a dense MLP), a
-2-block vision tower with DeepStack after both blocks, and a 2-layer AuT audio encoder with
-n_window 50 (100 mel frames, 13 tokens per conv chunk: transformers counts tokens for that size only) and n_window_infer 200 (attention windows of two
-chunks), so a short audio already crosses chunk and window edges. The talker and Code2Wav are
+template is omnilive's short form of Qwen3-Omni's (backends/native_qwen3_omni.py).
+
+The thinker has 3 MoE decoder layers (the middle one a dense MLP), a 2-block vision tower with
+DeepStack after both blocks, and a 2-layer AuT audio encoder with n_window 50 (100 mel frames,
+13 tokens per conv chunk: transformers counts audio tokens right for that size only) and
+n_window_infer 200 (attention windows of two chunks), so a 2.5 s audio already crosses chunk and
+window edges. The talker and Code2Wav are
 the smallest transformers accepts: their keys are in the checkpoint, as in a real one.
 """
 
@@ -57,17 +60,18 @@ AUDIO = {
     "downsample_hidden_size": 8, "conv_chunksize": 500,
 }
 POSITION_ID_PER_SECONDS = 13
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]  # Qwen's
 SPECIAL_TOKENS = {**{t: i for t, i in vl_tiny.SPECIAL_TOKENS.items() if i not in (140, 143, 144)},
                   "<|audio_pad|>": IDS["audio_token_id"], "<|audio_start|>": IDS["audio_start_token_id"],
                   "<|audio_end|>": IDS["audio_end_token_id"]}
 PREPROCESSOR = {  # Qwen3-Omni's preprocessor_config.json keys (image and audio parts), tiny sizes
     "min_pixels": 32 * 32, "max_pixels": 96 * 96, "patch_size": PATCH, "temporal_patch_size": 2, "merge_size": 2,
-    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "feature_size": 128, "sampling_rate": 16000,
+    "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "feature_size": 128, "sampling_rate": 16000,
     "hop_length": 160, "n_fft": 400, "chunk_length": 300, "processor_class": "Qwen3OmniMoeProcessor",
     "image_processor_type": "Qwen2VLImageProcessor", "feature_extractor_type": "WhisperFeatureExtractor",
 }
 VIDEO_PREPROCESSOR = {"min_pixels": 32 * 32, "max_pixels": 64 * 64, "patch_size": PATCH, "temporal_patch_size": 2,
-                      "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+                      "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
 TALKER_TEXT = {
     "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
     "num_key_value_heads": 1, "head_dim": 16, "num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16,

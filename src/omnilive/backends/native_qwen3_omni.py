@@ -14,7 +14,9 @@ The processor is Qwen3-Omni's (transformers' Qwen3OmniMoeProcessor):
   per video;
 - an image: one <|image_pad|> per 2x2 merge unit of its 16-pixel patch grid (preprocessor_config.json);
 - an audio: 128-bin log-mel (16 kHz, 10 ms frames) and one <|audio_pad|> per AuT token
-  (`aut_output_tokens`: 13 per second of audio);
+  (`aut_output_tokens`: 13 per second of audio). The feature extractor pads the prompt's audios
+  to the longest of them (not to 300 s as Qwen2.5-Omni's does), so the longest one's last frames
+  see its reflected end rather than silence: we compute each mel once all audios are known;
 - a video: its frames at the decoder's rate (2 fps), a temporal patch spanning
   temporal_patch_size / fps seconds, one <|video_pad|> per merge unit, no timestamps; with its
   own audio track, <|video_pad|> becomes <|audio_start|> + video and audio placeholders merged by
@@ -23,9 +25,11 @@ The processor is Qwen3-Omni's (transformers' Qwen3OmniMoeProcessor):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from omnilive.backends.native_prompt import (
@@ -37,7 +41,13 @@ from omnilive.backends.native_prompt import (
     load_omni_tokenizer,
 )
 from omnilive.backends.registry import OmniModel
-from omnilive.media.qwen_preprocess import log_mel_spectrogram, preprocess_video
+from omnilive.media.qwen_preprocess import (
+    HOP_LENGTH,
+    MAX_AUDIO_SECONDS,
+    SAMPLE_RATE,
+    log_mel_spectrogram,
+    preprocess_video,
+)
 from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
 from omnilive.model.qwen3_omni_rope import video_with_audio_placeholders
 from omnilive.model.tokenizer import Tokenizer
@@ -83,11 +93,21 @@ class Qwen3OmniProcessor(QwenProcessor):
         return super().chat(messages, speak)
 
     def _add_audio(self, audio: AudioInput, collected: CollectedMedia) -> int:
-        if len(audio.samples) == 0:
+        """Its placeholder count; its samples wait in `collected.mels` for `_media`."""
+        samples = np.asarray(audio.samples, dtype=np.float32).flatten()[: int(MAX_AUDIO_SECONDS * SAMPLE_RATE)]
+        if len(samples) == 0:
             raise EngineError("an audio input is empty", param="messages")
-        mel = log_mel_spectrogram(audio.samples, n_mels=self.audio_bins)
-        collected.mels.append(mel)
-        return self.config.audio_tokens(mel.shape[1])
+        collected.mels.append(samples)
+        return self.config.audio_tokens(math.ceil(len(samples) / HOP_LENGTH))
+
+    def _media(self, collected: CollectedMedia):
+        """Each audio's log-mel as the feature extractor computes it with every audio of the
+        prompt padded to the longest."""
+        if collected.mels:
+            seconds = (max(len(samples) for samples in collected.mels) + 0.5) / SAMPLE_RATE  # the longest
+            collected.mels[:] = [log_mel_spectrogram(samples, self.audio_bins, max_seconds=seconds)
+                                 for samples in collected.mels]
+        return super()._media(collected)
 
     def _add_video(self, video: VideoInput, collected: CollectedMedia) -> tuple[list[int], int, int]:
         t, v = self.tokens, self.visual

@@ -94,7 +94,8 @@ class AuTAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        q, k, v = (proj(x).view(n, self.num_heads, -1).transpose(0, 1) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (proj(x).view(n, self.num_heads, -1).transpose(0, 1)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
         return self.out_proj(segment_attention(q, k, v, bounds).transpose(0, 1).reshape(n, -1))
 
 
