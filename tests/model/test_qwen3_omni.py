@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from omnilive.media.qwen_preprocess import VisionPatches
+from tests.model.test_qwen3_vl import _paged_prefill
 from omnilive.model.omni_checkpoint import THINKER_PREFIX, load_prefixed_tensors, read_config
 from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
 from omnilive.model.qwen3_omni_audio import aut_output_tokens
@@ -209,6 +210,29 @@ def test_greedy_tokens_match_transformers_generate(tiny, ours, case):
         tokens.append(int(ours.compute_logits(hidden[0, -1]).argmax()))
     assert len(set(expected)) > 1  # not one token repeated: a comparison that can fail
     assert tokens == expected
+
+
+def test_chunked_and_batched_prefill_equal_one_whole_prefill(ours):
+    """Chunks cut through a video with its audio (DeepStack rows sliced with them) and a batch of
+    two prompts of different lengths give each prompt's own whole-prefill hidden states."""
+    layout = ours.thinker_config.mrope_layout
+    first, second = prompts(layout)["everything"], prompts(layout)["audio"]
+    prepared = [ours.prepare_prompt(p.ids, p.media(seed=i)[0]) for i, p in enumerate((first, second))]
+    alone = []
+    for p in prepared:
+        cache = ours.make_paged_cache(1, 256, block_size=8)
+        cache.set_blocks(0, 0, list(range(cache.max_blocks_per_row)))
+        alone.append(_paged_prefill(ours, [(p, 0, len(p), 0)], cache)[0])
+    cache = ours.make_paged_cache(2, 256, block_size=8)
+    per_row = cache.max_blocks_per_row
+    cache.set_blocks(0, 0, list(range(per_row)))
+    cache.set_blocks(1, 0, list(range(per_row, 2 * per_row)))
+    cut = len(prepared[0]) - 20  # inside the video's merged frames and audio
+    head = _paged_prefill(ours, [(prepared[0], 0, cut, 0), (prepared[1], 0, len(prepared[1]), 1)], cache)
+    tail = _paged_prefill(ours, [(prepared[0], cut, len(prepared[0]), 0)], cache)
+    chunked = torch.cat([head[0, :cut], tail[0]])
+    assert (chunked - alone[0]).abs().max().item() <= 1e-5
+    assert (head[1, : len(prepared[1])] - alone[1]).abs().max().item() <= 1e-5
 
 
 def test_config_reads_checkpoint_names(tiny):
