@@ -76,8 +76,12 @@ class Qwen3OmniProcessor(QwenProcessor):
     family = FAMILY
 
     def __init__(self, tokenizer: Tokenizer, config: Qwen3OmniThinkerConfig, visual: VisualPreprocessing):
+        # the closing marker of a video's audio is the tokenizer's <|audio_end|>, as transformers'
+        # processor writes it (a thinker_config may not name it); the others are the config's
+        audio_end = tokenizer.backend.token_to_id("<|audio_end|>")
         tokens = MediaTokens(config.image_token_id, config.video_token_id, config.audio_token_id,
-                             config.audio_start_token_id, config.audio_end_token_id, config.mrope_layout)
+                             config.audio_start_token_id, config.audio_end_token_id if audio_end is None else audio_end,
+                             config.mrope_layout)
         super().__init__(tokenizer, tokens, visual, config.audio_config.num_mel_bins,
                          max_prompt_tokens=config.text_config.max_position_embeddings)
         self.config = config
