@@ -104,7 +104,8 @@ def _paged_prefill(ours, rows: list[tuple], cache: PagedKVCache) -> torch.Tensor
     positions = torch.full((len(rows), width), -1)
     embeds = torch.zeros(len(rows), width, hidden)
     rope = torch.zeros(3, len(rows), width, dtype=torch.long)
-    deepstack = torch.zeros(ours.vl_config.deepstack_layers, len(rows), width, hidden)
+    config = getattr(ours, "vl_config", None) or ours.thinker_config  # Qwen3-VL or Qwen3-Omni
+    deepstack = torch.zeros(config.deepstack_layers, len(rows), width, hidden)
     for i, (prepared, start, end, _) in enumerate(rows):
         n = end - start
         positions[i, :n] = torch.arange(start, end)

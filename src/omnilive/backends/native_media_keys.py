@@ -35,9 +35,11 @@ class MediaItem:
     media: ThinkerMedia  # its encoder input alone
 
 
-def media_items(media: ThinkerMedia, layout: MRopeLayout) -> list[MediaItem]:
+def media_items(media: ThinkerMedia, layout: MRopeLayout,
+                audio_count: Callable[[int], int] = audio_placeholder_count) -> list[MediaItem]:
     """Every image, video and audio of the prompt: images in order, then videos, then audios
-    (each kind takes that kind's placeholders in prompt order)."""
+    (each kind takes that kind's placeholders in prompt order). audio_count: placeholders of an
+    audio of n mel frames (Qwen2.5-Omni's by default; a thinker may name its own)."""
     items: list[MediaItem] = []
     merge = layout.spatial_merge_size
     for token, patches, kind in ((layout.image_token_id, media.images, "image"),
@@ -61,7 +63,7 @@ def media_items(media: ThinkerMedia, layout: MRopeLayout) -> list[MediaItem]:
         for frames in media.audio_frames.tolist():
             mel = media.audio_mel[:, frame : frame + frames]
             item = ThinkerMedia(audio_mel=mel, audio_frames=torch.tensor([frames]))
-            items.append(MediaItem(layout.audio_token_id, audio_placeholder_count(frames),
+            items.append(MediaItem(layout.audio_token_id, audio_count(frames),
                                    _digest(b"audio" + _bytes(mel)), item))
             frame += frames
     return items
@@ -136,7 +138,8 @@ def prepare_prompt(thinker, prompt, cache: MediaEncoderCache) -> PreparedPrompt:
     """An OmniPrompt ready for the engine: its media encoded (or found in `cache`: the earlier
     turns of a chat) and merged into its embeddings, its M-RoPE ids, the media spans of its
     block keys. Runs the vision and audio towers: call it off the engine thread."""
-    items = media_items(prompt.media, mrope_layout_of(thinker))
+    items = media_items(prompt.media, mrope_layout_of(thinker),
+                        getattr(thinker, "audio_placeholder_count", audio_placeholder_count))
     features = cache.features(items, thinker.encode_media)
     prepared = thinker.prepare_prompt(prompt.input_ids, prompt.media, features=features)
     return PreparedPrompt(prepared, media_spans(prompt.input_ids, items), prompt.audio_tokens, prompt.image_tokens)

@@ -75,6 +75,12 @@ def _qwen3_vl(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
     return load_qwen3_vl_family(directory, dtype, device)
 
 
+def _qwen3_omni(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
+    from omnilive.backends.native_qwen3_omni import load_qwen3_omni_family
+
+    return load_qwen3_omni_family(directory, dtype, device)
+
+
 def _qwen3(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
     from omnilive.backends.native_text import load_qwen3
 
@@ -87,6 +93,7 @@ FAMILIES: dict[str, Loader] = {
     "qwen2_vl": _qwen2_vl,  # the same (Qwen2-VL, QVQ)
     "qwen3_vl": _qwen3_vl,  # text, images, video in; text out; the Thinking variants think
     "qwen3_vl_moe": _qwen3_vl,  # the same, with sparse expert MLPs
+    "qwen3_omni_moe": _qwen3_omni,  # text, images, audio, video in; text out (speech: the next step)
     "qwen3": _qwen3,  # text in, text out; thinks
     "qwen3_moe": _qwen3,  # the same, with sparse expert MLPs
 }

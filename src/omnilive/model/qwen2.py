@@ -63,12 +63,12 @@ class Qwen2Config:
     @property
     def qk_norm(self) -> bool:
         """Qwen3: each query and key head is RMS-normalised before the rotary embedding."""
-        return self.model_type in ("qwen3", "qwen3_moe", "qwen3_vl_text", "qwen3_vl_moe_text")
+        return self.model_type in ("qwen3", "qwen3_moe", "qwen3_vl_text", "qwen3_vl_moe_text", "qwen3_omni_moe_text")
 
     @property
     def mrope_interleaved(self) -> bool:
-        """Qwen3-VL: the M-RoPE axes alternate frequency by frequency (layers.RotaryEmbedding)."""
-        return self.model_type in ("qwen3_vl_text", "qwen3_vl_moe_text")
+        """Qwen3-VL, Qwen3-Omni: the M-RoPE axes alternate frequency by frequency (layers.RotaryEmbedding)."""
+        return self.model_type in ("qwen3_vl_text", "qwen3_vl_moe_text", "qwen3_omni_moe_text")
 
     def is_moe_layer(self, index: int) -> bool:
         return (self.num_experts > 0 and index not in self.mlp_only_layers

@@ -1,0 +1,145 @@
+"""Qwen3-Omni checkpoints (`model_type: qwen3_omni_moe`) behind the native engine, text out.
+
+    omnilive serve --model /models/Qwen3-Omni-30B-A3B-Instruct     (text, images, audio, video in)
+
+`load_omni` hands the directory here through backends/registry.py. The thinker
+(model/qwen3_omni.py) runs on the one engine like a Qwen3-VL model (DeepStack rows ride on the
+prepared prompt); the talker and Code2Wav are the next step, so the model card offers text out
+only and asking for audio out is a 400 (no voices).
+
+The processor is Qwen3-Omni's (transformers' Qwen3OmniMoeProcessor):
+- the checkpoint's chat template (QWEN3_OMNI_CHAT_TEMPLATE, a short form of Qwen3-Omni's, when
+  the directory has none): `<|vision_start|><|image_pad|><|vision_end|>` per image,
+  `<|audio_start|><|audio_pad|><|audio_end|>` per audio, `<|vision_start|><|video_pad|><|vision_end|>`
+  per video;
+- an image: one <|image_pad|> per 2x2 merge unit of its 16-pixel patch grid (preprocessor_config.json);
+- an audio: 128-bin log-mel (16 kHz, 10 ms frames) and one <|audio_pad|> per AuT token
+  (`aut_output_tokens`: 13 per second of audio). The feature extractor pads the prompt's audios
+  to the longest of them (not to 300 s as Qwen2.5-Omni's does), so the longest one's last frames
+  see its reflected end rather than silence: we compute each mel once all audios are known;
+- a video: its frames at the decoder's rate (2 fps), a temporal patch spanning
+  temporal_patch_size / fps seconds, one <|video_pad|> per merge unit, no timestamps; with its
+  own audio track, <|video_pad|> becomes <|audio_start|> + video and audio placeholders merged by
+  time (model/qwen3_omni_rope.py) + <|audio_end|>, the audio joining the audio inputs there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnilive.backends.native_prompt import (
+    VIDEO_FPS_DEFAULT,
+    CollectedMedia,
+    MediaTokens,
+    QwenProcessor,
+    VisualPreprocessing,
+    load_omni_tokenizer,
+)
+from omnilive.backends.registry import OmniModel
+from omnilive.media.qwen_preprocess import (
+    HOP_LENGTH,
+    MAX_AUDIO_SECONDS,
+    SAMPLE_RATE,
+    log_mel_spectrogram,
+    preprocess_video,
+)
+from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
+from omnilive.model.qwen3_omni_rope import video_with_audio_placeholders
+from omnilive.model.tokenizer import Tokenizer
+from omnilive.types import AudioInput, EngineError, Message, VideoInput
+
+FAMILY = "Qwen3-Omni"
+
+# Qwen3-Omni's chat template in short, for a checkpoint directory that lacks one
+QWEN3_OMNI_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class Qwen3OmniProcessor(QwenProcessor):
+    """Qwen3-Omni's prompt builder: QwenProcessor's template, images and expansion, with AuT's
+    audio token counts and videos whose audio merges with their frames by time."""
+
+    family = FAMILY
+
+    def __init__(self, tokenizer: Tokenizer, config: Qwen3OmniThinkerConfig, visual: VisualPreprocessing):
+        # the closing marker of a video's audio is the tokenizer's <|audio_end|>, as transformers'
+        # processor writes it (a thinker_config may not name it); the others are the config's
+        audio_end = tokenizer.backend.token_to_id("<|audio_end|>")
+        tokens = MediaTokens(config.image_token_id, config.video_token_id, config.audio_token_id,
+                             config.audio_start_token_id, config.audio_end_token_id if audio_end is None else audio_end,
+                             config.mrope_layout)
+        super().__init__(tokenizer, tokens, visual, config.audio_config.num_mel_bins,
+                         max_prompt_tokens=config.text_config.max_position_embeddings)
+        self.config = config
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer,
+                        config: Qwen3OmniThinkerConfig) -> Qwen3OmniProcessor:
+        return cls(tokenizer, config, VisualPreprocessing.from_checkpoint(directory))
+
+    def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
+        if speak:
+            raise EngineError(f"{FAMILY} speech is not served yet: ask for text out", param="modalities")
+        return super().chat(messages, speak)
+
+    def _add_audio(self, audio: AudioInput, collected: CollectedMedia) -> int:
+        """Its placeholder count; its samples wait in `collected.mels` for `_media`."""
+        samples = np.asarray(audio.samples, dtype=np.float32).flatten()[: int(MAX_AUDIO_SECONDS * SAMPLE_RATE)]
+        if len(samples) == 0:
+            raise EngineError("an audio input is empty", param="messages")
+        collected.mels.append(samples)
+        return self.config.audio_tokens(math.ceil(len(samples) / HOP_LENGTH))
+
+    def _media(self, collected: CollectedMedia):
+        """Each audio's log-mel as the feature extractor computes it with every audio of the
+        prompt padded to the longest."""
+        if collected.mels:
+            seconds = (max(len(samples) for samples in collected.mels) + 0.5) / SAMPLE_RATE  # the longest
+            collected.mels[:] = [log_mel_spectrogram(samples, self.audio_bins, max_seconds=seconds)
+                                 for samples in collected.mels]
+        return super()._media(collected)
+
+    def _add_video(self, video: VideoInput, collected: CollectedMedia) -> tuple[list[int], int, int]:
+        t, v = self.tokens, self.visual
+        if not video.frames:
+            raise EngineError("a video has no frames", param="messages")
+        try:
+            patches = preprocess_video(video.frames, self.image, v.video_min_pixels, v.video_max_pixels)
+        except ValueError as error:
+            raise EngineError(f"a video cannot be used: {error}", param="messages") from None
+        seconds = self.image.temporal_patch_size / (video.fps if video.fps and video.fps > 0 else VIDEO_FPS_DEFAULT)
+        collected.videos.append(patches)
+        collected.video_seconds.append(seconds)
+        vision_count = patches.token_counts(self.image.merge_size)[0]
+        if video.audio is None or len(video.audio.samples) == 0:
+            return [t.video] * vision_count, vision_count, 0
+        audio_count = self._add_audio(video.audio, collected)
+        try:
+            merged = video_with_audio_placeholders(patches.grid_thw[0].tolist(), seconds, audio_count,
+                                                   t.mrope_layout)
+        except ValueError as error:  # a frame rate whose patch times are not whole position ids
+            raise EngineError(f"a video cannot be used: {error}", param="messages") from None
+        return [t.audio_start, *merged, t.audio_end], vision_count, audio_count
+
+
+def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
+    """The thinker, tokenizer and processor of a Qwen3-Omni checkpoint, text out (no talker yet)."""
+    directory = Path(directory)
+    thinker = load_qwen3_omni_thinker(directory, dtype, device)
+    tokenizer = load_omni_tokenizer(directory, fallback_template=QWEN3_OMNI_CHAT_TEMPLATE)
+    processor = Qwen3OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config)
+    return OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
