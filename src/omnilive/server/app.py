@@ -31,6 +31,7 @@ from omnilive.server.store import HistoryStore
 
 log = logging.getLogger(__name__)
 
+REPLICA_HEADER = "x-omnilive-replica"
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -41,7 +42,9 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Backend | None = None, replica: str | None = None) -> FastAPI:
+    """`replica` (a Ray Serve replica's name, server/scale_out.py) is sent back as the
+    `x-omnilive-replica` header of every response and a field of every realtime event."""
     if engine is None:
         from omnilive.backends import load_backend
 
@@ -60,6 +63,7 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
 
     app = FastAPI(title="omnilive", version=package_version(), lifespan=lifespan)
     app.state.settings = settings
+    app.state.replica = replica
     app.state.engine = engine
     app.state.metrics = metrics = Metrics()
     app.state.files = FileStore(settings.files_dir)
@@ -82,7 +86,24 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if replica is not None:
+        app.add_middleware(ReplicaHeaderMiddleware, replica=replica)
     return app
+
+
+class ReplicaHeaderMiddleware:
+    """`x-omnilive-replica: <name>` on every HTTP response and WebSocket handshake."""
+
+    def __init__(self, app: ASGIApp, replica: str):
+        self.app, self.header = app, (REPLICA_HEADER.encode(), replica.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def named_send(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named_send if scope["type"] in ("http", "websocket") else send)
 
 
 class BodySizeLimitMiddleware:
