@@ -148,6 +148,10 @@ def serve_on_ray(settings: Settings) -> None:
     _connect(ray, settings)
     try:
         check_database(settings, _alive_nodes(ray))
+    except CannotScaleOut:
+        ray.shutdown()
+        raise
+    try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         log.info("deploying %d replica(s) of %s", settings.replicas, settings.model)
         serve.run(deployment(settings), name=APP_NAME, route_prefix="/", blocking=False)
