@@ -184,7 +184,7 @@ def test_a_realtime_session_stays_on_one_replica(ray_server):
                 {"type": "input_text", "text": text}]}})
             rt.send({"type": "response.create", "response": {"max_output_tokens": 12, "temperature": 0}})
             done = rt.until("response.done")[-1]
-            assert done["response"]["status"] == "completed", done["response"]
+            assert done["response"]["status"] in ("completed", "incomplete"), done["response"]  # not failed
             usages.append(done["response"]["usage"])
     finally:
         rt.close()
@@ -236,7 +236,7 @@ def test_a_killed_replica_fails_its_request_cleanly_and_is_replaced(ray_server, 
         started = time.monotonic()
         with pytest.raises(httpx.TransportError):  # the body ends unfinished: an error, not a hang
             for line in lines:
-                assert '"finish_reason"' not in line  # it must not run to its end
+                assert '"finish_reason":"' not in line  # it must not run to its end
         assert time.monotonic() - started < 30, "the stream hung after its replica died"
 
     # Ray replaces the replica; meanwhile the other answers, and nothing fails for long
