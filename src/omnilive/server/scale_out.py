@@ -31,7 +31,7 @@ import logging
 import os
 import signal
 import socket
-import threading
+import time
 from typing import Any
 
 from omnilive.server.settings import Settings
@@ -145,14 +145,16 @@ def _alive_nodes(ray) -> int:
 def serve_on_ray(settings: Settings) -> None:
     """Start (or join) Ray, deploy the app, serve until SIGINT / SIGTERM, then take it down."""
     ray, serve = _import_ray()
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: the cleanup below runs
     _connect(ray, settings)
-    try:
+    try:  # refusals come before anything is deployed, and leave the cluster as it was
         check_database(settings, _alive_nodes(ray))
-    except CannotScaleOut:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        _check_http_options(serve, settings)
+    except BaseException:
         ray.shutdown()
         raise
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
         log.info("deploying %d replica(s) of %s", settings.replicas, settings.model)
         serve.run(deployment(settings), name=APP_NAME, route_prefix="/", blocking=False)
         log.info("omnilive on Ray Serve: http://%s:%d (%d replicas)", settings.host, settings.port,
@@ -161,17 +163,37 @@ def serve_on_ray(settings: Settings) -> None:
     finally:
         log.info("shutting down")
         try:
-            if settings.ray_address is not None:
+            others = set(serve.status().applications) - {APP_NAME}
+            if settings.ray_address is not None and others:
                 serve.delete(APP_NAME)  # a shared cluster keeps running; only our app goes
             else:
-                serve.shutdown()
+                serve.shutdown()  # Serve's controller and proxies too, so the next start sets its port
         finally:
             ray.shutdown()
 
 
+def _check_http_options(serve, settings: Settings) -> None:
+    """Ray Serve keeps the HTTP options it was first started with on a cluster: refuse to say
+    we listen on HOST:PORT when its proxies listen elsewhere."""
+    from ray.serve.context import _get_global_client
+
+    config = getattr(_get_global_client(), "http_config", None)
+    if config is None:
+        return
+    if (config.host, config.port) != (settings.host, settings.port):
+        raise CannotScaleOut(
+            f"Ray Serve already runs on this cluster with its HTTP proxies on {config.host}:{config.port}, "
+            f"not {settings.host}:{settings.port}: serve with --host {config.host} --port {config.port}, or "
+            "stop it first (`serve shutdown`).")
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
