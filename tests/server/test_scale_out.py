@@ -130,6 +130,8 @@ def test_every_response_names_its_replica(ray_server):
         for path in ("/health", "/metrics", "/v1/models"):  # a 401 without the key is named too
             seen.add(httpx.get(ray_server.url + path).headers[REPLICA])
     assert len(seen) == 2, seen
+    page = httpx.get(ray_server.url + "/")  # the web app comes through Ray too
+    assert page.status_code == 200 and "<html" in page.text.lower() and page.headers[REPLICA] in seen
 
 
 def test_streams_equal_the_single_process_server_and_the_whole_reply(client, model_id, single_process_streams):

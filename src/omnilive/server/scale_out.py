@@ -145,8 +145,10 @@ def _alive_nodes(ray) -> int:
 def serve_on_ray(settings: Settings) -> None:
     """Start (or join) Ray, deploy the app, serve until SIGINT / SIGTERM, then take it down."""
     ray, serve = _import_ray()
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: the cleanup below runs
     _connect(ray, settings)
+    # after ray.init, which installs its own (sys.exit, and a C++ handler that dumps a stack):
+    # SIGTERM unwinds like Ctrl-C, so the cleanup below runs
+    signal.signal(signal.SIGTERM, _interrupt)
     try:  # refusals come before anything is deployed, and leave the cluster as it was
         check_database(settings, _alive_nodes(ray))
         serve.start(http_options={"host": settings.host, "port": settings.port})
@@ -154,12 +156,19 @@ def serve_on_ray(settings: Settings) -> None:
     except BaseException:
         ray.shutdown()
         raise
+    cpus, wanted = ray.cluster_resources().get("CPU", 0), settings.replicas * settings.threads
+    if cpus < wanted:
+        log.warning("the cluster has %g CPUs and %d replicas × %d threads want %d: replicas beyond "
+                    "what fits wait for CPUs (fewer --replicas, or --threads 1)", cpus, settings.replicas,
+                    settings.threads, wanted)
     try:
         log.info("deploying %d replica(s) of %s", settings.replicas, settings.model)
         serve.run(deployment(settings), name=APP_NAME, route_prefix="/", blocking=False)
         log.info("omnilive on Ray Serve: http://%s:%d (%d replicas)", settings.host, settings.port,
                  settings.replicas)
         _wait_for_signal()
+    except KeyboardInterrupt:  # SIGINT / SIGTERM while deploying
+        pass
     finally:
         log.info("shutting down")
         try:
@@ -192,8 +201,6 @@ def _interrupt(*_) -> None:
 
 
 def _wait_for_signal() -> None:
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return
+    """Until SIGINT / SIGTERM (KeyboardInterrupt)."""
+    while True:
+        time.sleep(3600)
