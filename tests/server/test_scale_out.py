@@ -229,17 +229,29 @@ def test_a_killed_replica_fails_its_request_cleanly_and_is_replaced(ray_server, 
     """Last: it changes the replicas."""
     body = {"model": model_id, "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
             "max_tokens": 1500, "stream": True}
-    with httpx.stream("POST", f"{ray_server.url}/v1/chat/completions", json=body, headers=ray_server.auth_headers,
-                      timeout=120) as response:
+    whole = {**body, "stream": False, "max_tokens": 150}
+    url = f"{ray_server.url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=ray_server.auth_headers, timeout=120) as response, \
+            ThreadPoolExecutor(4) as pool:
         victim = response.headers[REPLICA]
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data:"))
+        # non-streaming requests in flight too, on new connections (so on either replica)
+        waiting = [pool.submit(httpx.post, url, json=whole, headers=ray_server.auth_headers, timeout=120)
+                   for _ in range(4)]
+        time.sleep(1.0)
         os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)
         started = time.monotonic()
         with pytest.raises(httpx.RemoteProtocolError):  # the body ends unfinished: an error, not a hang
             for line in lines:
                 assert '"finish_reason":"' not in line  # it must not run to its end
         assert time.monotonic() - started < 30, "the stream hung after its replica died"
+        # each either finished on the other replica or failed with a 5xx at once; none hangs
+        for future in waiting:
+            answer = future.result(timeout=90)
+            assert answer.status_code == 200 or answer.status_code >= 500, answer.text
+            if answer.status_code == 200:
+                assert answer.json()["choices"][0]["message"]["content"]
 
     # Ray replaces the replica; meanwhile the other answers, and nothing fails for long
     deadline, names = time.monotonic() + 180, set()
