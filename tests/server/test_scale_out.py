@@ -215,14 +215,30 @@ def test_an_uploaded_file_is_read_by_every_replica(ray_server, client):
     assert len(served) == 2, served
 
 
-def test_sqlite_on_a_multi_node_cluster_is_refused(cluster, tmp_path):
+def _serve_on(cluster, data_dir, *args: str, database_url: str | None = None) -> subprocess.CompletedProcess:
+    """`omnilive serve --ray` joining `cluster`, run to its end (a refusal)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_SRC), "OMNILIVE_CACHE_DIR": default_cache_dir()}
     env.pop("OMNILIVE_DATABASE_URL", None)
+    if database_url is not None:
+        env["OMNILIVE_DATABASE_URL"] = database_url
     command = [sys.executable, "-m", "omnilive", "serve", *MODEL_ARGS, "--ray", "--ray-address", cluster.address,
-               "--replicas", "2", "--data-dir", str(tmp_path), "--port", "0"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+               "--replicas", "2", "--data-dir", str(data_dir), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_sqlite_on_a_multi_node_cluster_is_refused(cluster, tmp_path):
+    done = _serve_on(cluster, tmp_path, "--port", "0")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "2 nodes" in done.stderr and "SQLite" in done.stderr and "OMNILIVE_DATABASE_URL" in done.stderr
+
+
+def test_a_second_server_on_another_port_is_refused_and_the_first_keeps_serving(
+        ray_server, cluster, module_postgres_url, client, model_id, tmp_path):
+    other_port = str(ray_server.port + 1)
+    done = _serve_on(cluster, tmp_path, "--port", other_port, database_url=module_postgres_url)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"127.0.0.1:{ray_server.port}" in done.stderr and f"--port {ray_server.port}" in done.stderr
+    assert _ask(client, model_id, "Say hello.")[0]  # nothing of the running server was touched
 
 
 def test_a_killed_replica_fails_its_request_cleanly_and_is_replaced(ray_server, model_id):

@@ -163,7 +163,11 @@ def serve_on_ray(settings: Settings) -> None:
                     settings.threads, wanted)
     try:
         log.info("deploying %d replica(s) of %s", settings.replicas, settings.model)
-        serve.run(deployment(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        try:
+            serve.run(deployment(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        except RuntimeError as e:  # Ray Serve gave up starting replicas (their __init__ failed)
+            raise CannotScaleOut(f"the replicas did not start: {e}\n(each replica's log: the Ray "
+                                 "session's logs/serve folder, e.g. /tmp/ray/session_latest/logs/serve)") from e
         log.info("omnilive on Ray Serve: http://%s:%d (%d replicas)", settings.host, settings.port,
                  settings.replicas)
         _wait_for_signal()
