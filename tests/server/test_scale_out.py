@@ -88,6 +88,11 @@ def ray_server(single_process_streams, cluster, module_postgres_url, tmp_path_fa
     args = [*MODEL_ARGS, "--ray", "--ray-address", cluster.address, "--replicas", "2"]
     with ServerProcess(tmp_path_factory.mktemp("ray"), database_url=module_postgres_url, api_key=API_KEY,
                        args=args) as server:
+        # /health answers once the first replica is up; omnilive says when all of them are
+        deadline = time.monotonic() + 300
+        while "omnilive on Ray Serve" not in server.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log_tail()
+            time.sleep(0.5)
         yield server
 
 
@@ -126,7 +131,7 @@ def test_concurrent_requests_are_served_by_both_replicas(client, model_id):
 
 def test_every_response_names_its_replica(ray_server):
     seen = set()
-    for _ in range(20):  # fresh connections: each node's proxy prefers the replica on its node
+    for _ in range(20):  # new connections, which the kernel hands to either node's proxy
         for path in ("/health", "/metrics", "/v1/models"):  # a 401 without the key is named too
             seen.add(httpx.get(ray_server.url + path).headers[REPLICA])
     assert len(seen) == 2, seen

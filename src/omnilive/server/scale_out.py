@@ -46,6 +46,11 @@ MAX_ONGOING_REQUESTS = 64
 # a local cluster's shared-memory object store: replicas pass nothing large through it (requests
 # and chunks travel as small messages), so it stays small on a shared machine
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
+# Ray Serve's proxies first try the replicas on their own node (until those hold
+# max_ongoing_requests calls): one proxy would then keep a whole node's worth of requests on one
+# replica whose engine batches only MAX_BATCH. omnilive's replicas are few and costly, so the
+# proxies Serve starts for us spread by queue length over all replicas instead.
+SERVE_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0"}
 HEALTH_CHECK_PERIOD_S = 5.0
 GRACEFUL_SHUTDOWN_S = 10.0
 
@@ -135,7 +140,7 @@ def _forwarded_env() -> dict[str, str]:
     """What replicas need from this process's environment: where omnilive's source is (a source
     checkout run with PYTHONPATH) and the OpenMP / thread settings; OMNILIVE_* travel in Settings."""
     names = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_AFFINITY", "HF_HUB_OFFLINE")
-    return {name: os.environ[name] for name in names if name in os.environ}
+    return {**SERVE_ENV, **{name: os.environ[name] for name in names if name in os.environ}}
 
 
 def _alive_nodes(ray) -> int:
@@ -151,7 +156,8 @@ def serve_on_ray(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:  # refusals come before anything is deployed, and leave the cluster as it was
         check_database(settings, _alive_nodes(ray))
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.start(http_options={"host": settings.host, "port": settings.port},
+                    controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
         _check_http_options(serve, settings)
     except BaseException:
         ray.shutdown()
