@@ -19,7 +19,8 @@ from omnilive.server.app import package_version
 from omnilive.server.settings import Settings
 
 # flag → Settings field, for flags whose value passes straight through
-_SERVE_FLAGS = ("model", "llm", "host", "port", "dtype", "api_key", "data_dir", "cache_dir", "log_level")
+_SERVE_FLAGS = ("model", "llm", "host", "port", "dtype", "api_key", "data_dir", "cache_dir", "log_level",
+                "threads", "ray", "ray_address", "replicas")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                        help="allow browser requests from ORIGIN (repeatable; '*' for any)")
+    serve.add_argument("--threads", type=int, help="CPU threads for the models (default 2)")
+    serve.add_argument("--ray", action="store_true", default=None,
+                       help="serve through Ray Serve (a local Ray cluster unless --ray-address is given)")
+    serve.add_argument("--ray-address", help='with --ray: join this Ray cluster ("auto" or HOST:PORT)')
+    serve.add_argument("--replicas", type=int, help="with --ray: copies of the backend (default 1)")
     add_eval_parser(commands)
     add_users_parser(commands)
     return parser
@@ -50,13 +56,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
     from omnilive.server.app import create_app
     from omnilive.server.drain import run_server
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.ray:
+        from omnilive.server.scale_out import CannotScaleOut, serve_on_ray
+
+        try:
+            serve_on_ray(settings)
+        except CannotScaleOut as e:
+            print(f"omnilive: {e}", file=sys.stderr)
+            return 2
+        return 0
     app = create_app(settings)
     run_server(app, settings.host, settings.port, settings.log_level, settings.drain_seconds)  # SIGTERM drains
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,5 +87,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"omnilive: invalid settings:\n{e}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        serve(settings)
+        return serve(settings)
     return 0

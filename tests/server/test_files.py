@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -62,3 +63,24 @@ def test_uploaded_image_used_in_chat(client, model_id):
     ]}]
     answer = client.chat.completions.create(model=model_id, messages=messages, temperature=0, max_tokens=30)
     assert "4721" in answer.choices[0].message.content
+
+
+def test_a_starting_store_sweeps_only_stale_leftovers(tmp_path):
+    """Replicas share the files folder: one that starts must not delete another's upload in flight."""
+    import os
+
+    from omnilive.server.files import LEFTOVER_AGE_S, FileStore
+
+    kept = FileStore(tmp_path).create(io.BytesIO(b"kept"), "a.txt", "user_data", "text/plain")
+    fresh_part, old_part = tmp_path / f"file-{'1' * 24}.part", tmp_path / f"file-{'2' * 24}.part"
+    fresh_orphan, old_orphan = tmp_path / f"file-{'3' * 24}", tmp_path / f"file-{'4' * 24}"
+    for path in (fresh_part, old_part, fresh_orphan, old_orphan):
+        path.write_bytes(b"x")
+    long_ago = time.time() - LEFTOVER_AGE_S - 60
+    for path in (old_part, old_orphan):
+        os.utime(path, (long_ago, long_ago))
+
+    store = FileStore(tmp_path)
+    assert fresh_part.exists() and fresh_orphan.exists()  # maybe another replica is writing them
+    assert not old_part.exists() and not old_orphan.exists()
+    assert store.read(kept.id) == b"kept"

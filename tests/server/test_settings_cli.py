@@ -54,3 +54,16 @@ def test_version_and_bad_env_from_the_command_line():
     bad = subprocess.run([sys.executable, "-m", "omnilive", "serve"], capture_output=True, text=True,
                          env={**env, "OMNILIVE_PORT": "70000"})
     assert bad.returncode == 2 and "port" in bad.stderr
+
+
+def test_ray_flags_and_environment(monkeypatch):
+    monkeypatch.setenv("OMNILIVE_REPLICAS", "3")
+    monkeypatch.setenv("OMNILIVE_RAY_ADDRESS", "10.0.0.1:6379")
+    from_env = settings_for()
+    assert not from_env.ray and from_env.replicas == 3 and from_env.ray_address == "10.0.0.1:6379"
+    flags = settings_for("--ray", "--ray-address", "auto", "--replicas", "2", "--threads", "1")
+    assert flags.ray and flags.ray_address == "auto" and flags.replicas == 2 and flags.threads == 1
+    monkeypatch.setenv("OMNILIVE_RAY", "true")
+    assert settings_for().ray
+    with pytest.raises(ValueError):
+        settings_for("--replicas", "0")

@@ -37,6 +37,7 @@ from omnilive.server.ws_limits import WebSocketRateLimitMiddleware
 
 log = logging.getLogger(__name__)
 
+REPLICA_HEADER = "x-omnilive-replica"
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -47,7 +48,9 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Backend | None = None, replica: str | None = None) -> FastAPI:
+    """`replica` (a Ray Serve replica's name, server/scale_out.py) is sent back as the
+    `x-omnilive-replica` header of every response and a field of every realtime event."""
     if engine is None:
         from omnilive.backends import load_backend
 
@@ -68,6 +71,7 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
 
     app = FastAPI(title="omnilive", version=package_version(), lifespan=lifespan)
     app.state.settings = settings
+    app.state.replica = replica
     app.state.engine = engine
     app.state.metrics = metrics = Metrics()
     app.state.files = FileStore(settings.files_dir)
@@ -109,6 +113,8 @@ def create_app(settings: Settings, engine: Backend | None = None) -> FastAPI:
         )
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if replica is not None:
+        app.add_middleware(ReplicaHeaderMiddleware, replica=replica)
     return app
 
 
@@ -123,6 +129,21 @@ def _say_who_may_connect(settings: Settings, accounts: AccountStore) -> None:
         "--admin` (or pass --api-key) to require keys.",
         f"programs on this machine ({where})" if loopback else f"ANYONE WHO CAN REACH {where}",
     )
+
+
+class ReplicaHeaderMiddleware:
+    """`x-omnilive-replica: <name>` on every HTTP response and WebSocket handshake."""
+
+    def __init__(self, app: ASGIApp, replica: str):
+        self.app, self.header = app, (REPLICA_HEADER.encode(), replica.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def named_send(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named_send if scope["type"] in ("http", "websocket") else send)
 
 
 class BodySizeLimitMiddleware:

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 _ID = re.compile(r"^file-[0-9a-f]{24}$")  # also keeps ids from naming paths outside root
 _PARTIAL = ".part"
+LEFTOVER_AGE_S = 3600  # an upload still unfinished after this long was cut off by a crash
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,13 @@ class FileStore:
             os.close(fd)
 
     def _sweep(self) -> None:
-        """Remove half-written files and content whose sidecar never landed."""
+        """Remove half-written files and content whose sidecar never landed, once they are old
+        enough that no running server can still be writing them (replicas under Ray Serve share
+        this folder, and one starts while others take uploads)."""
+        stale_before = time.time() - LEFTOVER_AGE_S
         for path in self.root.iterdir():
-            if path.name.endswith(_PARTIAL):
-                path.unlink(missing_ok=True)
-            elif _ID.match(path.name) and not path.with_suffix(".json").exists():
+            leftover = path.name.endswith(_PARTIAL) or (_ID.match(path.name) and not path.with_suffix(".json").exists())
+            if leftover and _mtime(path) < stale_before:
                 path.unlink(missing_ok=True)
 
 
@@ -146,3 +149,10 @@ class OwnedFiles:
         if self.get(file_id) is None:
             raise FileNotFoundError(file_id)
         return file_id
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # another replica finished or removed it meanwhile
+        return float("inf")

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description=(
         "history database, e.g. `postgresql://user@host/db`; unset = the SQLite file DATA_DIR/omnilive.db"))
 
+    # scale-out on Ray Serve (docs/scale-out.md)
+    ray: bool = Field(False, description=(
+        "serve through Ray Serve: the same API on HOST:PORT, answered by REPLICAS copies of the backend"))
+    ray_address: str | None = Field(None, description=(
+        'Ray cluster to join: "auto" (the one `ray start` made on this machine) or HOST:PORT of its head; '
+        "unset = start a local Ray cluster"))
+    replicas: int = Field(1, ge=1, description=(
+        "with --ray: copies of the backend, each with its own engine (and THREADS CPUs of the cluster)"))
+
     # engine sizing
     max_batch: int = Field(4, ge=1, description="requests decoded together (decode slots batched in one step)")
     max_context_tokens: int = Field(8192, ge=256, description=(

@@ -27,6 +27,7 @@ router = APIRouter()
 
 WEBSOCKET_MAX_MESSAGE_BYTES = 15 * 1024 * 1024  # under uvicorn's 16 MiB, so we answer, not it
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+REPLICA_FIELD = "x-omnilive-replica"
 
 
 def wants_beta(websocket: WebSocket) -> bool:
@@ -54,7 +55,7 @@ async def realtime(websocket: WebSocket) -> None:
         state.engine, state.metrics, state.media_limits, Dialect(beta=wants_beta(websocket)), outbox.put_nowait,
         max_event_bytes=min(state.settings.max_body_bytes, WEBSOCKET_MAX_MESSAGE_BYTES),
     )
-    writer = asyncio.create_task(_write(websocket, outbox))
+    writer = asyncio.create_task(_write(websocket, outbox, state.replica))
     session.open()
     try:
         while True:
@@ -72,9 +73,12 @@ async def realtime(websocket: WebSocket) -> None:
             await writer
 
 
-async def _write(websocket: WebSocket, outbox: asyncio.Queue[dict]) -> None:
+async def _write(websocket: WebSocket, outbox: asyncio.Queue[dict], replica: str | None) -> None:
+    """Sends the session's events in order; under Ray Serve each names the replica it came from
+    (`x-omnilive-replica`, as the HTTP header), so a client can see its session stays put."""
     try:
         while True:
-            await websocket.send_json(outbox.get_nowait() if not outbox.empty() else await outbox.get())
+            event = outbox.get_nowait() if not outbox.empty() else await outbox.get()
+            await websocket.send_json(event if replica is None else {**event, REPLICA_FIELD: replica})
     except (WebSocketDisconnect, RuntimeError):  # the client went away; the reader sees it too
         pass
