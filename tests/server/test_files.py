@@ -71,7 +71,7 @@ def test_a_starting_store_sweeps_only_stale_leftovers(tmp_path):
 
     from omnilive.server.files import LEFTOVER_AGE_S, FileStore
 
-    kept = FileStore(tmp_path).create(io.BytesIO(b"kept"), "a.txt", "user_data", "text/plain")
+    kept = FileStore(tmp_path).create(io.BytesIO(b"kept"), "a.txt", "user_data", "text/plain", owner="alice")
     fresh_part, old_part = tmp_path / f"file-{'1' * 24}.part", tmp_path / f"file-{'2' * 24}.part"
     fresh_orphan, old_orphan = tmp_path / f"file-{'3' * 24}", tmp_path / f"file-{'4' * 24}"
     for path in (fresh_part, old_part, fresh_orphan, old_orphan):
