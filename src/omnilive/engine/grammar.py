@@ -107,10 +107,6 @@ class Grammar:
         if not self._matcher.consume_token(token_id):
             raise EngineError(f"the reply left its grammar: {self._matcher.get_error()}", code="grammar_error")
 
-    @property
-    def finished(self) -> bool:
-        return self._matcher.is_stopped()
-
 
 def bitmask(allowed: torch.Tensor) -> torch.Tensor:
     """A bool vector as an int32 bitmask (bit j of word i is token 32·i + j)."""
