@@ -87,12 +87,7 @@ class ThinkingTracker:
             return "marker", (self.markers.no_thinking_ids if self.budget == 0 and not forced else ())
         if not self.inside:
             return "content", ()
-        if forced:
-            return "reasoning", ()
-        self.sampled_inside += 1
-        if self.budget is not None and self.sampled_inside == self.budget:
-            return "reasoning", self.markers.budget_exhausted_ids
-        return "reasoning", ()
+        return _reasoning_token(self, forced, self.markers.budget_exhausted_ids)
 
 
 @dataclass(frozen=True)
@@ -123,13 +118,20 @@ class PlainReasoningTracker:
     def observe(self, token_id: int, forced: bool) -> tuple[Channel, tuple[int, ...]]:
         if not self.inside:
             return "content", ()
-        if forced:
-            return "reasoning", ()
-        self.sampled_inside += 1
-        if self.budget is not None and self.sampled_inside == self.budget:
-            return "reasoning", self.phrase.forced_ids
-        return "reasoning", ()
+        return _reasoning_token(self, forced, self.phrase.forced_ids)
 
     def end_reasoning(self) -> None:
         """The answer phrase went by (written or forced): what follows is the answer."""
         self.inside = False
+
+
+def _reasoning_token(tracker: ThinkingTracker | PlainReasoningTracker, forced: bool,
+                     closing: tuple[int, ...]) -> tuple[Channel, tuple[int, ...]]:
+    """A token inside the reasoning: a sampled one counts toward the budget, and the one that
+    reaches it is followed by the forced `closing` text."""
+    if forced:
+        return "reasoning", ()
+    tracker.sampled_inside += 1
+    if tracker.budget is not None and tracker.sampled_inside == tracker.budget:
+        return "reasoning", closing
+    return "reasoning", ()
