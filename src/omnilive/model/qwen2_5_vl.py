@@ -142,9 +142,7 @@ class Qwen2_5_VL(Qwen2ForCausalLM):
         if media.audio_mel is not None:
             raise ValueError("Qwen2.5-VL takes no audio")
         c = self.vl_config
-        return {token: self.visual(patches.pixel_values.to(self.device), patches.grid_thw)
-                for token, patches in ((c.image_token_id, media.images), (c.video_token_id, media.videos))
-                if patches is not None}
+        return media.visual_features(self.visual, c.image_token_id, c.video_token_id, self.device)
 
     def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None,
               features: dict[int, torch.Tensor] | None = None) -> torch.Tensor:

@@ -146,9 +146,7 @@ class Qwen3OmniThinker(Qwen2ForCausalLM):
         """Encoder outputs by placeholder id: images / videos [n, 1 + L, H] (merger row, then
         the L DeepStack rows), audio [n, H] (every audio of the prompt encoded together)."""
         c = self.thinker_config
-        features = {token: self.visual(patches.pixel_values.to(self.device), patches.grid_thw)
-                    for token, patches in ((c.image_token_id, media.images), (c.video_token_id, media.videos))
-                    if patches is not None}
+        features = media.visual_features(self.visual, c.image_token_id, c.video_token_id, self.device)
         if media.audio_mel is not None:
             features[c.audio_token_id] = self.audio_tower(media.audio_mel.to(self.device), media.audio_frames)
         return features

@@ -103,6 +103,13 @@ class ThinkerMedia:
     audio_mel: torch.Tensor | None = None
     audio_frames: torch.Tensor | None = None
 
+    def visual_features(self, visual, image_token_id: int, video_token_id: int,
+                        device: torch.device) -> dict[int, torch.Tensor]:
+        """The vision tower's output for this prompt's images and videos, by placeholder token id."""
+        return {token: visual(patches.pixel_values.to(device), patches.grid_thw)
+                for token, patches in ((image_token_id, self.images), (video_token_id, self.videos))
+                if patches is not None}
+
     def __post_init__(self) -> None:
         videos = 0 if self.videos is None else self.videos.grid_thw.shape[0]
         if len(self.video_seconds_per_grid) != videos:
