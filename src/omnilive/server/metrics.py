@@ -7,6 +7,9 @@ token counts and the latencies a user feels: time to first token and to first au
 Usage is labelled by user name (from the request's principal), never by key; the operator
 (--api-key, or an open server) is "(operator)". The number of series grows with the number of
 users, which only an admin can raise.
+
+Under Ray Serve (server/scale_out.py) every sample carries a `replica="<name>"` label, the
+name the `x-omnilive-replica` header gives, so series of different replicas never mix.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omnilive.server.auth import Principal, current_principal
@@ -23,7 +27,9 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 3
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, replica: str | None = None) -> None:
+        """replica: the Ray Serve replica's name, a label of every sample (None: no label)."""
+        self.replica = replica
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("omnilive_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
@@ -57,7 +63,23 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.replica is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, {"replica": self.replica}))
+
+
+class _Labelled:
+    """A registry's samples with extra labels (what generate_latest reads: `collect()`)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self):
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [sample._replace(labels={**sample.labels, **self.labels})
+                                for sample in family.samples]
+            yield labelled
 
 
 class PerUserCounter:

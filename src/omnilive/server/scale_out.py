@@ -34,6 +34,7 @@ import socket
 import time
 from typing import Any
 
+from omnilive.server.ray_errors import CALLBACK_IMPORT_PATH
 from omnilive.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # max_ongoing_requests calls): one proxy would then keep a whole node's worth of requests on one
 # replica whose engine batches only MAX_BATCH. omnilive's replicas are few and costly, so the
 # proxies Serve starts for us spread by queue length over all replicas instead.
-SERVE_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0"}
+# The proxies also answer Ray's own errors (a dead replica's 500, 503, 408) in OpenAI's shape
+# (server/ray_errors.py).
+SERVE_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0",
+             "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": CALLBACK_IMPORT_PATH}
 HEALTH_CHECK_PERIOD_S = 5.0
 GRACEFUL_SHUTDOWN_S = 10.0
 
@@ -104,13 +108,19 @@ def deployment(settings: Settings) -> Any:
     ingress = serve.ingress()(OmniliveReplica)
     options = dict(
         name=DEPLOYMENT_NAME,
-        num_replicas=settings.replicas,
+        **replica_count(settings, settings.stages.get("thinker", settings.replicas)),
         max_ongoing_requests=MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": settings.threads},
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
     )
     return serve.deployment(**options)(ingress).bind(settings)
+
+
+def replica_count(settings: Settings, replicas: int) -> dict:
+    """`num_replicas`, or Ray Serve's `autoscaling_config` when MAX_REPLICAS is set."""
+    autoscaling = settings.model_copy(update={"replicas": replicas}).autoscaling
+    return {"num_replicas": replicas} if autoscaling is None else {"autoscaling_config": autoscaling}
 
 
 def _import_ray():
@@ -157,7 +167,7 @@ def serve_on_ray(settings: Settings) -> None:
     try:  # refusals come before anything is deployed, and leave the cluster as it was
         check_database(settings, _alive_nodes(ray))
         serve.start(http_options={"host": settings.host, "port": settings.port},
-                    controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
+                    controller_options={"runtime_env": {"env_vars": _forwarded_env()}})
         _check_http_options(serve, settings)
     except BaseException:
         ray.shutdown()
