@@ -68,6 +68,18 @@ def replica_name(replica_id: str) -> str:
     return f"{replica_id}@{socket.gethostname()}:{os.getpid()}"
 
 
+def total_replicas(settings: Settings) -> int:
+    """Replicas to start: the stages' together, else REPLICAS (autoscaling starts there too)."""
+    return sum(settings.stages.values()) if settings.stages else settings.replicas
+
+
+def check_stages(settings: Settings) -> None:
+    """--stages splits a checkpoint that speaks; the embedded default has no thinker to split."""
+    if settings.stages and settings.model in ("default", "omnilive-small"):
+        raise CannotScaleOut("--stages needs a Qwen2.5-Omni checkpoint (--model DIR): the embedded default "
+                             "has no thinker and talker to run apart")
+
+
 def check_database(settings: Settings, nodes: int) -> None:
     """Refuse SQLite on a cluster of several nodes: each node would write its own file."""
     url = settings.resolved_database_url
@@ -86,8 +98,9 @@ class OmniliveReplica:
     the engine), and only then counts the replica as ready.
     """
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, speech: Any = None):
+        """speech: the speech deployment's handle with --stages (this replica is a thinker)."""
+        self.settings, self.speech = settings, speech
 
     def __serve_build_asgi_app__(self):
         from ray import serve
@@ -98,7 +111,12 @@ class OmniliveReplica:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         name = replica_name(serve.get_replica_context().replica_id.unique_id)
         log.info("replica %s: loading %s", name, self.settings.model)
-        return create_app(self.settings, replica=name)
+        backend = None
+        if self.speech is not None:
+            from omnilive.server.scale_out_stages import staged_backend
+
+            backend = staged_backend(self.settings, self.speech)
+        return create_app(self.settings, backend, replica=name)
 
 
 def deployment(settings: Settings) -> Any:
@@ -114,7 +132,12 @@ def deployment(settings: Settings) -> Any:
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
     )
-    return serve.deployment(**options)(ingress).bind(settings)
+    if not settings.stages:
+        return serve.deployment(**options)(ingress).bind(settings)
+    from omnilive.server.scale_out_stages import speech_deployment
+
+    speech = speech_deployment(settings, MAX_ONGOING_REQUESTS, HEALTH_CHECK_PERIOD_S, GRACEFUL_SHUTDOWN_S)
+    return serve.deployment(**options)(ingress).bind(settings, speech)
 
 
 def replica_count(settings: Settings, replicas: int) -> dict:
@@ -140,7 +163,7 @@ def _connect(ray, settings: Settings) -> None:
         log.info("joining the Ray cluster at %s", settings.ray_address)
         ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
         return
-    cpus = max(os.cpu_count() or 1, settings.replicas * settings.threads)
+    cpus = max(os.cpu_count() or 1, total_replicas(settings) * settings.threads)
     log.info("starting a local Ray cluster (%d CPUs)", cpus)
     ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
              runtime_env=runtime_env, log_to_driver=True)
@@ -159,6 +182,7 @@ def _alive_nodes(ray) -> int:
 
 def serve_on_ray(settings: Settings) -> None:
     """Start (or join) Ray, deploy the app, serve until SIGINT / SIGTERM, then take it down."""
+    check_stages(settings)
     ray, serve = _import_ray()
     _connect(ray, settings)
     # after ray.init, which installs its own (sys.exit, and a C++ handler that dumps a stack):
@@ -172,20 +196,21 @@ def serve_on_ray(settings: Settings) -> None:
     except BaseException:
         ray.shutdown()
         raise
-    cpus, wanted = ray.cluster_resources().get("CPU", 0), settings.replicas * settings.threads
+    replicas = total_replicas(settings)
+    cpus, wanted = ray.cluster_resources().get("CPU", 0), replicas * settings.threads
     if cpus < wanted:
         log.warning("the cluster has %g CPUs and %d replicas × %d threads want %d: replicas beyond "
-                    "what fits wait for CPUs (fewer --replicas, or --threads 1)", cpus, settings.replicas,
+                    "what fits wait for CPUs (fewer --replicas, or --threads 1)", cpus, replicas,
                     settings.threads, wanted)
     try:
-        log.info("deploying %d replica(s) of %s", settings.replicas, settings.model)
+        log.info("deploying %d replica(s) of %s%s", replicas, settings.model,
+                 f" in stages {settings.stages}" if settings.stages else "")
         try:
             serve.run(deployment(settings), name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as e:  # Ray Serve gave up starting replicas (their __init__ failed)
             raise CannotScaleOut(f"the replicas did not start: {e}\n(each replica's log: the Ray "
                                  "session's logs/serve folder, e.g. /tmp/ray/session_latest/logs/serve)") from e
-        log.info("omnilive on Ray Serve: http://%s:%d (%d replicas)", settings.host, settings.port,
-                 settings.replicas)
+        log.info("omnilive on Ray Serve: http://%s:%d (%d replicas)", settings.host, settings.port, replicas)
         _wait_for_signal()
     except KeyboardInterrupt:  # SIGINT / SIGTERM while deploying
         pass
