@@ -51,8 +51,8 @@ def _replies(server: ServerProcess) -> dict[str, tuple]:
                 if delta is not None:
                     text += delta.content or ""
                     if getattr(delta, "audio", None):
-                        pcm += base64.b64decode(delta.audio.get("data", ""))
-                        transcript += delta.audio.get("transcript") or ""
+                        pcm += base64.b64decode(delta.audio.data or "")
+                        transcript += delta.audio.transcript or ""
             replies[question] = ((message.content, message.audio.data, message.audio.transcript,
                                   whole.usage.model_dump()), (text, pcm, transcript))
         return replies
