@@ -48,6 +48,15 @@ async def test_a_replicas_own_answers_pass_untouched():
     assert ok.status_code == 200 and ok.text == "plain ok"
 
 
+async def test_a_proxy_that_raises_before_answering_gives_a_500_in_openai_shape():
+    async def dying(scope, receive, send):  # what Ray's proxy does when its replica died mid-call
+        raise RuntimeError("ActorDiedError: the replica died")
+
+    response = await get(dying)
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert response.json()["error"]["code"] == "ray_serve_500"
+
+
 def test_the_header_is_the_apps_and_ray_gets_starlette_middleware():
     assert HEADER_THE_PROXY_LOOKS_FOR == REPLICA_HEADER.encode()
     (middleware,) = proxy_middlewares()

@@ -1,8 +1,8 @@
 """Ray Serve's own HTTP errors in OpenAI's error shape.
 
-Ray Serve's proxy answers some requests itself, in plain text: 500 when the replica running a
-request died, 503 when no replica is up, 408 past `x-request-timeout-seconds`, 499 when the
-client left. A client of an OpenAI API expects `{"error": {...}}` whatever went wrong, so the
+Ray Serve's proxy answers some requests itself, in plain text: 503 when no replica is up, 408
+past `x-request-timeout-seconds`, 499 when the client left; and when the replica running a
+request died, the proxy raises and uvicorn sends a plain "Internal Server Error" 500. A client of an OpenAI API expects `{"error": {...}}` whatever went wrong, so the
 proxies run `RayErrorsAsOpenAI`: Ray Serve loads it in every proxy from the import path in
 RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH (server/scale_out.py sets it for the Serve
 controller, whose proxies inherit it).
@@ -15,9 +15,12 @@ started (its replica died mid-reply) cannot be given a new status; it ends unfin
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 CALLBACK_IMPORT_PATH = "omnilive.server.ray_errors.proxy_middlewares"
 
@@ -48,23 +51,32 @@ class RayErrorsAsOpenAI:
             return
         held: Message | None = None  # Ray's error start, until its body is read
         body = b""
+        started = False
 
         async def rewrite(message: Message) -> None:
-            nonlocal held, body
+            nonlocal held, body, started
             if message["type"] == "http.response.start":
                 names = {name.lower() for name, _ in message.get("headers", [])}
                 if message["status"] >= 400 and REPLICA_HEADER not in names:
                     held = message
                     return
+                started = True
             elif held is not None and message["type"] == "http.response.body":
                 body += message.get("body", b"")
                 if not message.get("more_body", False):
+                    started = True
                     await _send_error(send, held, body)
                     held = None
                 return
             await send(message)
 
-        await self.app(scope, receive, rewrite)
+        try:
+            await self.app(scope, receive, rewrite)
+        except Exception:  # the proxy gave up on the call (its replica died): uvicorn would send plain text
+            if started:
+                raise
+            log.warning("Ray Serve's proxy failed a request before answering it", exc_info=True)
+            await _send_error(send, held or {"status": 500, "headers": []}, body)
 
 
 async def _send_error(send: Send, start: Message, ray_body: bytes) -> None:

@@ -120,24 +120,28 @@ class OmniliveReplica:
 
 
 def deployment(settings: Settings) -> Any:
-    """The bound Ray Serve application: REPLICAS replicas, each asking for THREADS CPUs."""
+    """The bound Ray Serve application: REPLICAS replicas (or autoscaled between MIN_REPLICAS and
+    MAX_REPLICAS), each asking for THREADS CPUs and GPUS_PER_REPLICA GPUs; with STAGES, the
+    thinker's count and the speech deployment beside it."""
     from ray import serve
 
     ingress = serve.ingress()(OmniliveReplica)
-    options = dict(
-        name=DEPLOYMENT_NAME,
-        **replica_count(settings, settings.stages.get("thinker", settings.replicas)),
-        max_ongoing_requests=MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": settings.threads},
-        health_check_period_s=HEALTH_CHECK_PERIOD_S,
-        graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
-    )
+    every = dict(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options=actor_resources(settings),
+                 health_check_period_s=HEALTH_CHECK_PERIOD_S, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+    thinkers = replica_count(settings, settings.stages.get("thinker", settings.replicas))
+    app = serve.deployment(name=DEPLOYMENT_NAME, **thinkers, **every)(ingress)
     if not settings.stages:
-        return serve.deployment(**options)(ingress).bind(settings)
+        return app.bind(settings)
     from omnilive.server.scale_out_stages import speech_deployment
 
-    speech = speech_deployment(settings, MAX_ONGOING_REQUESTS, HEALTH_CHECK_PERIOD_S, GRACEFUL_SHUTDOWN_S)
-    return serve.deployment(**options)(ingress).bind(settings, speech)
+    return app.bind(settings, speech_deployment(settings, **every))
+
+
+def actor_resources(settings: Settings) -> dict:
+    """What each replica asks Ray for: THREADS CPUs, and GPUS_PER_REPLICA GPUs when set."""
+    if settings.gpus_per_replica:
+        return {"num_cpus": settings.threads, "num_gpus": settings.gpus_per_replica}
+    return {"num_cpus": settings.threads}
 
 
 def replica_count(settings: Settings, replicas: int) -> dict:

@@ -115,19 +115,13 @@ class RaySpeech:
             self.channel.close.remote(request_id)
 
 
-def speech_deployment(settings: Settings, max_ongoing_requests: int, health_check_period_s: float,
-                      graceful_shutdown_s: float) -> Any:
-    """The bound speech deployment: STAGES["speech"] replicas, each asking for THREADS CPUs."""
+def speech_deployment(settings: Settings, **options: Any) -> Any:
+    """The bound speech deployment: STAGES["speech"] replicas, each with the thinker's `options`
+    (resources, queue length, health checks)."""
     from ray import serve
 
-    return serve.deployment(
-        name=SPEECH_DEPLOYMENT,
-        num_replicas=settings.stages["speech"],
-        max_ongoing_requests=max_ongoing_requests,
-        ray_actor_options={"num_cpus": settings.threads},
-        health_check_period_s=health_check_period_s,
-        graceful_shutdown_timeout_s=graceful_shutdown_s,
-    )(SpeechReplica).bind(settings)
+    return serve.deployment(name=SPEECH_DEPLOYMENT, num_replicas=settings.stages["speech"], **options)(
+        SpeechReplica).bind(settings)
 
 
 def staged_backend(settings: Settings, speech_handle: Any):

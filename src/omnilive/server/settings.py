@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     replicas: int = Field(1, ge=1, description=(
         "with --ray: copies of the backend, each with its own engine (and THREADS CPUs of the cluster); "
         "with autoscaling, the replicas to start with"))
+    gpus_per_replica: float = Field(0.0, ge=0, description=(
+        "with --ray: GPUs each replica asks Ray for (thinker and speech replicas alike): 1 pins a replica to "
+        "its own GPU (Ray sets its CUDA_VISIBLE_DEVICES), 0.5 lets two share one; 0 = CPUs only"))
     min_replicas: int | None = Field(None, ge=0, description=(
         "with --ray: autoscaling's fewest replicas (unset = REPLICAS when MAX_REPLICAS is set); Ray Serve "
         "adds and removes replicas between MIN_REPLICAS and MAX_REPLICAS by their ongoing requests"))
