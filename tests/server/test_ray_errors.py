@@ -48,11 +48,13 @@ async def test_a_replicas_own_answers_pass_untouched():
     assert ok.status_code == 200 and ok.text == "plain ok"
 
 
-async def test_a_proxy_that_raises_before_answering_gives_a_500_in_openai_shape():
-    async def dying(scope, receive, send):  # what Ray's proxy does when its replica died mid-call
-        raise RuntimeError("ActorDiedError: the replica died")
+@pytest.mark.parametrize("how", ["returns", "raises"])
+async def test_a_proxy_that_gives_up_without_answering_gives_a_500_in_openai_shape(how):
+    async def replica_died(scope, receive, send):  # Ray's proxy returns without a word when its replica died
+        if how == "raises":
+            raise RuntimeError("ActorDiedError: the replica died")
 
-    response = await get(dying)
+    response = await get(replica_died)
     assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
     assert response.json()["error"]["code"] == "ray_serve_500"
 

@@ -2,7 +2,8 @@
 
 Ray Serve's proxy answers some requests itself, in plain text: 503 when no replica is up, 408
 past `x-request-timeout-seconds`, 499 when the client left; and when the replica running a
-request died, the proxy raises and uvicorn sends a plain "Internal Server Error" 500. A client of an OpenAI API expects `{"error": {...}}` whatever went wrong, so the
+request died, the proxy returns without answering and uvicorn sends a plain "Internal Server
+Error" 500. A client of an OpenAI API expects `{"error": {...}}` whatever went wrong, so the
 proxies run `RayErrorsAsOpenAI`: Ray Serve loads it in every proxy from the import path in
 RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH (server/scale_out.py sets it for the Serve
 controller, whose proxies inherit it).
@@ -72,11 +73,12 @@ class RayErrorsAsOpenAI:
 
         try:
             await self.app(scope, receive, rewrite)
-        except Exception:  # the proxy gave up on the call (its replica died): uvicorn would send plain text
+        except Exception:
             if started:
                 raise
             log.warning("Ray Serve's proxy failed a request before answering it", exc_info=True)
-            await _send_error(send, held or {"status": 500, "headers": []}, body)
+        if not started:  # it gave up on the call without a word (its replica died): uvicorn would say
+            await _send_error(send, held or {"status": 500, "headers": []}, body)  # "Internal Server Error"
 
 
 async def _send_error(send: Send, start: Message, ray_body: bytes) -> None:
