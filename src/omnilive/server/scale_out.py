@@ -20,6 +20,10 @@ on HOST:PORT and hands every HTTP request, SSE stream and WebSocket to one repli
   replicas); calls in flight on it end with an error from the proxy.
 - Several nodes need one database: SQLite (a file on one node) is refused when the cluster has
   more than one node; PostgreSQL by OMNILIVE_DATABASE_URL works anywhere.
+- MAX_REPLICAS turns on Ray Serve's autoscaling (between MIN_REPLICAS and MAX_REPLICAS, towards
+  TARGET_ONGOING_REQUESTS per replica); GPUS_PER_REPLICA pins replicas to GPUs.
+- STAGES runs a Qwen2.5-Omni speech stage as its own deployment (scale_out_stages.py).
+- Every proxy answers Ray's own errors in OpenAI's shape (ray_errors.py).
 
 Ray is an optional dependency (`pip install 'omnilive[ray]'`): nothing imports this module
 unless `--ray` is given.
