@@ -1,11 +1,13 @@
 """Scale-out on Ray Serve: what going through Ray costs and what replicas and stages buy.
 
-Each configuration runs on its own fresh `omnilive serve` (a real subprocess; with --ray a local
-Ray cluster that omnilive starts and stops), warmed up with one request, then:
+Each configuration is a fresh `omnilive serve` (a real subprocess; with --ray a local Ray
+cluster that omnilive starts and stops), warmed up with one request, then:
   - c=1: the same questions one after another: TTFT (request sent → first text delta) p50 and,
-    for spoken replies, TTFA (→ first audio delta) p50;
+    for spoken replies, TTFA (→ first audio delta) p50. The two servers compared run side by
+    side and take turns question by question, so load that drifts on a shared machine hits
+    both alike;
   - c=C: the same number of questions from C clients (threads with the official openai
-    client): throughput = completion tokens of all / wall time.
+    client), one server at a time: throughput = completion tokens of all / wall time.
 Every configuration asks the same questions, greedy, so all of them do the same work.
 
 Text (the embedded default, smollm2-135m, 1 thread per replica): the plain server, Ray with 1
@@ -52,14 +54,6 @@ class Timing:
     tokens: int
 
 
-@dataclass
-class Level:
-    name: str
-    ttft_p50: float
-    ttfa_p50: float | None
-    throughput: float
-
-
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
@@ -90,53 +84,86 @@ def ask(client: OpenAI, model: str, topic: str, max_tokens: int, voice: str | No
     return Timing(ttft if ttft is not None else time.perf_counter() - started, ttfa, tokens)
 
 
-def measure(name: str, args: list[str], questions: int, concurrency: int, max_tokens: int,
-            voice: str | None) -> Level:
-    with tempfile.TemporaryDirectory() as data, ServerProcess(Path(data), args=args) as server:
-        if "--ray" in args:  # /health answers with the first replica; all of them are up after this line
+class Served:
+    """A running `omnilive serve` (with --ray: every replica up) and a client of it."""
+
+    def __init__(self, name: str, args: list[str]):
+        self.name, self.args = name, args
+
+    def __enter__(self) -> Served:
+        self.data = tempfile.TemporaryDirectory()
+        self.server = ServerProcess(Path(self.data.name), args=self.args).start()
+        if "--ray" in self.args:  # /health answers with the first replica; all are up after this line
             deadline = time.monotonic() + 300
-            while "omnilive on Ray Serve" not in server.log_path.read_text(errors="replace"):
+            while "omnilive on Ray Serve" not in self.server.log_path.read_text(errors="replace"):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(server.log_tail())
+                    raise RuntimeError(self.server.log_tail())
                 time.sleep(0.5)
-        client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
-        model = client.models.list().data[0].id
-        ask(client, model, "why water is wet", max_tokens, voice)  # warm-up
-        topics = [TOPICS[i % len(TOPICS)] for i in range(questions)]
-        alone = [ask(client, model, topic, max_tokens, voice) for topic in topics]
-        started = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            together = list(pool.map(lambda topic: ask(client, model, topic, max_tokens, voice), topics))
-        wall = time.perf_counter() - started
-    ttfas = [t.ttfa for t in alone if t.ttfa is not None]
-    level = Level(name, statistics.median(t.ttft for t in alone), statistics.median(ttfas) if ttfas else None,
-                  sum(t.tokens for t in together) / wall)
-    ttfa = f", TTFA p50 {level.ttfa_p50 * 1000:.0f} ms" if level.ttfa_p50 is not None else ""
-    print(f"  {name:32s} c=1 TTFT p50 {level.ttft_p50 * 1000:.0f} ms{ttfa}; "
-          f"c={concurrency} {level.throughput:.1f} tok/s", flush=True)
-    return level
+        self.client = OpenAI(base_url=f"{self.server.url}/v1", api_key="none", max_retries=0, timeout=300)
+        self.model = self.client.models.list().data[0].id
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.server.stop()
+        self.data.cleanup()
+
+    def ask(self, topic: str, max_tokens: int, voice: str | None) -> Timing:
+        return ask(self.client, self.model, topic, max_tokens, voice)
+
+
+def alone(servers: list[Served], questions: int, max_tokens: int, voice: str | None) -> list[tuple[float, float | None]]:
+    """c=1 on each server, taking turns question by question (load that drifts on a shared
+    machine then hits every server alike): each one's (TTFT p50, TTFA p50)."""
+    for served in servers:
+        served.ask("why water is wet", max_tokens, voice)  # warm-up
+    timings: list[list[Timing]] = [[] for _ in servers]
+    for i in range(questions):
+        for k, served in enumerate(servers):
+            timings[k].append(served.ask(TOPICS[i % len(TOPICS)], max_tokens, voice))
+    results = []
+    for served, own in zip(servers, timings):
+        ttfas = [t.ttfa for t in own if t.ttfa is not None]
+        result = (statistics.median(t.ttft for t in own), statistics.median(ttfas) if ttfas else None)
+        ttfa = f", TTFA p50 {result[1] * 1000:.0f} ms" if result[1] is not None else ""
+        print(f"  {served.name:34s} c=1 TTFT p50 {result[0] * 1000:.0f} ms{ttfa}", flush=True)
+        results.append(result)
+    return results
+
+
+def together(served: Served, questions: int, concurrency: int, max_tokens: int, voice: str | None) -> float:
+    """Throughput at c=concurrency: completion tokens of all / wall time."""
+    served.ask("why water is wet", max_tokens, voice)  # warm-up
+    topics = [TOPICS[i % len(TOPICS)] for i in range(questions)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        timings = list(pool.map(lambda topic: served.ask(topic, max_tokens, voice), topics))
+    throughput = sum(t.tokens for t in timings) / (time.perf_counter() - started)
+    print(f"  {served.name:34s} c={concurrency} {throughput:.1f} tok/s", flush=True)
+    return throughput
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--questions", type=int, default=12)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--skip-speech", action="store_true", help="text configurations only")
     options = parser.parse_args()
     print(f"machine: {machine()}")
-    run = dict(questions=options.questions, concurrency=options.concurrency, max_tokens=options.max_tokens)
 
     text = ["--llm", "smollm2-135m", "--threads", "1"]
+    q, c, n = options.questions, options.concurrency, options.max_tokens
     print("text, embedded default (smollm2-135m):")
-    plain = measure("plain server", text, voice=None, **run)
-    one = measure("Ray Serve, 1 replica", [*text, "--ray", "--replicas", "1"], voice=None, **run)
-    two = measure("Ray Serve, 2 replicas", [*text, "--ray", "--replicas", "2"], voice=None, **run)
-    overhead = one.ttft_p50 / plain.ttft_p50 - 1
-    print(f"  Ray's added TTFT at c=1: {overhead * 100:+.1f} % (target <= {OVERHEAD_TARGET * 100:.0f} %), "
-          f"{(one.ttft_p50 - plain.ttft_p50) * 1000:+.0f} ms")
-    print(f"  throughput 2 replicas / 1 replica: {two.throughput / one.throughput:.2f}x; "
-          f"1 replica / plain: {one.throughput / plain.throughput:.2f}x")
+    with Served("plain server", text) as plain, Served("Ray Serve, 1 replica", [*text, "--ray"]) as one:
+        (plain_ttft, _), (ray_ttft, _) = alone([plain, one], q, n, None)
+        plain_tps, one_tps = together(plain, q, c, n, None), together(one, q, c, n, None)
+    with Served("Ray Serve, 2 replicas", [*text, "--ray", "--replicas", "2"]) as two:
+        two_tps = together(two, q, c, n, None)
+    overhead = ray_ttft / plain_ttft - 1
+    print(f"  Ray's added TTFT at c=1: {overhead * 100:+.1f} % ({(ray_ttft - plain_ttft) * 1000:+.0f} ms; "
+          f"target <= {OVERHEAD_TARGET * 100:.0f} %)")
+    print(f"  throughput at c={c}: 1 replica / plain {one_tps / plain_tps:.2f}x, "
+          f"2 replicas / 1 replica {two_tps / one_tps:.2f}x")
 
     if not options.skip_speech:
         from tests.model.omni_tiny import build_tiny_omni
@@ -144,12 +171,14 @@ def main() -> None:
         checkpoint = Path(tempfile.mkdtemp(prefix="scale-omni-"))
         build_tiny_omni(checkpoint, seed=2)
         omni = ["--model", str(checkpoint), "--dtype", "float32", "--threads", "1"]
-        print("speech, tiny random Qwen2.5-Omni (float32):")
-        whole = measure("plain server", omni, voice="Ethan", **run)
-        split = measure("Ray Serve, stages thinker=1,speech=1", [*omni, "--ray", "--stages", "thinker=1,speech=1"],
-                        voice="Ethan", **run)
-        print(f"  stages / plain: TTFT {split.ttft_p50 / whole.ttft_p50:.2f}x, TTFA "
-              f"{split.ttfa_p50 / whole.ttfa_p50:.2f}x, throughput {split.throughput / whole.throughput:.2f}x")
+        print("speech, tiny random Qwen2.5-Omni (float32), spoken replies:")
+        with Served("plain server", omni) as whole, \
+                Served("Ray Serve, stages thinker=1,speech=1", [*omni, "--ray", "--stages", "thinker=1,speech=1"]) \
+                as split:
+            (whole_ttft, whole_ttfa), (split_ttft, split_ttfa) = alone([whole, split], q, n, "Ethan")
+            whole_tps, split_tps = together(whole, q, c, n, "Ethan"), together(split, q, c, n, "Ethan")
+        print(f"  stages / plain: TTFT {split_ttft / whole_ttft:.2f}x, TTFA {split_ttfa / whole_ttfa:.2f}x, "
+              f"throughput at c={c} {split_tps / whole_tps:.2f}x")
     print(f"machine after: {machine()}")
 
 

@@ -67,3 +67,32 @@ def test_split_stages_speak_as_the_single_engine(settings, sampling):
     assert len(samples_s) == len(samples) and np.array_equal(samples_s, samples)
     if sampling.max_tokens > 1:
         assert len(samples) > 0 and transcript == text
+
+
+def test_a_reply_closed_early_frees_its_speech(settings):
+    """A client that leaves mid-reply: the thinker request is aborted and the speech engine
+    drops the request and gives its talker row back."""
+    staged = backend(settings, staged=True)
+    request = EngineRequest("leaving", QUESTION, SamplingParams(temperature=0.0, max_tokens=200, seed=3),
+                            modalities=("text", "audio"), voice="Ethan")
+
+    async def first_audio_then_close() -> None:
+        outputs = staged.generate(request)
+        async for out in outputs:
+            if isinstance(out, AudioChunk):
+                break
+        await outputs.aclose()
+
+    try:
+        asyncio.run(first_audio_then_close())
+        speech = staged.speech_service.engine
+        talker_rows = speech.stage.talker_cache
+        for _ in range(100):  # the abort is a command the engine threads run between steps
+            if not speech.jobs and talker_rows.num_free == talker_rows.max_slots:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert not speech.jobs and talker_rows.num_free == talker_rows.max_slots
+        assert staged.engine.find("leaving") is None
+    finally:
+        asyncio.run(staged.stop())
+        staged.speech_service.shutdown()
