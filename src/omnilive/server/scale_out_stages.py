@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from omnilive.engine.speech_export import SpeechFeed
+from omnilive.engine.speech_export import SpeechFeed, joined_feeds
 from omnilive.server.settings import Settings
 from omnilive.types import AudioChunk
 
@@ -98,10 +98,27 @@ class RaySpeech:
         self.channel = ray.remote(num_cpus=0)(FeedChannel).remote()
 
     async def speak(self, request_id: str, feeds: AsyncIterator[SpeechFeed]) -> AsyncIterator[AudioChunk]:
-        async def pump() -> None:
-            async for feed in feeds:  # one at a time: the channel gets them in the thinker's order
-                await self.channel.put.remote(request_id, feed)
+        arrived: asyncio.Queue[SpeechFeed | None] = asyncio.Queue()
 
+        async def read() -> None:
+            async for feed in feeds:
+                arrived.put_nowait(feed)
+            arrived.put_nowait(None)
+
+        async def pump() -> None:
+            """One put at a time, so the channel gets feeds in the thinker's order; feeds that
+            arrive while a put is under way go as one with the next."""
+            while True:
+                batch = [await arrived.get()]
+                while not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                ended = batch[-1] is None
+                if (feed := joined_feeds(batch[:-1] if ended else batch)) is not None:
+                    await self.channel.put.remote(request_id, feed)
+                if ended:
+                    return
+
+        reading = asyncio.create_task(read())
         pumping = asyncio.create_task(pump())
         audio = self.handle.speak.remote(request_id, self.channel)
         try:
@@ -110,6 +127,7 @@ class RaySpeech:
             if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
                 raise pumping.exception()
         finally:
+            reading.cancel()
             pumping.cancel()
             audio.cancel()
             self.channel.close.remote(request_id)
