@@ -19,7 +19,7 @@ Speech (a tiny random Qwen2.5-Omni checkpoint, float32): the plain server vs
 Prints the machine and the numbers; asserts nothing. On a 2-core machine two replicas share
 the two cores with Ray's own processes, so throughput cannot double there.
 
-    python bench/scale.py [--questions 8] [--concurrency 4] [--max-tokens 32] [--skip-speech]
+    python bench/scale.py [--questions 12] [--concurrency 4] [--max-tokens 32] [--skip-text] [--skip-speech]
 """
 
 from __future__ import annotations
@@ -147,12 +147,21 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=12)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--skip-text", action="store_true", help="speech configurations only")
     parser.add_argument("--skip-speech", action="store_true", help="text configurations only")
     options = parser.parse_args()
     print(f"machine: {machine()}")
 
-    text = ["--llm", "smollm2-135m", "--threads", "1"]
     q, c, n = options.questions, options.concurrency, options.max_tokens
+    if not options.skip_text:
+        text_configurations(q, c, n)
+    if not options.skip_speech:
+        speech_configurations(q, c, n)
+    print(f"machine after: {machine()}")
+
+
+def text_configurations(q: int, c: int, n: int) -> None:
+    text = ["--llm", "smollm2-135m", "--threads", "1"]
     print("text, embedded default (smollm2-135m):")
     with Served("plain server", text) as plain, Served("Ray Serve, 1 replica", [*text, "--ray"]) as one:
         (plain_ttft, _), (ray_ttft, _) = alone([plain, one], q, n, None)
@@ -165,21 +174,20 @@ def main() -> None:
     print(f"  throughput at c={c}: 1 replica / plain {one_tps / plain_tps:.2f}x, "
           f"2 replicas / 1 replica {two_tps / one_tps:.2f}x")
 
-    if not options.skip_speech:
-        from tests.model.omni_tiny import build_tiny_omni
 
-        checkpoint = Path(tempfile.mkdtemp(prefix="scale-omni-"))
-        build_tiny_omni(checkpoint, seed=2)
-        omni = ["--model", str(checkpoint), "--dtype", "float32", "--threads", "1"]
-        print("speech, tiny random Qwen2.5-Omni (float32), spoken replies:")
-        with Served("plain server", omni) as whole, \
-                Served("Ray Serve, stages thinker=1,speech=1", [*omni, "--ray", "--stages", "thinker=1,speech=1"]) \
-                as split:
-            (whole_ttft, whole_ttfa), (split_ttft, split_ttfa) = alone([whole, split], q, n, "Ethan")
-            whole_tps, split_tps = together(whole, q, c, n, "Ethan"), together(split, q, c, n, "Ethan")
-        print(f"  stages / plain: TTFT {split_ttft / whole_ttft:.2f}x, TTFA {split_ttfa / whole_ttfa:.2f}x, "
-              f"throughput at c={c} {split_tps / whole_tps:.2f}x")
-    print(f"machine after: {machine()}")
+def speech_configurations(q: int, c: int, n: int) -> None:
+    from tests.model.omni_tiny import build_tiny_omni
+
+    checkpoint = Path(tempfile.mkdtemp(prefix="scale-omni-"))
+    build_tiny_omni(checkpoint, seed=2)
+    omni = ["--model", str(checkpoint), "--dtype", "float32", "--threads", "1"]
+    print("speech, tiny random Qwen2.5-Omni (float32), spoken replies:")
+    with Served("plain server", omni) as whole, \
+            Served("Ray Serve, stages thinker=1,speech=1", [*omni, "--ray", "--stages", "thinker=1,speech=1"]) as split:
+        (whole_ttft, whole_ttfa), (split_ttft, split_ttfa) = alone([whole, split], q, n, "Ethan")
+        whole_tps, split_tps = together(whole, q, c, n, "Ethan"), together(split, q, c, n, "Ethan")
+    print(f"  stages / plain: TTFT {split_ttft / whole_ttft:.2f}x, TTFA {split_ttfa / whole_ttfa:.2f}x, "
+          f"throughput at c={c} {split_tps / whole_tps:.2f}x")
 
 
 if __name__ == "__main__":

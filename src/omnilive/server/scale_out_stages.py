@@ -4,16 +4,16 @@ its own Ray Serve deployment, beside the thinker replicas that take HTTP.
     client ──▶ proxy ──▶ thinker replica (the whole app; LLMEngine(export_speech=True))
                            │ each spoken request: SpeechFeeds while the reply is written
                            │   (prompt hidden states, then every reply token's hidden state)
-                           ▼ put, in order
+                           ▼ put (numbered, not awaited)
                          FeedChannel (a small actor of that thinker replica)
-                           ▲ take                                 AudioChunks, streamed back
+                           ▼ one streaming call, feeds in order   AudioChunks, streamed back
     speech replica (SpeechReplica.speak, chosen by Serve's router) ──────────────▶ thinker replica
 
 The thinker calls the speech deployment through its DeploymentHandle with
 `options(stream=True)`: one streaming call per spoken request, which Serve routes to a speech
 replica and which stays there. Feeds cannot ride the same call (a Serve call takes its
 arguments once), so they go through the thinker replica's FeedChannel, whose handle the call
-carries; the speech replica takes them in order while it streams audio back. Closing the
+carries; the speech replica streams them from it, in order, while it streams audio back. Closing the
 audio stream (the client left, the reply failed) cancels the call on the speech replica,
 whose SpeechEngine then frees the request's talker row.
 
@@ -24,7 +24,9 @@ module only carries their messages over Ray.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,31 +37,61 @@ from omnilive.types import AudioChunk
 log = logging.getLogger(__name__)
 
 SPEECH_DEPLOYMENT = "omnilive-speech"
+CLOSED_KEPT = 4096  # request ids a FeedChannel remembers as closed
 
 
 class FeedChannel:
-    """The feeds of one thinker replica's spoken requests, kept by request id until a speech
-    replica takes them. An asyncio Ray actor, owned by its thinker replica (it goes with it)."""
+    """The feeds of one thinker replica's spoken requests on their way to speech replicas. An
+    asyncio Ray actor, owned by its thinker replica (it goes with it).
+
+    The thinker does not wait for each put, so puts carry their place (`seq`) and wait here
+    until those before them are in; `stream` hands them on as one streaming call, so no feed
+    waits for the speech replica to ask for it."""
 
     def __init__(self):
-        self.queues: dict[str, asyncio.Queue] = {}
+        self.queues: dict[str, asyncio.Queue] = {}  # SpeechFeed, or None: closed
+        self.early: dict[str, dict[int, SpeechFeed]] = {}
+        self.next_seq: dict[str, int] = {}
+        self.closed: OrderedDict[str, None] = OrderedDict()  # recent ones: a put or stream coming late is dropped
 
     def _queue(self, request_id: str) -> asyncio.Queue:
         return self.queues.setdefault(request_id, asyncio.Queue())
 
-    async def put(self, request_id: str, feed: SpeechFeed) -> None:
-        self._queue(request_id).put_nowait(feed)
+    async def put(self, request_id: str, seq: int, feed: SpeechFeed) -> None:
+        if request_id in self.closed:
+            return
+        early = self.early.setdefault(request_id, {})
+        early[seq] = feed
+        queue, turn = self._queue(request_id), self.next_seq.get(request_id, 0)
+        while turn in early:
+            queue.put_nowait(early.pop(turn))
+            turn += 1
+        self.next_seq[request_id] = turn
 
-    async def take(self, request_id: str) -> list[SpeechFeed]:
-        """Every feed waiting for the request; waits for the first."""
+    async def stream(self, request_id: str) -> AsyncIterator[SpeechFeed]:
+        """The request's feeds in order, those waiting together as one, up to its end (or close)."""
+        if request_id in self.closed:
+            return
         queue = self._queue(request_id)
-        taken = [await queue.get()]
-        while not queue.empty():
-            taken.append(queue.get_nowait())
-        return taken
+        while True:
+            waiting = [await queue.get()]
+            while not queue.empty():
+                waiting.append(queue.get_nowait())
+            if None in waiting:
+                return
+            feed = joined_feeds(waiting)
+            yield feed
+            if feed.ended:
+                return
 
     async def close(self, request_id: str) -> None:
-        self.queues.pop(request_id, None)
+        self.closed[request_id] = None
+        while len(self.closed) > CLOSED_KEPT:
+            self.closed.popitem(last=False)
+        self.early.pop(request_id, None)
+        self.next_seq.pop(request_id, None)
+        if (queue := self.queues.pop(request_id, None)) is not None:
+            queue.put_nowait(None)  # ends its stream, if one still waits
 
 
 class SpeechReplica:
@@ -77,11 +109,8 @@ class SpeechReplica:
         """Streamed by Serve: the request's audio while its feeds come from `channel`."""
 
         async def feeds() -> AsyncIterator[SpeechFeed]:
-            while True:
-                for feed in await channel.take.remote(request_id):
-                    yield feed
-                    if feed.ended:
-                        return
+            async for ref in channel.stream.options(num_returns="streaming").remote(request_id):
+                yield await ref
 
         async for chunk in self.speech.speak(request_id, feeds()):
             yield chunk
@@ -98,27 +127,14 @@ class RaySpeech:
         self.channel = ray.remote(num_cpus=0)(FeedChannel).remote()
 
     async def speak(self, request_id: str, feeds: AsyncIterator[SpeechFeed]) -> AsyncIterator[AudioChunk]:
-        arrived: asyncio.Queue[SpeechFeed | None] = asyncio.Queue()
-
-        async def read() -> None:
-            async for feed in feeds:
-                arrived.put_nowait(feed)
-            arrived.put_nowait(None)
-
         async def pump() -> None:
-            """One put at a time, so the channel gets feeds in the thinker's order; feeds that
-            arrive while a put is under way go as one with the next."""
-            while True:
-                batch = [await arrived.get()]
-                while not arrived.empty():
-                    batch.append(arrived.get_nowait())
-                ended = batch[-1] is None
-                if (feed := joined_feeds(batch[:-1] if ended else batch)) is not None:
-                    await self.channel.put.remote(request_id, feed)
-                if ended:
+            for seq in itertools.count():  # not waiting for each put: the channel puts them in order
+                try:
+                    feed = await anext(feeds)
+                except StopAsyncIteration:
                     return
+                self.channel.put.remote(request_id, seq, feed)
 
-        reading = asyncio.create_task(read())
         pumping = asyncio.create_task(pump())
         audio = self.handle.speak.remote(request_id, self.channel)
         try:
@@ -127,7 +143,6 @@ class RaySpeech:
             if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
                 raise pumping.exception()
         finally:
-            reading.cancel()
             pumping.cancel()
             audio.cancel()
             self.channel.close.remote(request_id)
