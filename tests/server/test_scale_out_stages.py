@@ -6,7 +6,8 @@ is written.
 What a client gets must equal the single-process server's (greedy, seeded): text, the wav, the
 transcript, usage, and the streamed PCM. The same server also shows the rest of issue 15:
 autoscaling settings reach Ray Serve's deployment config, /metrics labels every sample with
-the replica, and Ray's own errors come back in OpenAI's error shape.
+the replica, and Ray's own errors come back in OpenAI's error shape; a realtime session speaks
+through the speech deployment too.
 """
 
 from __future__ import annotations
@@ -148,3 +149,23 @@ def client_still_answers(server: ServerProcess) -> bool:
         reply = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=4, temperature=0,
                                                messages=[{"role": "user", "content": "Hi"}])
     return bool(reply.choices[0].message.content)
+
+
+def test_a_realtime_session_speaks_through_the_speech_deployment(staged_server):
+    from tests.server.test_realtime import Realtime
+
+    rt = Realtime(staged_server)
+    try:
+        assert rt.recv()["type"] == "session.created"
+        rt.send({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["audio"]}})
+        rt.until("session.updated")
+        rt.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "Hello there, who are you?"}]}})
+        rt.send({"type": "response.create", "response": {"max_output_tokens": 12, "temperature": 0}})
+        events = rt.until("response.done")
+    finally:
+        rt.close()
+    audio = [base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"]
+    transcript = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
+    assert events[-1]["response"]["status"] in ("completed", "incomplete"), events[-1]
+    assert sum(map(len, audio)) > 1000 and transcript
