@@ -82,3 +82,10 @@ def test_autoscaling_and_stages_settings(monkeypatch):
                 ["--stages", "talker=1,speech=1"], ["--min-replicas", "3", "--max-replicas", "2"]):
         with pytest.raises(ValueError):
             settings_for(*bad)
+
+
+def test_stages_of_the_embedded_default_are_refused_before_ray_starts(capsys):
+    from omnilive.cli import main
+
+    assert main(["serve", "--ray", "--stages", "thinker=1,speech=1"]) == 2
+    assert "--stages needs a Qwen2.5-Omni checkpoint" in capsys.readouterr().err
