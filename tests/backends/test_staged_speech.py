@@ -10,6 +10,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 
 from omnilive.backends.native_omni import NativeBackend, load_speech_engine
 from omnilive.types import AudioChunk, EngineRequest, Finished, Message, SamplingParams, TextDelta
@@ -96,3 +97,24 @@ def test_a_reply_closed_early_frees_its_speech(settings):
     finally:
         asyncio.run(staged.stop())
         staged.speech_service.shutdown()
+
+
+def test_a_feed_moves_every_tensor_it_carries(settings):
+    """Feeds cross processes on the CPU and go to the talker's device on arrival (server/
+    scale_out_stages.py): every tensor must move, the prompt's and the voice's too."""
+    from omnilive.engine.speech_export import ExportedSpeech
+    from omnilive.model.rope_index import PromptPositions
+    from omnilive.model.thinker import ThinkerPrompt
+    from omnilive.model.token2wav import Voice
+
+    voice = Voice(torch.zeros(1, 4), torch.zeros(1, 3, 5), bos_token=7)
+    recorded = ExportedSpeech(voice, seed=1)
+    prompt = ThinkerPrompt(torch.arange(3), torch.zeros(3, 8), PromptPositions(torch.zeros(3, 3, dtype=torch.long), 0))
+    recorded.start(prompt, torch.zeros(3, 8))
+    recorded.add_reply_token(torch.zeros(8), torch.zeros(8))
+    feed = recorded.take().to("meta")
+    start = feed.start
+    tensors = [start.prompt.input_ids, start.prompt.embeds, start.prompt.rope.positions, start.prompt_hidden,
+               start.voice.speaker_embedding, start.voice.reference_mel, feed.reply_hidden, feed.reply_embeds]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert start.voice.bos_token == 7 and start.seed == 1 and feed.reply_tokens == 1 and not feed.ended

@@ -19,7 +19,7 @@ the caller's business: the engine never imports a transport.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -51,6 +51,19 @@ class SpeechFeed:
     reply_embeds: torch.Tensor | None = None
     text: str = ""
     ended: bool = False
+
+    def to(self, device: torch.device | str) -> SpeechFeed:
+        """Its tensors on `device`: CPU to cross processes, the talker's device on arrival."""
+        start = self.start
+        if start is not None:
+            prompt, voice = start.prompt, start.voice
+            prompt = replace(prompt, input_ids=prompt.input_ids.to(device), embeds=prompt.embeds.to(device),
+                             rope=replace(prompt.rope, positions=prompt.rope.positions.to(device)))
+            voice = replace(voice, speaker_embedding=voice.speaker_embedding.to(device),
+                            reference_mel=voice.reference_mel.to(device))
+            start = SpeechStart(voice, start.seed, prompt, start.prompt_hidden.to(device))
+        moved = [None if t is None else t.to(device) for t in (self.reply_hidden, self.reply_embeds)]
+        return replace(self, start=start, reply_hidden=moved[0], reply_embeds=moved[1])
 
     @property
     def reply_tokens(self) -> int:

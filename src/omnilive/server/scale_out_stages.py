@@ -108,9 +108,11 @@ class SpeechReplica:
     async def speak(self, request_id: str, channel: Any) -> AsyncIterator[AudioChunk]:
         """Streamed by Serve: the request's audio while its feeds come from `channel`."""
 
+        device = self.speech.engine.stage.thinker_embed.weight.device
+
         async def feeds() -> AsyncIterator[SpeechFeed]:
             async for ref in channel.stream.options(num_returns="streaming").remote(request_id):
-                yield await ref
+                yield (await ref).to(device)
 
         async for chunk in self.speech.speak(request_id, feeds()):
             yield chunk
@@ -133,7 +135,7 @@ class RaySpeech:
                     feed = await anext(feeds)
                 except StopAsyncIteration:
                     return
-                self.channel.put.remote(request_id, seq, feed)
+                self.channel.put.remote(request_id, seq, feed.to("cpu"))  # not a GPU tensor across processes
 
         pumping = asyncio.create_task(pump())
         audio = self.handle.speak.remote(request_id, self.channel)
