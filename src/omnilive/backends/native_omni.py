@@ -153,6 +153,7 @@ class NativeBackend:
         speech stage elsewhere that speaks this backend's replies (`--stages`); None: here."""
         self.settings = settings
         self.speech_service = speech_service
+        self.speaks_elsewhere = False  # set by loading: the checkpoint speaks and speech_service is given
         self.token2wav_steps = token2wav_steps or settings.token2wav_steps
         self.model: OmniModel | None = None
         self.engine: LLMEngine | None = None
@@ -181,10 +182,11 @@ class NativeBackend:
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
         speech = speech_model(self.model, s, self.token2wav_steps, device)
+        self.speaks_elsewhere = speech is not None and self.speech_service is not None
         self.engine = LLMEngine(self.model.thinker, self.model.tokenizer, max_slots=s.max_batch,
                                 context_length=s.max_context_tokens, prefill_chunk_tokens=s.prefill_chunk_tokens,
                                 speech=None if self.speech_service else speech, admission="reserve",
-                                export_speech=speech is not None and self.speech_service is not None,
+                                export_speech=self.speaks_elsewhere,
                                 answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
         if speech is not None:
             self.whole_speech = WholeSpeech(self.model, speech.settings, s.max_context_tokens, s.prefill_chunk_tokens)
@@ -233,8 +235,8 @@ class NativeBackend:
         stream = self._llm.generate(request.request_id, prepared, request.sampling, request.max_thinking_tokens,
                                     voice=voice, min_thinking_tokens=request.min_thinking_tokens,
                                     output=output_format(request.tools, request.tool_choice, request.response_format))
-        outputs = engine_outputs(stream) if voice is None or self.speech_service is None else \
-            spoken_elsewhere(request.request_id, stream, self.speech_service)
+        outputs = spoken_elsewhere(request.request_id, stream, self.speech_service) \
+            if voice is not None and self.speaks_elsewhere else engine_outputs(stream)
         async for output in outputs:
             yield output
 
