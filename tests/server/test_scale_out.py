@@ -149,6 +149,19 @@ def test_streams_equal_the_single_process_server_and_the_whole_reply(client, mod
         assert whole.choices[0].finish_reason == pieces[-1][2]
 
 
+def test_one_scrape_holds_both_replicas_metrics(ray_server, client, model_id):
+    _ask(client, model_id, "Say hi.")  # so some request counters have samples
+    deadline, replicas = time.monotonic() + 60, set()
+    while len(replicas) < 2 and time.monotonic() < deadline:  # each replica reports every few seconds
+        response = httpx.get(ray_server.url + "/metrics")
+        samples = [line for line in response.text.splitlines() if line.startswith("omnilive_requests_running{")]
+        replicas = {line.split('replica="', 1)[1].split('"', 1)[0] for line in samples}
+        time.sleep(1)
+    assert len(replicas) == 2 and response.headers[REPLICA] in replicas, response.text[:2000]
+    type_lines = [line for line in response.text.splitlines() if line.startswith("# TYPE")]
+    assert len(type_lines) == len(set(type_lines))
+
+
 def _replica_metric(ray_server, replica: str, name: str, **labels: str) -> float:
     """`name` (its samples with `labels`) in /metrics as `replica` counts it; each replica has its
     own metrics, and labels each sample with its name."""

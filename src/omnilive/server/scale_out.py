@@ -23,7 +23,8 @@ on HOST:PORT and hands every HTTP request, SSE stream and WebSocket to one repli
 - MAX_REPLICAS turns on Ray Serve's autoscaling (between MIN_REPLICAS and MAX_REPLICAS, towards
   TARGET_ONGOING_REQUESTS per replica); GPUS_PER_REPLICA pins replicas to GPUs.
 - STAGES runs a Qwen2.5-Omni speech stage as its own deployment (scale_out_stages.py).
-- Every proxy answers Ray's own errors in OpenAI's shape (ray_errors.py).
+- Every proxy answers Ray's own errors in OpenAI's shape (ray_errors.py); any replica's
+  /metrics holds every live replica's samples, labelled (scale_out_metrics.py).
 
 Ray is an optional dependency (`pip install 'omnilive[ray]'`): nothing imports this module
 unless `--ray` is given.
@@ -39,6 +40,7 @@ import time
 from typing import Any
 
 from omnilive.server.ray_errors import CALLBACK_IMPORT_PATH
+from omnilive.server.scale_out_metrics import RayPeerMetrics, start_board
 from omnilive.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,12 @@ class OmniliveReplica:
             from omnilive.server.scale_out_stages import staged_backend
 
             backend = staged_backend(self.settings, self.speech)
-        return create_app(self.settings, backend, replica=name)
+        app = create_app(self.settings, backend, replica=name)
+        try:
+            app.state.metrics.peers = RayPeerMetrics(app.state.metrics)
+        except ValueError:  # no board: deployed by another driver; /metrics shows this replica only
+            log.warning("replica %s: no metrics board; /metrics shows this replica's samples only", name)
+        return app
 
 
 def deployment(settings: Settings) -> Any:
@@ -211,6 +218,7 @@ def serve_on_ray(settings: Settings) -> None:
                     "what fits wait for CPUs (fewer --replicas, or --threads 1)", cpus, replicas,
                     settings.threads, wanted)
     try:
+        board = start_board(ray)  # noqa: F841 - kept alive by this driver: every replica's /metrics
         log.info("deploying %d replica(s) of %s%s", replicas, settings.model,
                  f" in stages {settings.stages}" if settings.stages else "")
         try:
