@@ -20,7 +20,8 @@ from omnilive.server.settings import Settings
 
 # flag → Settings field, for flags whose value passes straight through
 _SERVE_FLAGS = ("model", "llm", "host", "port", "dtype", "api_key", "data_dir", "cache_dir", "log_level",
-                "threads", "ray", "ray_address", "replicas")
+                "threads", "ray", "ray_address", "replicas", "gpus_per_replica", "min_replicas", "max_replicas",
+                "target_ongoing_requests", "stages")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve through Ray Serve (a local Ray cluster unless --ray-address is given)")
     serve.add_argument("--ray-address", help='with --ray: join this Ray cluster ("auto" or HOST:PORT)')
     serve.add_argument("--replicas", type=int, help="with --ray: copies of the backend (default 1)")
+    serve.add_argument("--gpus-per-replica", type=float, help="with --ray: GPUs per replica (default 0: CPUs only)")
+    serve.add_argument("--min-replicas", type=int, help="with --ray: autoscaling's fewest replicas")
+    serve.add_argument("--max-replicas", type=int, help="with --ray: autoscaling's most replicas (turns it on)")
+    serve.add_argument("--target-ongoing-requests", type=float,
+                       help="with --ray and autoscaling: requests per replica to scale towards (default 2)")
+    serve.add_argument("--stages", help='with --ray: thinker and speech as separate deployments, e.g. "thinker=2,speech=1"')
     add_eval_parser(commands)
     add_users_parser(commands)
     return parser

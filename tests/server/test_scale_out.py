@@ -149,24 +149,40 @@ def test_streams_equal_the_single_process_server_and_the_whole_reply(client, mod
         assert whole.choices[0].finish_reason == pieces[-1][2]
 
 
-def _replica_metric(ray_server, replica: str, name: str) -> float:
-    """`name` in /metrics as `replica` counts it (each replica has its own metrics)."""
+def test_one_scrape_holds_both_replicas_metrics(ray_server, client, model_id):
+    _ask(client, model_id, "Say hi.")  # so some request counters have samples
+    deadline, replicas = time.monotonic() + 60, set()
+    while len(replicas) < 2 and time.monotonic() < deadline:  # each replica reports every few seconds
+        response = httpx.get(ray_server.url + "/metrics")
+        samples = [line for line in response.text.splitlines() if line.startswith("omnilive_requests_running{")]
+        replicas = {line.split('replica="', 1)[1].split('"', 1)[0] for line in samples}
+        time.sleep(1)
+    assert len(replicas) == 2 and response.headers[REPLICA] in replicas, response.text[:2000]
+    type_lines = [line for line in response.text.splitlines() if line.startswith("# TYPE")]
+    assert len(type_lines) == len(set(type_lines))
+
+
+def _replica_metric(ray_server, replica: str, name: str, **labels: str) -> float:
+    """`name` (its samples with `labels`) in /metrics as `replica` counts it; each replica has its
+    own metrics, and labels each sample with its name."""
+    wanted = [f'{key}="{value}"' for key, value in {**labels, "replica": replica}.items()]
     for _ in range(200):
         response = httpx.get(ray_server.url + "/metrics")  # a fresh connection, to reach either node
         if response.headers[REPLICA] == replica:
-            lines = [line for line in response.text.splitlines() if line.startswith((name + " ", name + "{"))]
+            lines = [line for line in response.text.splitlines()
+                     if line.startswith(name + "{") and all(label in line for label in wanted)]
             return sum(float(line.split()[-1]) for line in lines)
     raise AssertionError(f"/metrics never answered from {replica}")
 
 
 def test_a_client_that_leaves_aborts_its_request_on_its_replica(ray_server, client, model_id):
-    aborted = 'omnilive_requests_finished_total{reason="aborted"}'
+    aborted = {"name": "omnilive_requests_finished_total", "reason": "aborted"}
     raw = client.chat.completions.with_streaming_response.create(
         model=model_id, messages=[{"role": "user", "content": "Write a very long story about the sea."}],
         max_tokens=1500, stream=True)
     with raw as response:
         replica = response.headers[REPLICA]
-        before = _replica_metric(ray_server, replica, aborted)
+        before = _replica_metric(ray_server, replica, **aborted)
         for received, _ in enumerate(response.iter_lines()):
             if received == 6:
                 break
@@ -174,7 +190,7 @@ def test_a_client_that_leaves_aborts_its_request_on_its_replica(ray_server, clie
     deadline = time.monotonic() + 20
     while _replica_metric(ray_server, replica, "omnilive_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _replica_metric(ray_server, replica, aborted) == before + 1
+    assert _replica_metric(ray_server, replica, **aborted) == before + 1
     assert _replica_metric(ray_server, replica, "omnilive_requests_running") == 0
 
 
@@ -273,6 +289,8 @@ def test_a_killed_replica_fails_its_request_cleanly_and_is_replaced(ray_server, 
             assert answer.status_code == 200 or answer.status_code >= 500, answer.text
             if answer.status_code == 200:
                 assert answer.json()["choices"][0]["message"]["content"]
+            else:  # Ray's proxy answered for the dead replica: in OpenAI's shape too
+                assert answer.json()["error"]["type"] == "server_error", answer.text
 
     # Ray replaces the replica; meanwhile the other answers, and nothing fails for long
     deadline, names = time.monotonic() + 180, set()

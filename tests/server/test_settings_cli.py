@@ -67,3 +67,25 @@ def test_ray_flags_and_environment(monkeypatch):
     assert settings_for().ray
     with pytest.raises(ValueError):
         settings_for("--replicas", "0")
+
+
+def test_autoscaling_and_stages_settings(monkeypatch):
+    assert settings_for("--ray").autoscaling is None  # a fixed number of replicas
+    scaled = settings_for("--replicas", "2", "--max-replicas", "4", "--target-ongoing-requests", "3")
+    assert scaled.autoscaling == {"min_replicas": 2, "max_replicas": 4, "initial_replicas": 2,
+                                  "target_ongoing_requests": 3.0}
+    assert settings_for("--min-replicas", "0", "--max-replicas", "1").autoscaling["min_replicas"] == 0
+    monkeypatch.setenv("OMNILIVE_STAGES", "thinker=2, speech=1")
+    assert settings_for().stages == {"thinker": 2, "speech": 1}
+    assert settings_for("--stages", "speech=3,thinker=1").stages == {"thinker": 1, "speech": 3}
+    for bad in (["--stages", "thinker=2"], ["--stages", "thinker=x,speech=1"], ["--stages", "thinker=0,speech=1"],
+                ["--stages", "talker=1,speech=1"], ["--min-replicas", "3", "--max-replicas", "2"]):
+        with pytest.raises(ValueError):
+            settings_for(*bad)
+
+
+def test_stages_of_the_embedded_default_are_refused_before_ray_starts(capsys):
+    from omnilive.cli import main
+
+    assert main(["serve", "--ray", "--stages", "thinker=1,speech=1"]) == 2
+    assert "--stages needs a Qwen2.5-Omni checkpoint" in capsys.readouterr().err

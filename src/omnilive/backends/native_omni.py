@@ -32,11 +32,14 @@ from omnilive.backends.native_prompt import (
     load_omni_tokenizer,
 )
 from omnilive.backends.native_speech import WholeSpeech
+from omnilive.backends.staged_speech import spoken_elsewhere
 from omnilive.backends.registry import OmniModel
 from omnilive.engine.async_engine import AsyncLLM, engine_outputs
 from omnilive.engine.llm_engine import LLMEngine, SpeechModel
 from omnilive.engine.request import PreparedPrompt
 from omnilive.engine.speech import SpeechSettings
+from omnilive.engine.speech_engine import AsyncSpeech, SpeechEngine
+from omnilive.engine.speech_export import SpeechService
 from omnilive.engine.speech_chunker import SpeechChunker
 from omnilive.engine.tool_calls import output_format
 from omnilive.engine.torch_threads import FreshThreadExecutor
@@ -113,12 +116,44 @@ def answer_phrase(setting: str, detected: str | None) -> str | None:
     return None if setting.strip().lower() in ("", "none") else setting
 
 
+def speech_model(model: OmniModel, s, token2wav_steps: int, device: str) -> SpeechModel | None:
+    """Talker, token2wav and how they stream, for a checkpoint that speaks."""
+    if model.talker is None or model.token2wav is None:
+        return None
+    speech_dtype = s.speech_dtype
+    if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
+        fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
+        speech_dtype = torch.bfloat16 if fast and model.thinker.dtype == torch.bfloat16 else torch.float32
+    speech_dtype = resolve_dtype(speech_dtype)
+    pack_dit(model.token2wav, speech_dtype)
+    settings = SpeechSettings.for_model(model.token2wav, token2wav_steps,
+                                        first_chunk_steps=s.token2wav_first_chunk_steps, dit_dtype=speech_dtype)
+    return SpeechModel(model.talker, model.token2wav, settings, speech_lead_s=s.speech_lead_seconds)
+
+
+def load_speech_engine(s, token2wav_steps: int | None = None) -> AsyncSpeech:
+    """The speech stage alone (`--stages`): talker and token2wav, with the thinker's token
+    embeddings they read; the rest of the thinker is loaded, then let go."""
+    torch.set_num_threads(s.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_omni(resolve_checkpoint_dir(s.model), s.dtype, device)
+    speech = speech_model(model, s, token2wav_steps or s.token2wav_steps, device)
+    if speech is None:
+        raise EngineError(f"{s.model} has no talker: it cannot run a speech stage")
+    engine = SpeechEngine(speech, model.thinker.model.embed_tokens, max_streams=s.max_batch,
+                          context_length=min(s.max_context_tokens, model.thinker.config.max_position_embeddings))
+    return AsyncSpeech(engine, threads=s.threads)
+
+
 class NativeBackend:
     """Backend over a Qwen2.5-Omni or Qwen2.5-VL checkpoint; loads in `start()`."""
 
-    def __init__(self, settings, token2wav_steps: int | None = None):
-        """token2wav_steps: overrides settings.token2wav_steps (tests use few)."""
+    def __init__(self, settings, token2wav_steps: int | None = None, speech_service: SpeechService | None = None):
+        """token2wav_steps: overrides settings.token2wav_steps (tests use few). speech_service: a
+        speech stage elsewhere that speaks this backend's replies (`--stages`); None: here."""
         self.settings = settings
+        self.speech_service = speech_service
+        self.speaks_elsewhere = False  # set by loading: the checkpoint speaks and speech_service is given
         self.token2wav_steps = token2wav_steps or settings.token2wav_steps
         self.model: OmniModel | None = None
         self.engine: LLMEngine | None = None
@@ -146,10 +181,12 @@ class NativeBackend:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
-        speech = self._speech_model(device)
+        speech = speech_model(self.model, s, self.token2wav_steps, device)
+        self.speaks_elsewhere = speech is not None and self.speech_service is not None
         self.engine = LLMEngine(self.model.thinker, self.model.tokenizer, max_slots=s.max_batch,
                                 context_length=s.max_context_tokens, prefill_chunk_tokens=s.prefill_chunk_tokens,
-                                speech=speech, admission="reserve",
+                                speech=None if self.speech_service else speech, admission="reserve",
+                                export_speech=self.speaks_elsewhere,
                                 answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
         if speech is not None:
             self.whole_speech = WholeSpeech(self.model, speech.settings, s.max_context_tokens, s.prefill_chunk_tokens)
@@ -157,21 +194,6 @@ class NativeBackend:
         self._card = self._model_card(directory)
         log.info("%s loaded from %s in %.1f s (%s, %s)", self.model.family, directory, time.perf_counter() - t0,
                  self.model.thinker.dtype, device)
-
-    def _speech_model(self, device: str) -> SpeechModel | None:
-        """Talker, token2wav and how they stream, for a checkpoint that speaks."""
-        model, s = self.model, self.settings
-        if model.talker is None or model.token2wav is None:
-            return None
-        speech_dtype = s.speech_dtype
-        if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
-            fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
-            speech_dtype = torch.bfloat16 if fast and model.thinker.dtype == torch.bfloat16 else torch.float32
-        speech_dtype = resolve_dtype(speech_dtype)
-        pack_dit(model.token2wav, speech_dtype)
-        settings = SpeechSettings.for_model(model.token2wav, self.token2wav_steps,
-                                            first_chunk_steps=s.token2wav_first_chunk_steps, dit_dtype=speech_dtype)
-        return SpeechModel(model.talker, model.token2wav, settings, speech_lead_s=s.speech_lead_seconds)
 
     def _model_card(self, directory: Path) -> ModelCard:
         s, family = self.settings, self.model.family
@@ -213,7 +235,9 @@ class NativeBackend:
         stream = self._llm.generate(request.request_id, prepared, request.sampling, request.max_thinking_tokens,
                                     voice=voice, min_thinking_tokens=request.min_thinking_tokens,
                                     output=output_format(request.tools, request.tool_choice, request.response_format))
-        async for output in engine_outputs(stream):
+        outputs = spoken_elsewhere(request.request_id, stream, self.speech_service) \
+            if voice is not None and self.speaks_elsewhere else engine_outputs(stream)
+        async for output in outputs:
             yield output
 
     def prepare(self, prompt) -> PreparedPrompt:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.request import PreparedPrompt, RequestOutput
+from omnilive.engine.speech_export import joined_feeds
 from omnilive.engine.step_thread import StepThread
 from omnilive.engine.tool_calls import OutputFormat
 from omnilive.engine.torch_threads import set_torch_threads
@@ -170,6 +171,7 @@ def _joined(outputs: list[RequestOutput]) -> RequestOutput:
         tool_calls=tuple(call for o in outputs for call in o.tool_calls),
         token_ids=tuple(t for o in outputs for t in o.token_ids),
         audio=tuple(chunk for o in outputs for chunk in o.audio),
+        speech_feed=joined_feeds([o.speech_feed for o in outputs]),
     )
 
 

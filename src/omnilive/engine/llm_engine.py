@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -34,6 +34,7 @@ from omnilive.engine.runner import ModelRunner, Work
 from omnilive.engine.sampling import make_generator, sample
 from omnilive.engine.scheduler import AdmissionPolicy, Scheduler, StepPlan
 from omnilive.engine.speech import SpeechSettings
+from omnilive.engine.speech_export import ExportedSpeech, SpeechExport
 from omnilive.engine.speech_stage import SpeechStage, guarded
 from omnilive.engine.tool_calls import OutputFormat, ToolCallParser
 from omnilive.engine.thinking import (
@@ -93,6 +94,7 @@ class LLMEngine:
         answer_phrase: str | None = None,  # a plain-text reasoner's (QVQ: "**Final Answer**"); wins over think tokens
         speech: SpeechModel | None = None,  # the model speaks
         admission: AdmissionPolicy | None = None,  # None: "reserve" for a model that speaks, else "preempt"
+        export_speech: bool = False,  # spoken requests' talker runs elsewhere: hand out SpeechFeeds
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -100,15 +102,18 @@ class LLMEngine:
         self.cache = model.make_paged_cache(max_slots, self.context_length, kv_block_size, num_kv_blocks)
         self.runner = ModelRunner(model, self.cache)
         self.speech: SpeechStage | None = None
-        if speech is not None:
+        if export_speech:
+            self.speech = SpeechExport(model.model.embed_tokens, self.cache.num_blocks * kv_block_size)
+        elif speech is not None:
             self.speech = SpeechStage(speech.talker, speech.token2wav, model.model.embed_tokens, speech.settings,
                                       max_streams=max_slots, context_length=self.context_length,
                                       kv_positions=self.cache.num_blocks * kv_block_size,
                                       speech_lead_s=speech.speech_lead_s, clock=speech.clock,
                                       windows_per_step=speech.windows_per_step)
-            if admission == "preempt":
-                raise ValueError("a model that speaks needs admission 'reserve': a talker stream cannot be recomputed")
-        self.scheduler = Scheduler(self.cache, prefill_chunk_tokens, admission or ("reserve" if speech else "preempt"),
+        if self.speech is not None and admission == "preempt":
+            raise ValueError("a model that speaks needs admission 'reserve': a talker stream cannot be recomputed")
+        self.scheduler = Scheduler(self.cache, prefill_chunk_tokens,
+                                   admission or ("reserve" if self.speech else "preempt"),
                                    self.speech.talker_cache if self.speech else None)
         # what one request can hold: the context, or every block when there are fewer
         self.max_request_tokens = min(self.context_length, self.cache.num_blocks * kv_block_size)
@@ -317,6 +322,8 @@ class LLMEngine:
         outputs = []
         for request in requests:
             output = request.take_output()
+            if isinstance(request.speech, ExportedSpeech) and (feed := request.speech.take()) is not None:
+                output = replace(output or RequestOutput(request.request_id), speech_feed=feed)
             if request.done:
                 self._drop(request)
             if output is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from omnilive.engine.tool_calls import ToolCallParser
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Voice
 from omnilive.types import AudioChunk, EngineError, FinishReason, SamplingParams, TokenLogprob, ToolCallDelta
+
+if TYPE_CHECKING:  # speech_export imports this module
+    from omnilive.engine.speech_export import ExportedSpeech, SpeechFeed
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class RequestOutput:
     cached_prompt_tokens: int = 0  # prompt tokens whose KV was reused, not recomputed
     audio_prompt_tokens: int = 0  # of prompt_tokens, audio placeholders
     image_prompt_tokens: int = 0  # of prompt_tokens, image and video placeholders
+    speech_feed: SpeechFeed | None = None  # for a speech stage elsewhere (LLMEngine(export_speech=True))
 
     @property
     def finished(self) -> bool:
@@ -99,7 +104,7 @@ class Request:
     reasoning_tokens: int = 0
     finish_reason: FinishReason | None = None  # the reply's end
     talker_slot: int | None = None  # the talker cache row while it speaks
-    speech: SpeechStream | None = None
+    speech: SpeechStream | ExportedSpeech | None = None
     speech_done: bool = False
     error: EngineError | None = None
     # what this step produced, handed out (and reset) by take_output()

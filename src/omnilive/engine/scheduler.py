@@ -178,13 +178,14 @@ class Scheduler:
         for request in list(self.waiting):
             if not self.cache.num_free_rows:
                 break
-            if request.voice is not None and not self.talker_rows.num_free:
+            speaks_here = request.voice is not None and self.talker_rows is not None  # else its talker is elsewhere
+            if speaks_here and not self.talker_rows.num_free:
                 continue  # it keeps its place; those behind it that fit go first
             cached = self.blocks.admit(request.blocks, request.token_ids, keep_free=self._keep_free(request))
             if cached is None:
                 break  # it goes first once blocks are freed; so do those behind it
             self.waiting.remove(request)
-            if request.voice is not None:
+            if speaks_here:
                 request.talker_slot = self.talker_rows.allocate()
             request.row = self.cache.allocate_row()
             self.cache.set_blocks(request.row, 0, request.blocks.block_ids)

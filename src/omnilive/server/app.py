@@ -73,7 +73,7 @@ def create_app(settings: Settings, engine: Backend | None = None, replica: str |
     app.state.settings = settings
     app.state.replica = replica
     app.state.engine = engine
-    app.state.metrics = metrics = Metrics()
+    app.state.metrics = metrics = Metrics(replica)
     app.state.files = FileStore(settings.files_dir)
     app.state.media_limits = settings.media_limits()
     app.state.created = int(time.time())

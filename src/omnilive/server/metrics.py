@@ -7,14 +7,21 @@ token counts and the latencies a user feels: time to first token and to first au
 Usage is labelled by user name (from the request's principal), never by key; the operator
 (--api-key, or an open server) is "(operator)". The number of series grows with the number of
 users, which only an admin can raise.
+
+Under Ray Serve (server/scale_out.py) every sample carries a `replica="<name>"` label, the
+name the `x-omnilive-replica` header gives, so series of different replicas never mix, and a
+scrape of any replica gives every live replica's samples (theirs as of their last report, at
+most a few seconds old; server/scale_out_metrics.py).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omnilive.server.auth import Principal, current_principal
@@ -23,7 +30,10 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 3
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, replica: str | None = None) -> None:
+        """replica: the Ray Serve replica's name, a label of every sample (None: no label)."""
+        self.replica = replica
+        self.peers: PeerMetrics | None = None  # under Ray: the other replicas' (server/scale_out_metrics.py)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("omnilive_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
@@ -57,7 +67,58 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's samples (labelled with its replica under Ray)."""
+        if self.replica is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, {"replica": self.replica}))
+
+    async def exposition(self) -> bytes:
+        """What /metrics answers: this process's samples, and under Ray every other live
+        replica's as it last reported them (`peers`, server/scale_out_metrics.py)."""
+        own = self.render()
+        if self.peers is None:
+            return own
+        return merged([own, *await self.peers.exchange(own)])
+
+
+class PeerMetrics(Protocol):
+    """Other replicas' metrics: hand ours over, get theirs (each replica's own exposition text)."""
+
+    async def exchange(self, own: bytes) -> list[bytes]: ...
+
+
+def merged(texts: list[bytes]) -> bytes:
+    """Several replicas' expositions as one: each metric family once, with every replica's
+    samples (their `replica` labels keep them apart)."""
+    families: dict[str, Metric] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode()):
+            kept = families.setdefault(family.name, Metric(family.name, family.documentation, family.type,
+                                                           family.unit))
+            kept.samples.extend(family.samples)
+    return generate_latest(_Families(list(families.values())))
+
+
+class _Families:
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+class _Labelled:
+    """A registry's samples with extra labels (what generate_latest reads: `collect()`)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self):
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [sample._replace(labels={**sample.labels, **self.labels})
+                                for sample in family.samples]
+            yield labelled
 
 
 class PerUserCounter:

@@ -20,6 +20,11 @@ on HOST:PORT and hands every HTTP request, SSE stream and WebSocket to one repli
   replicas); calls in flight on it end with an error from the proxy.
 - Several nodes need one database: SQLite (a file on one node) is refused when the cluster has
   more than one node; PostgreSQL by OMNILIVE_DATABASE_URL works anywhere.
+- MAX_REPLICAS turns on Ray Serve's autoscaling (between MIN_REPLICAS and MAX_REPLICAS, towards
+  TARGET_ONGOING_REQUESTS per replica); GPUS_PER_REPLICA pins replicas to GPUs.
+- STAGES runs a Qwen2.5-Omni speech stage as its own deployment (scale_out_stages.py).
+- Every proxy answers Ray's own errors in OpenAI's shape (ray_errors.py); any replica's
+  /metrics holds every live replica's samples, labelled (scale_out_metrics.py).
 
 Ray is an optional dependency (`pip install 'omnilive[ray]'`): nothing imports this module
 unless `--ray` is given.
@@ -34,6 +39,8 @@ import socket
 import time
 from typing import Any
 
+from omnilive.server.ray_errors import CALLBACK_IMPORT_PATH
+from omnilive.server.scale_out_metrics import RayPeerMetrics, start_board
 from omnilive.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +57,10 @@ LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # max_ongoing_requests calls): one proxy would then keep a whole node's worth of requests on one
 # replica whose engine batches only MAX_BATCH. omnilive's replicas are few and costly, so the
 # proxies Serve starts for us spread by queue length over all replicas instead.
-SERVE_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0"}
+# The proxies also answer Ray's own errors (a dead replica's 500, 503, 408) in OpenAI's shape
+# (server/ray_errors.py).
+SERVE_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0",
+             "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": CALLBACK_IMPORT_PATH}
 HEALTH_CHECK_PERIOD_S = 5.0
 GRACEFUL_SHUTDOWN_S = 10.0
 
@@ -62,6 +72,18 @@ class CannotScaleOut(Exception):
 def replica_name(replica_id: str) -> str:
     """What `x-omnilive-replica` says: Ray Serve's replica id, the node's host name and the pid."""
     return f"{replica_id}@{socket.gethostname()}:{os.getpid()}"
+
+
+def total_replicas(settings: Settings) -> int:
+    """Replicas to start: the stages' together, else REPLICAS (autoscaling starts there too)."""
+    return sum(settings.stages.values()) if settings.stages else settings.replicas
+
+
+def check_stages(settings: Settings) -> None:
+    """--stages splits a checkpoint that speaks; the embedded default has no thinker to split."""
+    if settings.stages and settings.model in ("default", "omnilive-small"):
+        raise CannotScaleOut("--stages needs a Qwen2.5-Omni checkpoint (--model DIR): the embedded default "
+                             "has no thinker and talker to run apart")
 
 
 def check_database(settings: Settings, nodes: int) -> None:
@@ -82,8 +104,9 @@ class OmniliveReplica:
     the engine), and only then counts the replica as ready.
     """
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, speech: Any = None):
+        """speech: the speech deployment's handle with --stages (this replica is a thinker)."""
+        self.settings, self.speech = settings, speech
 
     def __serve_build_asgi_app__(self):
         from ray import serve
@@ -94,23 +117,48 @@ class OmniliveReplica:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         name = replica_name(serve.get_replica_context().replica_id.unique_id)
         log.info("replica %s: loading %s", name, self.settings.model)
-        return create_app(self.settings, replica=name)
+        backend = None
+        if self.speech is not None:
+            from omnilive.server.scale_out_stages import staged_backend
+
+            backend = staged_backend(self.settings, self.speech)
+        app = create_app(self.settings, backend, replica=name)
+        try:
+            app.state.metrics.peers = RayPeerMetrics(app.state.metrics)
+        except ValueError:  # no board: deployed by another driver; /metrics shows this replica only
+            log.warning("replica %s: no metrics board; /metrics shows this replica's samples only", name)
+        return app
 
 
 def deployment(settings: Settings) -> Any:
-    """The bound Ray Serve application: REPLICAS replicas, each asking for THREADS CPUs."""
+    """The bound Ray Serve application: REPLICAS replicas (or autoscaled between MIN_REPLICAS and
+    MAX_REPLICAS), each asking for THREADS CPUs and GPUS_PER_REPLICA GPUs; with STAGES, the
+    thinker's count and the speech deployment beside it."""
     from ray import serve
 
     ingress = serve.ingress()(OmniliveReplica)
-    options = dict(
-        name=DEPLOYMENT_NAME,
-        num_replicas=settings.replicas,
-        max_ongoing_requests=MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": settings.threads},
-        health_check_period_s=HEALTH_CHECK_PERIOD_S,
-        graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
-    )
-    return serve.deployment(**options)(ingress).bind(settings)
+    every = dict(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options=actor_resources(settings),
+                 health_check_period_s=HEALTH_CHECK_PERIOD_S, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+    thinkers = replica_count(settings, settings.stages.get("thinker", settings.replicas))
+    app = serve.deployment(name=DEPLOYMENT_NAME, **thinkers, **every)(ingress)
+    if not settings.stages:
+        return app.bind(settings)
+    from omnilive.server.scale_out_stages import speech_deployment
+
+    return app.bind(settings, speech_deployment(settings, **every))
+
+
+def actor_resources(settings: Settings) -> dict:
+    """What each replica asks Ray for: THREADS CPUs, and GPUS_PER_REPLICA GPUs when set."""
+    if settings.gpus_per_replica:
+        return {"num_cpus": settings.threads, "num_gpus": settings.gpus_per_replica}
+    return {"num_cpus": settings.threads}
+
+
+def replica_count(settings: Settings, replicas: int) -> dict:
+    """`num_replicas`, or Ray Serve's `autoscaling_config` when MAX_REPLICAS is set."""
+    autoscaling = settings.model_copy(update={"replicas": replicas}).autoscaling
+    return {"num_replicas": replicas} if autoscaling is None else {"autoscaling_config": autoscaling}
 
 
 def _import_ray():
@@ -130,7 +178,7 @@ def _connect(ray, settings: Settings) -> None:
         log.info("joining the Ray cluster at %s", settings.ray_address)
         ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
         return
-    cpus = max(os.cpu_count() or 1, settings.replicas * settings.threads)
+    cpus = max(os.cpu_count() or 1, total_replicas(settings) * settings.threads)
     log.info("starting a local Ray cluster (%d CPUs)", cpus)
     ray.init(num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
              runtime_env=runtime_env, log_to_driver=True)
@@ -149,6 +197,7 @@ def _alive_nodes(ray) -> int:
 
 def serve_on_ray(settings: Settings) -> None:
     """Start (or join) Ray, deploy the app, serve until SIGINT / SIGTERM, then take it down."""
+    check_stages(settings)
     ray, serve = _import_ray()
     _connect(ray, settings)
     # after ray.init, which installs its own (sys.exit, and a C++ handler that dumps a stack):
@@ -157,25 +206,27 @@ def serve_on_ray(settings: Settings) -> None:
     try:  # refusals come before anything is deployed, and leave the cluster as it was
         check_database(settings, _alive_nodes(ray))
         serve.start(http_options={"host": settings.host, "port": settings.port},
-                    controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
+                    controller_options={"runtime_env": {"env_vars": _forwarded_env()}})
         _check_http_options(serve, settings)
     except BaseException:
         ray.shutdown()
         raise
-    cpus, wanted = ray.cluster_resources().get("CPU", 0), settings.replicas * settings.threads
+    replicas = total_replicas(settings)
+    cpus, wanted = ray.cluster_resources().get("CPU", 0), replicas * settings.threads
     if cpus < wanted:
         log.warning("the cluster has %g CPUs and %d replicas × %d threads want %d: replicas beyond "
-                    "what fits wait for CPUs (fewer --replicas, or --threads 1)", cpus, settings.replicas,
+                    "what fits wait for CPUs (fewer --replicas, or --threads 1)", cpus, replicas,
                     settings.threads, wanted)
     try:
-        log.info("deploying %d replica(s) of %s", settings.replicas, settings.model)
+        board = start_board(ray)  # noqa: F841 - kept alive by this driver: every replica's /metrics
+        log.info("deploying %d replica(s) of %s%s", replicas, settings.model,
+                 f" in stages {settings.stages}" if settings.stages else "")
         try:
             serve.run(deployment(settings), name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as e:  # Ray Serve gave up starting replicas (their __init__ failed)
             raise CannotScaleOut(f"the replicas did not start: {e}\n(each replica's log: the Ray "
                                  "session's logs/serve folder, e.g. /tmp/ray/session_latest/logs/serve)") from e
-        log.info("omnilive on Ray Serve: http://%s:%d (%d replicas)", settings.host, settings.port,
-                 settings.replicas)
+        log.info("omnilive on Ray Serve: http://%s:%d (%d replicas)", settings.host, settings.port, replicas)
         _wait_for_signal()
     except KeyboardInterrupt:  # SIGINT / SIGTERM while deploying
         pass

@@ -9,10 +9,17 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from omnilive.media.limits import MediaLimits
+
+
+def pair_count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"a stage's replica count must be a number, not {text!r}") from None
 
 
 def _default_data_dir() -> Path:
@@ -66,7 +73,23 @@ class Settings(BaseSettings):
         'Ray cluster to join: "auto" (the one `ray start` made on this machine) or HOST:PORT of its head; '
         "unset = start a local Ray cluster"))
     replicas: int = Field(1, ge=1, description=(
-        "with --ray: copies of the backend, each with its own engine (and THREADS CPUs of the cluster)"))
+        "with --ray: copies of the backend, each with its own engine (and THREADS CPUs of the cluster); "
+        "with autoscaling, the replicas to start with"))
+    gpus_per_replica: float = Field(0.0, ge=0, description=(
+        "with --ray: GPUs each replica asks Ray for (thinker and speech replicas alike): 1 pins a replica to "
+        "its own GPU (Ray sets its CUDA_VISIBLE_DEVICES), 0.5 lets two share one; 0 = CPUs only"))
+    min_replicas: int | None = Field(None, ge=0, description=(
+        "with --ray: autoscaling's fewest replicas (unset = REPLICAS when MAX_REPLICAS is set); Ray Serve "
+        "adds and removes replicas between MIN_REPLICAS and MAX_REPLICAS by their ongoing requests"))
+    max_replicas: int | None = Field(None, ge=1, description=(
+        "with --ray: autoscaling's most replicas; setting it turns autoscaling on (unset = a fixed REPLICAS)"))
+    target_ongoing_requests: float = Field(2.0, gt=0, description=(
+        "with --ray and autoscaling: requests per replica (running or queued in it) that Ray Serve scales "
+        "towards; an engine batches MAX_BATCH, so about MAX_BATCH keeps replicas busy"))
+    stages: Annotated[dict[str, int], NoDecode] = Field({}, description=(
+        'with --ray and a model that speaks (Qwen2.5-Omni): the thinker and the speech stage (talker + '
+        'token2wav) as separate deployments with their own replica counts, e.g. "thinker=2,speech=1"; the '
+        "thinker count replaces REPLICAS; empty = every replica runs the whole model"))
 
     # engine sizing
     max_batch: int = Field(4, ge=1, description="requests decoded together (decode slots batched in one step)")
@@ -146,10 +169,42 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, value):
+        """ "thinker=2,speech=1" → {"thinker": 2, "speech": 1}; both stages must be named."""
+        if isinstance(value, str):
+            pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError(f'stages must look like "thinker=2,speech=1", not {value!r}')
+            value = {name.strip(): pair_count(count) for name, count in pairs}
+        if value and set(value) != {"thinker", "speech"}:
+            raise ValueError(f"stages must name exactly thinker and speech, not {sorted(value)}")
+        if any(count < 1 for count in value.values()):
+            raise ValueError("each stage needs at least one replica")
+        return value
+
+    @model_validator(mode="after")
+    def _replica_range(self):
+        low = self.replicas if self.min_replicas is None else self.min_replicas
+        if self.max_replicas is not None and low > self.max_replicas:
+            raise ValueError(f"min replicas ({low}) is above max replicas ({self.max_replicas})")
+        return self
+
     @field_validator("data_dir", "cache_dir", mode="after")
     @classmethod
     def _expand_dirs(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @property
+    def autoscaling(self) -> dict | None:
+        """Ray Serve's autoscaling_config, or None for a fixed number of replicas."""
+        if self.max_replicas is None:
+            return None
+        low = self.replicas if self.min_replicas is None else self.min_replicas
+        return {"min_replicas": low, "max_replicas": self.max_replicas,
+                "initial_replicas": min(max(self.replicas, low), self.max_replicas),
+                "target_ongoing_requests": self.target_ongoing_requests}
 
     @property
     def models_dir(self) -> Path:

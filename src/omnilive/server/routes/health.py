@@ -16,4 +16,4 @@ async def health(request: Request) -> dict:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
