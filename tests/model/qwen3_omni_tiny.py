@@ -16,8 +16,10 @@ The thinker has 3 MoE decoder layers (the middle one a dense MLP), a 2-block vis
 DeepStack after both blocks, and a 2-layer AuT audio encoder with n_window 50 (100 mel frames,
 13 tokens per conv chunk: transformers counts audio tokens right for that size only) and
 n_window_infer 200 (attention windows of two chunks), so a 2.5 s audio already crosses chunk and
-window edges. The talker and Code2Wav are
-the smallest transformers accepts: their keys are in the checkpoint, as in a real one.
+window edges. The talker has 2 MoE
+layers (4 experts, 2 per token, a shared expert), a 2-layer code predictor and 4 code groups
+(codebook 16, control tokens 40..47, voices "chelsie" 46 and "ethan" 47); Code2Wav has 2
+transformer layers with a 4-frame sliding window and upsamples each frame 2 · 2 · 2 = 8 times.
 """
 
 from __future__ import annotations
@@ -73,17 +75,17 @@ PREPROCESSOR = {  # Qwen3-Omni's preprocessor_config.json keys (image and audio 
 VIDEO_PREPROCESSOR = {"min_pixels": 32 * 32, "max_pixels": 64 * 64, "patch_size": PATCH, "temporal_patch_size": 2,
                       "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
 TALKER_TEXT = {
-    "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
-    "num_key_value_heads": 1, "head_dim": 16, "num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16,
+    "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "num_key_value_heads": 1, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
     "shared_expert_intermediate_size": 16,
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                         "interleaved": True, "mrope_interleaved": True},
 }
-CODE_PREDICTOR = {"vocab_size": 16, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+CODE_PREDICTOR = {"vocab_size": 16, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
                   "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "num_code_groups": 4}
 CODE2WAV = {"codebook_size": 16, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2,
-            "intermediate_size": 48, "num_hidden_layers": 1, "num_quantizers": 4, "upsample_rates": [2, 2],
-            "upsampling_ratios": [2], "decoder_dim": 16, "sliding_window": 8}
+            "intermediate_size": 48, "num_hidden_layers": 2, "num_quantizers": 4, "upsample_rates": [2, 2],
+            "upsampling_ratios": [2], "decoder_dim": 16, "sliding_window": 4}
 
 
 @dataclass
@@ -125,6 +127,9 @@ def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0, with_tokenizer: 
     try:
         model = Qwen3OmniMoeForConditionalGeneration(tiny_qwen3_omni_config()).float().eval()
         randomize(model, seed)
+        with torch.no_grad():  # at randomize's scale the talker's text inputs are nearly all bias
+            for linear in (model.talker.text_projection.linear_fc1, model.talker.text_projection.linear_fc2):
+                linear.weight.mul_(6.0)
         model.save_pretrained(directory)
     finally:
         transformers_logging.set_verbosity(verbosity)
