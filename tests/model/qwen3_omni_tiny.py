@@ -74,6 +74,10 @@ PREPROCESSOR = {  # Qwen3-Omni's preprocessor_config.json keys (image and audio 
 }
 VIDEO_PREPROCESSOR = {"min_pixels": 32 * 32, "max_pixels": 64 * 64, "patch_size": PATCH, "temporal_patch_size": 2,
                       "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+# the tokenizer's own ids: <|im_start|> / <|im_end|>, the first token of each role's name
+# ("user" and "system" take several here, "assistant" one); the tts markers on unused specials
+CHAT_IDS = {"im_start_token_id": 153, "im_end_token_id": 154, "system_token_id": 82, "user_token_id": 84,
+            "assistant_token_id": 126, "tts_pad_token_id": 147, "tts_bos_token_id": 148, "tts_eos_token_id": 149}
 TALKER_TEXT = {
     "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
     "num_key_value_heads": 1, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
@@ -111,9 +115,7 @@ def tiny_qwen3_omni_config():
               "video_token_id": IDS["video_token_id"], "vision_start_token_id": IDS["vision_start_token_id"],
               "audio_start_token_id": IDS["audio_start_token_id"], "spatial_merge_size": 2}
     return Qwen3OmniMoeConfig(thinker_config=thinker, talker_config=talker, code2wav_config=CODE2WAV,
-                              im_start_token_id=150, im_end_token_id=151, tts_pad_token_id=152,
-                              tts_bos_token_id=153, tts_eos_token_id=154, system_token_id=155,
-                              user_token_id=156, assistant_token_id=157)
+                              **CHAT_IDS)
 
 
 def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0, with_tokenizer: bool = False) -> TinyQwen3Omni:
@@ -130,6 +132,8 @@ def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0, with_tokenizer: 
         with torch.no_grad():  # at randomize's scale the talker's text inputs are nearly all bias
             for linear in (model.talker.text_projection.linear_fc1, model.talker.text_projection.linear_fc2):
                 linear.weight.mul_(6.0)
+            # codec EOS rarely the best code, so that a talker speaks for a while
+            model.talker.codec_head.weight[model.config.talker_config.codec_eos_token_id].mul_(0.2)
         model.save_pretrained(directory)
     finally:
         transformers_logging.set_verbosity(verbosity)

@@ -8,7 +8,11 @@ import torch
 from safetensors.torch import save_file
 
 from omnilive.model.omni_checkpoint import load_prefixed_tensors
-from omnilive.model.qwen3_omni_code2wav import CODE2WAV_PREFIX, Code2WavStream, load_qwen3_omni_code2wav
+from omnilive.model.qwen3_omni_code2wav import (
+    CODE2WAV_PREFIX,
+    Code2WavStream,
+    load_qwen3_omni_code2wav,
+)
 from omnilive.model.weights import WeightsMismatchError
 from tests.model.qwen3_omni_tiny import CODE2WAV, build_tiny_qwen3_omni
 

@@ -24,11 +24,13 @@ from omnilive.model.qwen3_omni_talker import (
     new_talker_text_inputs,
 )
 from omnilive.model.weights import WeightsMismatchError
-from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
+from tests.model.qwen3_omni_tiny import CHAT_IDS, build_tiny_qwen3_omni
 
 pytest.importorskip("transformers")
 
-IM_START, IM_END, SYSTEM, USER, ASSISTANT, NEWLINE = 150, 151, 155, 156, 157, 7
+IM_START, IM_END, SYSTEM, USER, ASSISTANT = (CHAT_IDS[f"{name}_token_id"]
+                                              for name in ("im_start", "im_end", "system", "user", "assistant"))
+NEWLINE = 94
 CODEBOOK, TALKER_VOCAB, CODEC_EOS = 16, 48, 40
 MAX_FRAMES = 10
 REPLY_TOKENS = 6

@@ -31,10 +31,12 @@ from omnilive.backends.native_prompt import (
     OmniProcessor,
     load_omni_tokenizer,
 )
+from omnilive.backends.native_qwen3_omni import qwen3_speech_model
 from omnilive.backends.native_speech import WholeSpeech
 from omnilive.backends.registry import OmniModel
 from omnilive.engine.async_engine import AsyncLLM, engine_outputs
 from omnilive.engine.llm_engine import LLMEngine, SpeechModel
+from omnilive.engine.qwen3_speech import Qwen3SpeechModel
 from omnilive.engine.request import PreparedPrompt
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_chunker import SpeechChunker
@@ -45,6 +47,7 @@ from omnilive.model.omni_checkpoint import (
     read_config,
     resolve_checkpoint_dir,
 )
+from omnilive.model.qwen3_omni_talker import Qwen3OmniTalker
 from omnilive.model.talker import load_talker
 from omnilive.model.token2wav import Voice, load_token2wav, pack_dit
 from omnilive.model.weights import pick_compute_dtype, pick_dtype, resolve_dtype
@@ -151,18 +154,20 @@ class NativeBackend:
                                 context_length=s.max_context_tokens, prefill_chunk_tokens=s.prefill_chunk_tokens,
                                 speech=speech, admission="reserve",
                                 answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
-        if speech is not None:
+        if isinstance(speech, SpeechModel):
             self.whole_speech = WholeSpeech(self.model, speech.settings, s.max_context_tokens, s.prefill_chunk_tokens)
         self._llm = AsyncLLM(self.engine, threads=s.threads)
         self._card = self._model_card(directory)
         log.info("%s loaded from %s in %.1f s (%s, %s)", self.model.family, directory, time.perf_counter() - t0,
                  self.model.thinker.dtype, device)
 
-    def _speech_model(self, device: str) -> SpeechModel | None:
+    def _speech_model(self, device: str) -> SpeechModel | Qwen3SpeechModel | None:
         """Talker, token2wav and how they stream, for a checkpoint that speaks."""
         model, s = self.model, self.settings
         if model.talker is None or model.token2wav is None:
             return None
+        if isinstance(model.talker, Qwen3OmniTalker):
+            return qwen3_speech_model(model, s)
         speech_dtype = s.speech_dtype
         if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
             fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
@@ -178,8 +183,9 @@ class NativeBackend:
         role = "thinker" if hasattr(self.model.thinker, "encode_media") else "llm"  # a text-only model: "llm"
         parts = [{"role": role, "name": f"{family} {role}", "source": str(directory)}]
         if self.model.talker is not None:
+            vocoder = "code2wav" if isinstance(self.model.talker, Qwen3OmniTalker) else "token2wav"
             parts += [{"role": "talker", "name": f"{family} talker", "source": str(directory)},
-                      {"role": "token2wav", "name": f"{family} token2wav", "source": str(directory)}]
+                      {"role": vocoder, "name": f"{family} {vocoder}", "source": str(directory)}]
         voices = tuple(sorted(self.model.voices))
         return ModelCard(
             id=directory.name if Path(s.model).expanduser().is_dir() else s.model,
@@ -245,6 +251,9 @@ class NativeBackend:
         """Speech of `text` in a Qwen2.5-Omni voice, sentence by sentence: each sentence is
         given to the thinker as its reply to "say this", then spoken by the talker."""
         _, chosen = pick_voice(self.model.voices, voice)
+        if self.whole_speech is None:
+            raise EngineError(f"{self.model.family} does not serve /v1/audio/speech yet: ask chat completions "
+                              'for modalities ["text", "audio"]', param="model")
         if speed != 1.0:
             raise EngineError("this model speaks at speed 1.0 only", param="speed")
         loop = asyncio.get_running_loop()

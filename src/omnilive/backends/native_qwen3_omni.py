@@ -1,11 +1,14 @@
-"""Qwen3-Omni checkpoints (`model_type: qwen3_omni_moe`) behind the native engine, text out.
+"""Qwen3-Omni checkpoints (`model_type: qwen3_omni_moe`) behind the native engine.
 
-    omnilive serve --model /models/Qwen3-Omni-30B-A3B-Instruct     (text, images, audio, video in)
+    omnilive serve --model /models/Qwen3-Omni-30B-A3B-Instruct   (text, images, audio, video in;
+                                                                  text and speech out)
 
 `load_omni` hands the directory here through backends/registry.py. The thinker
 (model/qwen3_omni.py) runs on the one engine like a Qwen3-VL model (DeepStack rows ride on the
-prepared prompt); the talker and Code2Wav are the next step, so the model card offers text out
-only and asking for audio out is a 400 (no voices).
+prepared prompt). A checkpoint with audio output enabled also loads its talker
+(model/qwen3_omni_talker.py) and Code2Wav (model/qwen3_omni_code2wav.py); the engine's Qwen3
+speech stage (engine/qwen3_speech.py) speaks each reply while the thinker writes it, in the
+voices of the checkpoint's `speaker_id` table. A Captioner checkpoint (no talker) serves text.
 
 The processor is Qwen3-Omni's (transformers' Qwen3OmniMoeProcessor):
 - the checkpoint's chat template (QWEN3_OMNI_CHAT_TEMPLATE, a short form of Qwen3-Omni's, when
@@ -26,7 +29,6 @@ The processor is Qwen3-Omni's (transformers' Qwen3OmniMoeProcessor):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ from omnilive.backends.native_prompt import (
     load_omni_tokenizer,
 )
 from omnilive.backends.registry import OmniModel
+from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechSettings
 from omnilive.media.qwen_preprocess import (
     HOP_LENGTH,
     MAX_AUDIO_SECONDS,
@@ -48,10 +51,13 @@ from omnilive.media.qwen_preprocess import (
     log_mel_spectrogram,
     preprocess_video,
 )
+from omnilive.model.omni_checkpoint import read_config
 from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
+from omnilive.model.qwen3_omni_code2wav import load_qwen3_omni_code2wav
 from omnilive.model.qwen3_omni_rope import video_with_audio_placeholders
+from omnilive.model.qwen3_omni_talker import checkpoint_voices, load_qwen3_omni_talker
 from omnilive.model.tokenizer import Tokenizer
-from omnilive.types import AudioInput, EngineError, Message, VideoInput
+from omnilive.types import AudioInput, EngineError, VideoInput
 
 FAMILY = "Qwen3-Omni"
 
@@ -90,11 +96,6 @@ class Qwen3OmniProcessor(QwenProcessor):
     def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer,
                         config: Qwen3OmniThinkerConfig) -> Qwen3OmniProcessor:
         return cls(tokenizer, config, VisualPreprocessing.from_checkpoint(directory))
-
-    def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
-        if speak:
-            raise EngineError(f"{FAMILY} speech is not served yet: ask for text out", param="modalities")
-        return super().chat(messages, speak)
 
     def _add_audio(self, audio: AudioInput, collected: CollectedMedia) -> int:
         """Its placeholder count; its samples wait in `collected.mels` for `_media`."""
@@ -137,9 +138,24 @@ class Qwen3OmniProcessor(QwenProcessor):
 
 
 def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
-    """The thinker, tokenizer and processor of a Qwen3-Omni checkpoint, text out (no talker yet)."""
+    """The thinker, tokenizer and processor of a Qwen3-Omni checkpoint, plus its talker,
+    Code2Wav (float32) and voices when it speaks (audio output enabled, a talker with voices)."""
     directory = Path(directory)
     thinker = load_qwen3_omni_thinker(directory, dtype, device)
     tokenizer = load_omni_tokenizer(directory, fallback_template=QWEN3_OMNI_CHAT_TEMPLATE)
     processor = Qwen3OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config)
-    return OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
+    model = OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
+    config = read_config(directory)
+    speaks = config.get("enable_audio_output", True) and (config.get("talker_config") or {}).get("speaker_id")
+    if speaks:
+        model.talker = load_qwen3_omni_talker(directory, dtype, device)
+        model.token2wav = load_qwen3_omni_code2wav(directory, torch.float32, device)
+        model.voices = checkpoint_voices(model.talker.talker_config)
+    return model
+
+
+def qwen3_speech_model(model: OmniModel, settings) -> Qwen3SpeechModel:
+    """How a Qwen3-Omni model speaks on the engine (settings: server settings)."""
+    speech = Qwen3SpeechSettings(chunk_frames=settings.code2wav_chunk_frames,
+                                 first_chunk_frames=settings.code2wav_first_chunk_frames)
+    return Qwen3SpeechModel(model.talker, model.token2wav, speech)

@@ -23,7 +23,10 @@ One request's talker sequence, as Qwen3OmniMoeForConditionalGeneration.generate 
     Σ the frame's code embeddings + text input k: the turn's later text tokens projected (reply
     tokens as the thinker feeds them back), then tts_eos once, then tts_pad for ever.
 
-Rotary positions count on from the prefill's (all three axes equal for text-only prompts).
+Rotary positions: the user turns keep the thinker's M-RoPE positions, each run of kept tokens
+moved to start right after the talker's previous position (what the reference's rope index of
+the talker's own input ids gives: positions inside a run are relative); the assistant part and
+every decode step count on from there on all three axes.
 Parameter names equal the checkpoint keys under `talker.`.
 """
 
@@ -103,6 +106,19 @@ class Qwen3OmniTalkerConfig:
             return self.speaker_id[voice.lower()]
         except KeyError:
             raise ValueError(f"unknown voice {voice!r}; this checkpoint has {sorted(self.speaker_id)}") from None
+
+
+@dataclass(frozen=True)
+class Qwen3Voice:
+    """A voice of the checkpoint's `speaker_id` table: the codec id the talker's prefill takes."""
+
+    name: str
+    speaker_id: int
+
+
+def checkpoint_voices(config: Qwen3OmniTalkerConfig) -> dict[str, Qwen3Voice]:
+    """The voices by display name ("chelsie" → "Chelsie")."""
+    return {name.capitalize(): Qwen3Voice(name.capitalize(), i) for name, i in config.speaker_id.items()}
 
 
 class ResizeMLP(nn.Module):
@@ -238,7 +254,7 @@ def build_talker_prefill(
     reply_embeds: torch.Tensor,  # [N, E] thinker embeddings of the reply tokens fed back so far, N >= 1
     speaker_id: int,
     layer_hidden: torch.Tensor | None = None,  # [T, E] after accept_hidden_layer; needed for user media
-    rope_positions: torch.Tensor | None = None,  # [3, L]; None = 0..L-1 on every axis (text prompts)
+    prompt_rope_positions: torch.Tensor | None = None,  # [3, T] the thinker's; None = 0..T-1 (text prompts)
 ) -> Qwen3TalkerPrefill:
     config = talker.talker_config
     device, dtype = talker.device, talker.dtype
@@ -273,9 +289,31 @@ def build_talker_prefill(
         user_inputs[user_media] = talker.hidden_projection(layer_hidden.to(device, dtype)[user & media])
         user_inputs[~user_media] = talker.text_projection(prompt_embeds.to(device, dtype)[user & ~media])
     inputs = torch.cat([user_inputs, text_part + codec_part])
-    if rope_positions is None:
-        rope_positions = torch.arange(inputs.shape[0], device=device).expand(3, -1)
-    return Qwen3TalkerPrefill(inputs, rope_positions.to(device), projected[4:])
+    user_positions = kept_positions(prompt_rope_positions, user) if prompt_rope_positions is not None else \
+        torch.arange(int(user.sum()), device=device).expand(3, -1)
+    start_at = int(user_positions.max()) + 1 if user_positions.numel() else 0
+    assistant_positions = torch.arange(start_at, start_at + ASSISTANT_CODEC_SLOTS, device=device).expand(3, -1)
+    rope_positions = torch.cat([user_positions.to(device), assistant_positions], dim=1)
+    return Qwen3TalkerPrefill(inputs, rope_positions, projected[4:])
+
+
+def kept_positions(positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """M-RoPE positions [3, T] of the tokens `keep` [T] marks, as if the others were never
+    there: each run of kept tokens moved to start right after the previous run's largest."""
+    kept, out, next_start = keep.tolist(), [], 0
+    i = 0
+    while i < len(kept):
+        if not kept[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(kept) and kept[j]:
+            j += 1
+        run = positions[:, i:j]
+        out.append(run - run[:, :1].min() + next_start)
+        next_start = int(out[-1].max()) + 1
+        i = j
+    return torch.cat(out, dim=1) if out else positions.new_zeros(3, 0)
 
 
 @torch.inference_mode()
@@ -307,7 +345,9 @@ __all__ = [
     "Qwen3OmniTalker",
     "Qwen3OmniTalkerConfig",
     "Qwen3TalkerPrefill",
+    "Qwen3Voice",
     "build_talker_prefill",
+    "checkpoint_voices",
     "load_qwen3_omni_talker",
     "new_talker_text_inputs",
     "user_turn_mask",
