@@ -160,6 +160,15 @@ class Qwen3SpeechStream:
         return chunk
 
 
+    def untold_tail(self) -> AudioChunk | None:
+        """The reply text no AudioChunk has said yet (the talker may end before the thinker):
+        the transcript still holds the whole reply."""
+        if not self._untold:
+            return None
+        chunk, self._untold = AudioChunk(np.zeros(0, dtype=np.float32), self._untold), ""
+        return chunk
+
+
 class Qwen3SpeechStage:
     def __init__(self, model: Qwen3SpeechModel, thinker: Qwen2ForCausalLM, *, max_streams: int,
                  context_length: int, kv_positions: int, block_size: int):
@@ -229,6 +238,8 @@ class Qwen3SpeechStage:
                 request.audio.append(chunk)
             speech = request.speech
             if request.finished and not request.failed and speech.done and not speech.frames:
+                if (tail := speech.untold_tail()) is not None:
+                    request.audio.append(tail)
                 request.speech_done = True
 
     def close(self) -> None:
