@@ -17,7 +17,10 @@ import torch
 from omnilive.backends.native_omni import NativeBackend
 from omnilive.backends.native_qwen3_omni import Qwen3OmniProcessor
 from omnilive.engine.qwen3_speech import Qwen3SpeechSettings
-from omnilive.engine.qwen3_talker_generate import QWEN3_PREDICTOR_GREEDY, QWEN3_TALKER_GREEDY
+from omnilive.engine.qwen3_talker_generate import (
+    QWEN3_PREDICTOR_GREEDY,
+    QWEN3_TALKER_GREEDY,
+)
 from omnilive.model.qwen3_omni import Qwen3OmniThinker
 from omnilive.server.settings import Settings
 from omnilive.types import (

@@ -24,10 +24,9 @@ from omnilive.backends.native_omni import load_omni
 from omnilive.media.decode import decode_audio, decode_image, decode_video
 from omnilive.types import Message
 from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
-from tests.server.test_native_server import stream_chat
-from tests.server.test_realtime import Realtime, audio_of, in_order
 from tests.server.test_media_chat import data_url, text_video
-from tests.server.test_native_server import png_bytes, wav_bytes
+from tests.server.test_native_server import png_bytes, stream_chat, wav_bytes
+from tests.server.test_realtime import Realtime, audio_of, in_order
 from tests.server_process import ServerProcess
 
 pytest.importorskip("transformers")
