@@ -174,7 +174,7 @@ CODEBOOK, TALKER_VOCAB, CODEC_EOS = 16, 48, 40  # tests/model/qwen3_omni_tiny.py
 def speak_greedily(engine) -> None:
     """The engine's talker and code predictor greedy (as transformers' talker_do_sample=False),
     at most SPEECH_FRAMES frames; small Code2Wav chunks, so the audio comes in many pieces."""
-    engine.engine.speech.settings = Qwen3SpeechSettings(
+    engine.engine.speech.settings = engine.whole_speech.settings = Qwen3SpeechSettings(
         chunk_frames=3, first_chunk_frames=1, talker_sampling=QWEN3_TALKER_GREEDY,
         predictor_sampling=QWEN3_PREDICTOR_GREEDY, talker_max_new_tokens=SPEECH_FRAMES)
 
@@ -206,7 +206,8 @@ def test_greedy_speech_streamed_equals_transformers_whole_generate(engine, tiny,
 
 
 def test_seeded_speech_is_the_same_batched_and_alone(engine):
-    engine.engine.speech.settings = Qwen3SpeechSettings(chunk_frames=2, talker_max_new_tokens=8)
+    engine.engine.speech.settings = engine.whole_speech.settings = Qwen3SpeechSettings(chunk_frames=2,
+                                                                                       talker_max_new_tokens=8)
     seeded = SamplingParams(temperature=0.8, max_tokens=6, seed=5)
     requests = [EngineRequest(f"seeded-{case}", MESSAGES[case], seeded, modalities=("text", "audio"), voice=voice)
                 for case, voice in (("text", "Ethan"), ("image", "Chelsie"))]
@@ -226,3 +227,36 @@ def test_seeded_speech_is_the_same_batched_and_alone(engine):
 def test_unknown_voice_is_a_clear_error(engine):
     with pytest.raises(EngineError, match="unknown voice"):
         run(engine, EngineRequest("nobody", MESSAGES["text"], GREEDY, modalities=("text", "audio"), voice="nobody"))
+
+
+def test_dictated_speech_equals_transformers_generate_with_that_reply(engine, tiny):
+    """/v1/audio/speech's path: the talker speaks a text we give, as transformers' generate
+    speaks a thinker reply of exactly those tokens (its thinker replaced by one that returns them)."""
+    from types import SimpleNamespace
+
+    speak_greedily(engine)
+    text = "Hello there, how are you?"
+    prompt = engine.model.processor.build((Message("user", ("Say: " + text,)),), True)
+    samples = engine.whole_speech.speak_text(prompt, text, engine.model.voices["Ethan"])
+    reply = engine.model.tokenizer.encode(text)
+    ids = torch.tensor([prompt.input_ids])
+    eos = sorted(engine.model.tokenizer.stop_token_ids)[0]
+    sequence = torch.tensor([[*prompt.input_ids, *reply, eos]])
+
+    def thinker_generate(**kwargs):
+        with torch.no_grad():
+            states = tiny.thinker(input_ids=sequence[:, :-1], output_hidden_states=True).hidden_states
+        return SimpleNamespace(sequences=sequence, hidden_states=[states])
+
+    tiny.model.thinker.generate, tiny.model.talker.rope_deltas = thinker_generate, None
+    try:
+        with torch.no_grad():
+            _, wav = tiny.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), speaker="ethan", thinker_eos_token_id=[eos],
+                talker_do_sample=False, talker_max_new_tokens=SPEECH_FRAMES,
+                talker_suppress_tokens=[t for t in range(CODEBOOK, TALKER_VOCAB) if t != CODEC_EOS])
+    finally:
+        del tiny.model.thinker.generate
+    expected = wav.reshape(-1).numpy()
+    assert len(reply) > 3 and len(expected) > 8 * 8
+    np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-4)

@@ -164,3 +164,12 @@ def test_realtime_text_item_gets_a_spoken_answer(running):
     done = events[-1]["response"]  # the tiny thinker writes to the token limit
     assert done["status"] in ("completed", "incomplete") and done["output"][0]["content"][0]["transcript"]
     assert len(audio_of(events)) > 0
+
+
+def test_speech_endpoint_speaks_in_a_checkpoint_voice(client):
+    model = client.models.list().data[0].id
+    response = client.audio.speech.create(model=model, voice="Ethan", input="Hello there. How are you?",
+                                          response_format="wav")
+    with wave.open(io.BytesIO(response.content)) as speech:
+        assert speech.getframerate() == 24_000 and speech.getnchannels() == 1
+        assert speech.getnframes() >= 16  # two codec frames or more of the tiny Code2Wav

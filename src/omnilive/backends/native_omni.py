@@ -31,7 +31,7 @@ from omnilive.backends.native_prompt import (
     OmniProcessor,
     load_omni_tokenizer,
 )
-from omnilive.backends.native_qwen3_omni import qwen3_speech_model
+from omnilive.backends.native_qwen3_omni import Qwen3WholeSpeech, qwen3_speech_model
 from omnilive.backends.native_speech import WholeSpeech
 from omnilive.backends.registry import OmniModel
 from omnilive.engine.async_engine import AsyncLLM, engine_outputs
@@ -125,7 +125,7 @@ class NativeBackend:
         self.token2wav_steps = token2wav_steps or settings.token2wav_steps
         self.model: OmniModel | None = None
         self.engine: LLMEngine | None = None
-        self.whole_speech: WholeSpeech | None = None
+        self.whole_speech: WholeSpeech | Qwen3WholeSpeech | None = None
         self.media_cache = MediaEncoderCache(settings.media_cache_mb << 20)
         self._llm: AsyncLLM | None = None
         self._card: ModelCard | None = None
@@ -156,6 +156,8 @@ class NativeBackend:
                                 answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
         if isinstance(speech, SpeechModel):
             self.whole_speech = WholeSpeech(self.model, speech.settings, s.max_context_tokens, s.prefill_chunk_tokens)
+        elif isinstance(speech, Qwen3SpeechModel):
+            self.whole_speech = Qwen3WholeSpeech(self.model, speech.settings, s.max_context_tokens)
         self._llm = AsyncLLM(self.engine, threads=s.threads)
         self._card = self._model_card(directory)
         log.info("%s loaded from %s in %.1f s (%s, %s)", self.model.family, directory, time.perf_counter() - t0,
@@ -248,12 +250,10 @@ class NativeBackend:
         return Transcript(text=text.strip(), language=language or "unknown", duration_s=audio.duration_s)
 
     async def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> AsyncIterator[np.ndarray]:
-        """Speech of `text` in a Qwen2.5-Omni voice, sentence by sentence: each sentence is
-        given to the thinker as its reply to "say this", then spoken by the talker."""
+        """Speech of `text` in one of the model's voices, sentence by sentence: each sentence is
+        the reply to "say this", spoken by the talker (Qwen2.5-Omni: after a thinker prefill
+        that gives the talker the reply's hidden states; Qwen3-Omni: from its embeddings)."""
         _, chosen = pick_voice(self.model.voices, voice)
-        if self.whole_speech is None:
-            raise EngineError(f"{self.model.family} does not serve /v1/audio/speech yet: ask chat completions "
-                              'for modalities ["text", "audio"]', param="model")
         if speed != 1.0:
             raise EngineError("this model speaks at speed 1.0 only", param="speed")
         loop = asyncio.get_running_loop()

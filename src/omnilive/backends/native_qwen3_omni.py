@@ -44,6 +44,7 @@ from omnilive.backends.native_prompt import (
 )
 from omnilive.backends.registry import OmniModel
 from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechSettings
+from omnilive.engine.qwen3_talker_generate import qwen3_talker_step, start_qwen3_talker_stream
 from omnilive.media.qwen_preprocess import (
     HOP_LENGTH,
     MAX_AUDIO_SECONDS,
@@ -55,7 +56,13 @@ from omnilive.model.omni_checkpoint import read_config
 from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
 from omnilive.model.qwen3_omni_code2wav import load_qwen3_omni_code2wav
 from omnilive.model.qwen3_omni_rope import video_with_audio_placeholders
-from omnilive.model.qwen3_omni_talker import checkpoint_voices, load_qwen3_omni_talker
+from omnilive.model.qwen3_omni_talker import (
+    Qwen3Voice,
+    build_talker_prefill,
+    checkpoint_voices,
+    load_qwen3_omni_talker,
+    new_talker_text_inputs,
+)
 from omnilive.model.tokenizer import Tokenizer
 from omnilive.types import AudioInput, EngineError, VideoInput
 
@@ -152,6 +159,46 @@ def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: st
         model.token2wav = load_qwen3_omni_code2wav(directory, torch.float32, device)
         model.voices = checkpoint_voices(model.talker.talker_config)
     return model
+
+
+class Qwen3WholeSpeech:
+    """/v1/audio/speech for Qwen3-Omni: the talker speaks a text we dictate. The talker reads the
+    thinker's embeddings of the reply, never its hidden states (a text prompt has no media for
+    `hidden_projection`), so the thinker does not run at all: the prompt and the text are
+    embedded, the talker runs to its end, Code2Wav decodes the whole utterance."""
+
+    def __init__(self, model: OmniModel, settings: Qwen3SpeechSettings, context_length: int):
+        self.model, self.settings, self.context_length = model, settings, context_length
+
+    @torch.inference_mode()
+    def speak_text(self, prompt, text: str, voice: Qwen3Voice, seed: int | None = None) -> np.ndarray | None:
+        """prompt: the OmniPrompt asking to say `text` (its reply would be `text`)."""
+        talker, embed = self.model.talker, self.model.thinker.model.embed_tokens
+        reply = self.model.tokenizer.encode(text)
+        if not reply:
+            return None
+        if len(prompt) + len(reply) >= self.context_length:
+            raise EngineError(f"{len(prompt) + len(reply)} tokens do not fit the context of {self.context_length}",
+                              param="input", code="context_length_exceeded")
+        ids = torch.tensor(prompt.input_ids, device=talker.device)
+        reply_embeds = embed(torch.tensor(reply, device=talker.device))
+        prefill = build_talker_prefill(talker, embed, ids, embed(ids), reply_embeds[:1], voice.speaker_id)
+        text_inputs = new_talker_text_inputs(talker, embed, prefill)
+        for reply_embed in reply_embeds[1:]:
+            text_inputs.push(talker.text_projection(reply_embed.to(talker.dtype)))
+        text_inputs.finish()
+        s = self.settings
+        cache = talker.make_cache(1, prefill.length + s.talker_max_new_tokens + 1)
+        predictor_cache = talker.make_predictor_cache(1)
+        stream = start_qwen3_talker_stream(talker, prefill, text_inputs, cache, 0, s.talker_sampling,
+                                           s.predictor_sampling, seed, s.talker_max_new_tokens)
+        while not stream.finished:
+            qwen3_talker_step(talker, [stream], cache, predictor_cache)
+        if not stream.frames:
+            return None
+        code2wav = self.model.token2wav
+        codes = torch.tensor(stream.frames, device=next(code2wav.parameters()).device).T[None]
+        return code2wav(codes)[0, 0].float().cpu().numpy().astype(np.float32)
 
 
 def qwen3_speech_model(model: OmniModel, settings) -> Qwen3SpeechModel:
