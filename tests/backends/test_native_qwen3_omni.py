@@ -240,7 +240,7 @@ def test_dictated_speech_equals_transformers_generate_with_that_reply(engine, ti
     samples = engine.whole_speech.speak_text(prompt, text, engine.model.voices["Ethan"])
     reply = engine.model.tokenizer.encode(text)
     ids = torch.tensor([prompt.input_ids])
-    eos = sorted(engine.model.tokenizer.stop_token_ids)[0]
+    eos = min(engine.model.tokenizer.stop_token_ids)
     sequence = torch.tensor([[*prompt.input_ids, *reply, eos]])
 
     def thinker_generate(**kwargs):

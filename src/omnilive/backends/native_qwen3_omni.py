@@ -44,7 +44,10 @@ from omnilive.backends.native_prompt import (
 )
 from omnilive.backends.registry import OmniModel
 from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechSettings
-from omnilive.engine.qwen3_talker_generate import qwen3_talker_step, start_qwen3_talker_stream
+from omnilive.engine.qwen3_talker_generate import (
+    qwen3_talker_step,
+    start_qwen3_talker_stream,
+)
 from omnilive.media.qwen_preprocess import (
     HOP_LENGTH,
     MAX_AUDIO_SECONDS,
