@@ -19,6 +19,7 @@ overhead against latency and never change the audio.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -183,10 +184,9 @@ class Qwen3SpeechStage:
         weight = self.thinker_embed.weight
         self.block_size = block_size
         self.layer_cache = torch.zeros(kv_positions, weight.shape[1], dtype=weight.dtype, device=weight.device)
-        layer = thinker.model.layers[config.accept_hidden_layer - 1]
-        self._hook = layer.register_forward_hook(self._keep_layer_states)
+        self._hook = keep_layer_states(thinker.model.layers[config.accept_hidden_layer - 1], self)
 
-    def _keep_layer_states(self, module, args, output: torch.Tensor) -> None:
+    def keep_layer_states(self, args: tuple, output: torch.Tensor) -> None:
         """Every computed token's state after layer `accept_hidden_layer`, at its K/V's place."""
         write = args[-1]
         if not isinstance(write, PagedCacheWrite):
@@ -244,6 +244,21 @@ class Qwen3SpeechStage:
 
     def close(self) -> None:
         self._hook.remove()
+
+
+def keep_layer_states(layer: torch.nn.Module, stage: Qwen3SpeechStage):
+    """Hook `layer`'s output into `stage.keep_layer_states`; the hook removes itself once the
+    stage is gone (a thinker may outlive its engine: tests and benches build several)."""
+    stage_ref = weakref.ref(stage)
+
+    def hook(module, args, output):
+        if (alive := stage_ref()) is None:
+            handle.remove()
+        else:
+            alive.keep_layer_states(args, output)
+
+    handle = layer.register_forward_hook(hook)
+    return handle
 
 
 __all__ = ["Qwen3SpeechModel", "Qwen3SpeechSettings", "Qwen3SpeechStage", "Qwen3SpeechStream"]
