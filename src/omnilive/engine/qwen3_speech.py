@@ -160,7 +160,6 @@ class Qwen3SpeechStream:
         self.audio_seconds += len(samples) / SPEECH_SAMPLE_RATE
         return chunk
 
-
     def untold_tail(self) -> AudioChunk | None:
         """The reply text no AudioChunk has said yet (the talker may end before the thinker):
         the transcript still holds the whole reply."""
