@@ -16,8 +16,10 @@ The thinker has 3 MoE decoder layers (the middle one a dense MLP), a 2-block vis
 DeepStack after both blocks, and a 2-layer AuT audio encoder with n_window 50 (100 mel frames,
 13 tokens per conv chunk: transformers counts audio tokens right for that size only) and
 n_window_infer 200 (attention windows of two chunks), so a 2.5 s audio already crosses chunk and
-window edges. The talker and Code2Wav are
-the smallest transformers accepts: their keys are in the checkpoint, as in a real one.
+window edges. The talker has 2 MoE
+layers (4 experts, 2 per token, a shared expert), a 2-layer code predictor and 4 code groups
+(codebook 16, control tokens 40..47, voices "chelsie" 46 and "ethan" 47); Code2Wav has 2
+transformer layers with a 4-frame sliding window and upsamples each frame 2 · 2 · 2 = 8 times.
 """
 
 from __future__ import annotations
@@ -72,18 +74,22 @@ PREPROCESSOR = {  # Qwen3-Omni's preprocessor_config.json keys (image and audio 
 }
 VIDEO_PREPROCESSOR = {"min_pixels": 32 * 32, "max_pixels": 64 * 64, "patch_size": PATCH, "temporal_patch_size": 2,
                       "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+# the tokenizer's own ids: <|im_start|> / <|im_end|>, the first token of each role's name
+# ("user" and "system" take several here, "assistant" one); the tts markers on unused specials
+CHAT_IDS = {"im_start_token_id": 153, "im_end_token_id": 154, "system_token_id": 82, "user_token_id": 84,
+            "assistant_token_id": 126, "tts_pad_token_id": 147, "tts_bos_token_id": 148, "tts_eos_token_id": 149}
 TALKER_TEXT = {
-    "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
-    "num_key_value_heads": 1, "head_dim": 16, "num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16,
+    "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "num_key_value_heads": 1, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
     "shared_expert_intermediate_size": 16,
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                         "interleaved": True, "mrope_interleaved": True},
 }
-CODE_PREDICTOR = {"vocab_size": 16, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+CODE_PREDICTOR = {"vocab_size": 16, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
                   "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "num_code_groups": 4}
 CODE2WAV = {"codebook_size": 16, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2,
-            "intermediate_size": 48, "num_hidden_layers": 1, "num_quantizers": 4, "upsample_rates": [2, 2],
-            "upsampling_ratios": [2], "decoder_dim": 16, "sliding_window": 8}
+            "intermediate_size": 48, "num_hidden_layers": 2, "num_quantizers": 4, "upsample_rates": [2, 2],
+            "upsampling_ratios": [2], "decoder_dim": 16, "sliding_window": 4}
 
 
 @dataclass
@@ -109,9 +115,7 @@ def tiny_qwen3_omni_config():
               "video_token_id": IDS["video_token_id"], "vision_start_token_id": IDS["vision_start_token_id"],
               "audio_start_token_id": IDS["audio_start_token_id"], "spatial_merge_size": 2}
     return Qwen3OmniMoeConfig(thinker_config=thinker, talker_config=talker, code2wav_config=CODE2WAV,
-                              im_start_token_id=150, im_end_token_id=151, tts_pad_token_id=152,
-                              tts_bos_token_id=153, tts_eos_token_id=154, system_token_id=155,
-                              user_token_id=156, assistant_token_id=157)
+                              **CHAT_IDS)
 
 
 def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0, with_tokenizer: bool = False) -> TinyQwen3Omni:
@@ -125,6 +129,11 @@ def build_tiny_qwen3_omni(directory: str | Path, seed: int = 0, with_tokenizer: 
     try:
         model = Qwen3OmniMoeForConditionalGeneration(tiny_qwen3_omni_config()).float().eval()
         randomize(model, seed)
+        with torch.no_grad():  # at randomize's scale the talker's text inputs are nearly all bias
+            for linear in (model.talker.text_projection.linear_fc1, model.talker.text_projection.linear_fc2):
+                linear.weight.mul_(6.0)
+            # codec EOS rarely the best code, so that a talker speaks for a while
+            model.talker.codec_head.weight[model.config.talker_config.codec_eos_token_id].mul_(0.2)
         model.save_pretrained(directory)
     finally:
         transformers_logging.set_verbosity(verbosity)

@@ -245,9 +245,11 @@ def test_config_reads_checkpoint_names(tiny):
     assert config.audio_tokens(250) == 33 and config.vision_config.deepstack_visual_indexes == (0, 1)
 
 
-def test_talker_and_code2wav_keys_are_left_for_the_next_step(tiny):
-    """The checkpoint holds speech parts that the thinker loader does not read (yet)."""
+def test_speech_parts_are_left_to_their_own_loaders(tiny, ours):
+    """The checkpoint holds talker and Code2Wav keys; the thinker loader reads none of them
+    (model/qwen3_omni_talker.py and model/qwen3_omni_code2wav.py load those)."""
     assert load_prefixed_tensors(tiny.directory, "talker.") and load_prefixed_tensors(tiny.directory, "code2wav.")
+    assert not any(name.startswith(("talker", "code2wav", "code_predictor")) for name in ours.state_dict())
 
 
 @pytest.mark.parametrize(

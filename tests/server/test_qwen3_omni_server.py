@@ -1,16 +1,20 @@
-"""`omnilive serve --model DIR` on a tiny random Qwen3-Omni checkpoint (thinker, text out),
-through the OpenAI client.
+"""`omnilive serve --model DIR` on a tiny random Qwen3-Omni checkpoint (thinker, talker,
+Code2Wav), through the OpenAI client.
 
 A real server subprocess; a request carries an image, an audio clip and a video with its own
 audio track (merged with its frames by time). The greedy reply equals transformers' thinker
 generate on the same prompt: the ids and encoder inputs our processor builds from the same
 decoded media, fed to transformers' Qwen3OmniMoeThinkerForConditionalGeneration (its own
-encoders, positions and decoder). Speech is the next step: audio out is a 400.
+encoders, positions and decoder). Speech: chat completions with modalities ["text", "audio"]
+stream `delta.audio` (the same speech as the non-streamed reply's wav), and a Realtime session
+answers a text item with `response.output_audio.delta`.
 """
 
 from __future__ import annotations
 
 import base64
+import io
+import wave
 
 import numpy as np
 import pytest
@@ -21,7 +25,8 @@ from omnilive.media.decode import decode_audio, decode_image, decode_video
 from omnilive.types import Message
 from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
 from tests.server.test_media_chat import data_url, text_video
-from tests.server.test_native_server import png_bytes, wav_bytes
+from tests.server.test_native_server import png_bytes, stream_chat, wav_bytes
+from tests.server.test_realtime import Realtime, audio_of, in_order
 from tests.server_process import ServerProcess
 
 pytest.importorskip("transformers")
@@ -38,14 +43,19 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(tiny, tmp_path_factory):
-    from openai import OpenAI
-
+def running(tiny, tmp_path_factory):
     args = ["--model", str(tiny.directory), "--dtype", "float32"]
     with ServerProcess(tmp_path_factory.mktemp("qwen3-omni-data"), api_key=API_KEY, env={"OMNILIVE_THREADS": "1"},
-                       args=args) as running:
-        with OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
-            yield openai_client
+                       args=args) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(running):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+        yield openai_client
 
 
 def media_bytes() -> dict[str, bytes]:
@@ -89,9 +99,11 @@ def reference_reply(tiny, media: dict[str, bytes]) -> tuple[list[int], int, obje
     return generated[0, len(prompt):].tolist(), len(prompt), ours.tokenizer
 
 
-def test_model_card_is_text_out_with_every_input(client, tiny):
+def test_model_card_offers_speech_in_the_checkpoints_voices(client, tiny):
     (model,) = client.models.list().data
     assert model.id == tiny.directory.name and model.owned_by == "omnilive"
+    card = model.model_dump()
+    assert card["voices"] == ["Chelsie", "Ethan"] and card["default_voice"] == "Chelsie"
 
 
 def test_greedy_reply_with_image_audio_and_video_equals_transformers_thinker(client, tiny):
@@ -107,10 +119,57 @@ def test_greedy_reply_with_image_audio_and_video_equals_transformers_thinker(cli
     assert response.usage.prompt_tokens == prompt_tokens
 
 
-def test_audio_out_is_a_400(client):
+def test_streamed_speech_equals_the_whole_reply(client):
+    model = client.models.list().data[0].id
+    streamed = stream_chat(client, model, "Say something kind.", "chelsie", MAX_TOKENS)
+    assert streamed["finish"] in ("stop", "length") and streamed["text"]
+    assert len(streamed["pcm"]) >= 2 * 16 and streamed["transcript"] == streamed["text"]  # 2 frames or more
+    whole = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say something kind."}], temperature=0.8, seed=5,
+        max_tokens=MAX_TOKENS, modalities=["text", "audio"], audio={"voice": "Chelsie", "format": "wav"})
+    audio = whole.choices[0].message.audio
+    assert audio.transcript == streamed["text"]
+    with wave.open(io.BytesIO(base64.b64decode(audio.data))) as speech:
+        assert speech.getframerate() == 24_000 and speech.getnchannels() == 1
+        samples = np.frombuffer(speech.readframes(speech.getnframes()), "<i2").astype(int)
+    heard = np.frombuffer(streamed["pcm"], "<i2").astype(int)
+    assert samples.shape == heard.shape and np.abs(samples - heard).max() <= 4  # PCM16 rounding of float noise
+
+
+def test_unknown_voice_is_a_400(client):
     import openai
 
     model = client.models.list().data[0].id
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
-                                       modalities=["text", "audio"], audio={"voice": "chelsie", "format": "wav"})
+                                       modalities=["text", "audio"], audio={"voice": "nobody", "format": "wav"})
+
+
+def test_realtime_text_item_gets_a_spoken_answer(running):
+    session = Realtime(running)
+    try:
+        assert session.recv()["type"] == "session.created"
+        session.send({"type": "session.update", "session": {
+            "type": "realtime", "output_modalities": ["audio"], "max_output_tokens": MAX_TOKENS,
+            "audio": {"output": {"voice": "Ethan"}}}})
+        assert session.until("session.updated")[-1]["session"]["audio"]["output"]["voice"] == "Ethan"
+        session.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello there!"}]}})
+        session.send({"type": "response.create"})
+        events = session.until("response.done")
+    finally:
+        session.close()
+    assert in_order(events, "response.created", "response.output_audio_transcript.delta",
+                    "response.output_audio.delta", "response.output_audio.done", "response.done")
+    done = events[-1]["response"]  # the tiny thinker writes to the token limit
+    assert done["status"] in ("completed", "incomplete") and done["output"][0]["content"][0]["transcript"]
+    assert len(audio_of(events)) > 0
+
+
+def test_speech_endpoint_speaks_in_a_checkpoint_voice(client):
+    model = client.models.list().data[0].id
+    response = client.audio.speech.create(model=model, voice="Ethan", input="Hello there. How are you?",
+                                          response_format="wav")
+    with wave.open(io.BytesIO(response.content)) as speech:
+        assert speech.getframerate() == 24_000 and speech.getnchannels() == 1
+        assert speech.getnframes() >= 16  # two codec frames or more of the tiny Code2Wav

@@ -31,11 +31,13 @@ from omnilive.backends.native_prompt import (
     OmniProcessor,
     load_omni_tokenizer,
 )
+from omnilive.backends.native_qwen3_omni import Qwen3WholeSpeech, qwen3_speech_model
 from omnilive.backends.native_speech import WholeSpeech
 from omnilive.backends.staged_speech import spoken_elsewhere
 from omnilive.backends.registry import OmniModel
 from omnilive.engine.async_engine import AsyncLLM, engine_outputs
 from omnilive.engine.llm_engine import LLMEngine, SpeechModel
+from omnilive.engine.qwen3_speech import Qwen3SpeechModel
 from omnilive.engine.request import PreparedPrompt
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_engine import AsyncSpeech, SpeechEngine
@@ -48,6 +50,7 @@ from omnilive.model.omni_checkpoint import (
     read_config,
     resolve_checkpoint_dir,
 )
+from omnilive.model.qwen3_omni_talker import Qwen3OmniTalker
 from omnilive.model.talker import load_talker
 from omnilive.model.token2wav import Voice, load_token2wav, pack_dit
 from omnilive.model.weights import pick_compute_dtype, pick_dtype, resolve_dtype
@@ -116,10 +119,12 @@ def answer_phrase(setting: str, detected: str | None) -> str | None:
     return None if setting.strip().lower() in ("", "none") else setting
 
 
-def speech_model(model: OmniModel, s, token2wav_steps: int, device: str) -> SpeechModel | None:
+def speech_model(model: OmniModel, s, token2wav_steps: int, device: str) -> SpeechModel | Qwen3SpeechModel | None:
     """Talker, token2wav and how they stream, for a checkpoint that speaks."""
     if model.talker is None or model.token2wav is None:
         return None
+    if isinstance(model.talker, Qwen3OmniTalker):
+        return qwen3_speech_model(model, s)
     speech_dtype = s.speech_dtype
     if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
         fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
@@ -140,6 +145,9 @@ def load_speech_engine(s, token2wav_steps: int | None = None) -> AsyncSpeech:
     speech = speech_model(model, s, token2wav_steps or s.token2wav_steps, device)
     if speech is None:
         raise EngineError(f"{s.model} has no talker: it cannot run a speech stage")
+    if isinstance(speech, Qwen3SpeechModel):  # its stage reads thinker layer states no feed carries yet
+        raise EngineError(f"{s.model} is a Qwen3-Omni checkpoint: --stages runs Qwen2.5-Omni's speech apart only; "
+                          "serve it without --stages")
     engine = SpeechEngine(speech, model.thinker.model.embed_tokens, max_streams=s.max_batch,
                           context_length=min(s.max_context_tokens, model.thinker.config.max_position_embeddings))
     return AsyncSpeech(engine, threads=s.threads)
@@ -157,7 +165,7 @@ class NativeBackend:
         self.token2wav_steps = token2wav_steps or settings.token2wav_steps
         self.model: OmniModel | None = None
         self.engine: LLMEngine | None = None
-        self.whole_speech: WholeSpeech | None = None
+        self.whole_speech: WholeSpeech | Qwen3WholeSpeech | None = None
         self.media_cache = MediaEncoderCache(settings.media_cache_mb << 20)
         self._llm: AsyncLLM | None = None
         self._card: ModelCard | None = None
@@ -188,8 +196,10 @@ class NativeBackend:
                                 speech=None if self.speech_service else speech, admission="reserve",
                                 export_speech=self.speaks_elsewhere,
                                 answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
-        if speech is not None:
+        if isinstance(speech, SpeechModel):
             self.whole_speech = WholeSpeech(self.model, speech.settings, s.max_context_tokens, s.prefill_chunk_tokens)
+        elif isinstance(speech, Qwen3SpeechModel):
+            self.whole_speech = Qwen3WholeSpeech(self.model, speech.settings, s.max_context_tokens)
         self._llm = AsyncLLM(self.engine, threads=s.threads)
         self._card = self._model_card(directory)
         log.info("%s loaded from %s in %.1f s (%s, %s)", self.model.family, directory, time.perf_counter() - t0,
@@ -200,8 +210,9 @@ class NativeBackend:
         role = "thinker" if hasattr(self.model.thinker, "encode_media") else "llm"  # a text-only model: "llm"
         parts = [{"role": role, "name": f"{family} {role}", "source": str(directory)}]
         if self.model.talker is not None:
+            vocoder = "code2wav" if isinstance(self.model.talker, Qwen3OmniTalker) else "token2wav"
             parts += [{"role": "talker", "name": f"{family} talker", "source": str(directory)},
-                      {"role": "token2wav", "name": f"{family} token2wav", "source": str(directory)}]
+                      {"role": vocoder, "name": f"{family} {vocoder}", "source": str(directory)}]
         voices = tuple(sorted(self.model.voices))
         return ModelCard(
             id=directory.name if Path(s.model).expanduser().is_dir() else s.model,
@@ -266,8 +277,9 @@ class NativeBackend:
         return Transcript(text=text.strip(), language=language or "unknown", duration_s=audio.duration_s)
 
     async def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0) -> AsyncIterator[np.ndarray]:
-        """Speech of `text` in a Qwen2.5-Omni voice, sentence by sentence: each sentence is
-        given to the thinker as its reply to "say this", then spoken by the talker."""
+        """Speech of `text` in one of the model's voices, sentence by sentence: each sentence is
+        the reply to "say this", spoken by the talker (Qwen2.5-Omni: after a thinker prefill
+        that gives the talker the reply's hidden states; Qwen3-Omni: from its embeddings)."""
         _, chosen = pick_voice(self.model.voices, voice)
         if speed != 1.0:
             raise EngineError("this model speaks at speed 1.0 only", param="speed")

@@ -1,11 +1,14 @@
-"""Qwen3-Omni checkpoints (`model_type: qwen3_omni_moe`) behind the native engine, text out.
+"""Qwen3-Omni checkpoints (`model_type: qwen3_omni_moe`) behind the native engine.
 
-    omnilive serve --model /models/Qwen3-Omni-30B-A3B-Instruct     (text, images, audio, video in)
+    omnilive serve --model /models/Qwen3-Omni-30B-A3B-Instruct   (text, images, audio, video in;
+                                                                  text and speech out)
 
 `load_omni` hands the directory here through backends/registry.py. The thinker
 (model/qwen3_omni.py) runs on the one engine like a Qwen3-VL model (DeepStack rows ride on the
-prepared prompt); the talker and Code2Wav are the next step, so the model card offers text out
-only and asking for audio out is a 400 (no voices).
+prepared prompt). A checkpoint with audio output enabled also loads its talker
+(model/qwen3_omni_talker.py) and Code2Wav (model/qwen3_omni_code2wav.py); the engine's Qwen3
+speech stage (engine/qwen3_speech.py) speaks each reply while the thinker writes it, in the
+voices of the checkpoint's `speaker_id` table. A Captioner checkpoint (no talker) serves text.
 
 The processor is Qwen3-Omni's (transformers' Qwen3OmniMoeProcessor):
 - the checkpoint's chat template (QWEN3_OMNI_CHAT_TEMPLATE, a short form of Qwen3-Omni's, when
@@ -26,7 +29,6 @@ The processor is Qwen3-Omni's (transformers' Qwen3OmniMoeProcessor):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,11 @@ from omnilive.backends.native_prompt import (
     load_omni_tokenizer,
 )
 from omnilive.backends.registry import OmniModel
+from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechSettings
+from omnilive.engine.qwen3_talker_generate import (
+    qwen3_talker_step,
+    start_qwen3_talker_stream,
+)
 from omnilive.media.qwen_preprocess import (
     HOP_LENGTH,
     MAX_AUDIO_SECONDS,
@@ -48,10 +55,19 @@ from omnilive.media.qwen_preprocess import (
     log_mel_spectrogram,
     preprocess_video,
 )
+from omnilive.model.omni_checkpoint import read_config
 from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
+from omnilive.model.qwen3_omni_code2wav import load_qwen3_omni_code2wav
 from omnilive.model.qwen3_omni_rope import video_with_audio_placeholders
+from omnilive.model.qwen3_omni_talker import (
+    Qwen3Voice,
+    build_talker_prefill,
+    checkpoint_voices,
+    load_qwen3_omni_talker,
+    new_talker_text_inputs,
+)
 from omnilive.model.tokenizer import Tokenizer
-from omnilive.types import AudioInput, EngineError, Message, VideoInput
+from omnilive.types import AudioInput, EngineError, VideoInput
 
 FAMILY = "Qwen3-Omni"
 
@@ -90,11 +106,6 @@ class Qwen3OmniProcessor(QwenProcessor):
     def from_checkpoint(cls, directory: str | Path, tokenizer: Tokenizer,
                         config: Qwen3OmniThinkerConfig) -> Qwen3OmniProcessor:
         return cls(tokenizer, config, VisualPreprocessing.from_checkpoint(directory))
-
-    def chat(self, messages: Sequence[Message], speak: bool) -> list[dict]:
-        if speak:
-            raise EngineError(f"{FAMILY} speech is not served yet: ask for text out", param="modalities")
-        return super().chat(messages, speak)
 
     def _add_audio(self, audio: AudioInput, collected: CollectedMedia) -> int:
         """Its placeholder count; its samples wait in `collected.mels` for `_media`."""
@@ -137,9 +148,64 @@ class Qwen3OmniProcessor(QwenProcessor):
 
 
 def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
-    """The thinker, tokenizer and processor of a Qwen3-Omni checkpoint, text out (no talker yet)."""
+    """The thinker, tokenizer and processor of a Qwen3-Omni checkpoint, plus its talker,
+    Code2Wav (float32) and voices when it speaks (audio output enabled, a talker with voices)."""
     directory = Path(directory)
     thinker = load_qwen3_omni_thinker(directory, dtype, device)
     tokenizer = load_omni_tokenizer(directory, fallback_template=QWEN3_OMNI_CHAT_TEMPLATE)
     processor = Qwen3OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config)
-    return OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
+    model = OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
+    config = read_config(directory)
+    speaks = config.get("enable_audio_output", True) and (config.get("talker_config") or {}).get("speaker_id")
+    if speaks:
+        model.talker = load_qwen3_omni_talker(directory, dtype, device)
+        model.token2wav = load_qwen3_omni_code2wav(directory, torch.float32, device)
+        model.voices = checkpoint_voices(model.talker.talker_config)
+    return model
+
+
+class Qwen3WholeSpeech:
+    """/v1/audio/speech for Qwen3-Omni: the talker speaks a text we dictate. The talker reads the
+    thinker's embeddings of the reply, never its hidden states (a text prompt has no media for
+    `hidden_projection`), so the thinker does not run at all: the prompt and the text are
+    embedded, the talker runs to its end, Code2Wav decodes the whole utterance."""
+
+    def __init__(self, model: OmniModel, settings: Qwen3SpeechSettings, context_length: int):
+        self.model, self.settings, self.context_length = model, settings, context_length
+
+    @torch.inference_mode()
+    def speak_text(self, prompt, text: str, voice: Qwen3Voice, seed: int | None = None) -> np.ndarray | None:
+        """prompt: the OmniPrompt asking to say `text` (its reply would be `text`)."""
+        talker, embed = self.model.talker, self.model.thinker.model.embed_tokens
+        reply = self.model.tokenizer.encode(text)
+        if not reply:
+            return None
+        if len(prompt) + len(reply) >= self.context_length:
+            raise EngineError(f"{len(prompt) + len(reply)} tokens do not fit the context of {self.context_length}",
+                              param="input", code="context_length_exceeded")
+        ids = torch.tensor(prompt.input_ids, device=talker.device)
+        reply_embeds = embed(torch.tensor(reply, device=talker.device))
+        prefill = build_talker_prefill(talker, embed, ids, embed(ids), reply_embeds[:1], voice.speaker_id)
+        text_inputs = new_talker_text_inputs(talker, embed, prefill)
+        for reply_embed in reply_embeds[1:]:
+            text_inputs.push(talker.text_projection(reply_embed.to(talker.dtype)))
+        text_inputs.finish()
+        s = self.settings
+        cache = talker.make_cache(1, prefill.length + s.talker_max_new_tokens + 1)
+        predictor_cache = talker.make_predictor_cache(1)
+        stream = start_qwen3_talker_stream(talker, prefill, text_inputs, cache, 0, s.talker_sampling,
+                                           s.predictor_sampling, seed, s.talker_max_new_tokens)
+        while not stream.finished:
+            qwen3_talker_step(talker, [stream], cache, predictor_cache)
+        if not stream.frames:
+            return None
+        code2wav = self.model.token2wav
+        codes = torch.tensor(stream.frames, device=next(code2wav.parameters()).device).T[None]
+        return code2wav(codes)[0, 0].float().cpu().numpy().astype(np.float32)
+
+
+def qwen3_speech_model(model: OmniModel, settings) -> Qwen3SpeechModel:
+    """How a Qwen3-Omni model speaks on the engine (settings: server settings)."""
+    speech = Qwen3SpeechSettings(chunk_frames=settings.code2wav_chunk_frames,
+                                 first_chunk_frames=settings.code2wav_first_chunk_frames)
+    return Qwen3SpeechModel(model.talker, model.token2wav, speech)

@@ -17,6 +17,8 @@ import torch
 
 from omnilive.backends.native_prompt import OmniPrompt
 from omnilive.model.qwen2 import Qwen2ForCausalLM
+from omnilive.model.qwen3_omni_code2wav import Qwen3OmniCode2Wav
+from omnilive.model.qwen3_omni_talker import Qwen3OmniTalker, Qwen3Voice
 from omnilive.model.talker import Talker
 from omnilive.model.token2wav import Token2Wav, Voice
 from omnilive.model.tokenizer import Tokenizer
@@ -41,9 +43,9 @@ class OmniModel:
     thinker: Qwen2ForCausalLM  # the decoder: an Omni thinker, a Qwen2.5-VL model, a Qwen3
     tokenizer: Tokenizer
     processor: PromptBuilder
-    talker: Talker | None = None  # None: the checkpoint cannot speak
-    token2wav: Token2Wav | None = None
-    voices: dict[str, Voice] = field(default_factory=dict)
+    talker: Talker | Qwen3OmniTalker | None = None  # None: the checkpoint cannot speak
+    token2wav: Token2Wav | Qwen3OmniCode2Wav | None = None  # Qwen3-Omni: its Code2Wav
+    voices: dict[str, Voice | Qwen3Voice] = field(default_factory=dict)
     family: str = "Qwen2.5-Omni"  # what the model card calls it
     answer_phrase: str | None = None  # a plain-text reasoner's (QVQ's "**Final Answer**"); None: none
 
@@ -93,7 +95,7 @@ FAMILIES: dict[str, Loader] = {
     "qwen2_vl": _qwen2_vl,  # the same (Qwen2-VL, QVQ)
     "qwen3_vl": _qwen3_vl,  # text, images, video in; text out; the Thinking variants think
     "qwen3_vl_moe": _qwen3_vl,  # the same, with sparse expert MLPs
-    "qwen3_omni_moe": _qwen3_omni,  # text, images, audio, video in; text out (speech: the next step)
+    "qwen3_omni_moe": _qwen3_omni,  # text, images, audio, video in; text and speech out
     "qwen3": _qwen3,  # text in, text out; thinks
     "qwen3_moe": _qwen3,  # the same, with sparse expert MLPs
 }

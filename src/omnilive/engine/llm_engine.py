@@ -33,6 +33,7 @@ from omnilive.engine.request import PreparedPrompt, Request, RequestOutput
 from omnilive.engine.runner import ModelRunner, Work
 from omnilive.engine.sampling import make_generator, sample
 from omnilive.engine.scheduler import AdmissionPolicy, Scheduler, StepPlan
+from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechStage
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_export import ExportedSpeech, SpeechExport
 from omnilive.engine.speech_stage import SpeechStage, guarded
@@ -64,6 +65,12 @@ class SpeechModel:
     windows_per_step: int | None | str = "auto"
     clock: Callable[[], float] = time.monotonic
 
+    def make_stage(self, thinker: Qwen2ForCausalLM, *, max_streams: int, context_length: int, kv_positions: int,
+                   block_size: int) -> SpeechStage:
+        return SpeechStage(self.talker, self.token2wav, thinker.model.embed_tokens, self.settings,
+                           max_streams=max_streams, context_length=context_length, kv_positions=kv_positions,
+                           speech_lead_s=self.speech_lead_s, clock=self.clock, windows_per_step=self.windows_per_step)
+
 
 class EngineTokenizer(Protocol):
     """What the engine needs from a tokenizer (omnilive.model.tokenizer.Tokenizer has it)."""
@@ -92,7 +99,7 @@ class LLMEngine:
         think_start: str | None = "<think>",  # None: not a thinking model
         think_end: str | None = "</think>",
         answer_phrase: str | None = None,  # a plain-text reasoner's (QVQ: "**Final Answer**"); wins over think tokens
-        speech: SpeechModel | None = None,  # the model speaks
+        speech: SpeechModel | Qwen3SpeechModel | None = None,  # the model speaks
         admission: AdmissionPolicy | None = None,  # None: "reserve" for a model that speaks, else "preempt"
         export_speech: bool = False,  # spoken requests' talker runs elsewhere: hand out SpeechFeeds
     ):
@@ -101,15 +108,13 @@ class LLMEngine:
         self.context_length = min(context_length, model.config.max_position_embeddings)
         self.cache = model.make_paged_cache(max_slots, self.context_length, kv_block_size, num_kv_blocks)
         self.runner = ModelRunner(model, self.cache)
-        self.speech: SpeechStage | None = None
+        self.speech: SpeechStage | Qwen3SpeechStage | None = None
         if export_speech:
             self.speech = SpeechExport(model.model.embed_tokens, self.cache.num_blocks * kv_block_size)
         elif speech is not None:
-            self.speech = SpeechStage(speech.talker, speech.token2wav, model.model.embed_tokens, speech.settings,
-                                      max_streams=max_slots, context_length=self.context_length,
-                                      kv_positions=self.cache.num_blocks * kv_block_size,
-                                      speech_lead_s=speech.speech_lead_s, clock=speech.clock,
-                                      windows_per_step=speech.windows_per_step)
+            self.speech = speech.make_stage(model, max_streams=max_slots, context_length=self.context_length,
+                                            kv_positions=self.cache.num_blocks * kv_block_size,
+                                            block_size=kv_block_size)
         if self.speech is not None and admission == "preempt":
             raise ValueError("a model that speaks needs admission 'reserve': a talker stream cannot be recomputed")
         self.scheduler = Scheduler(self.cache, prefill_chunk_tokens,

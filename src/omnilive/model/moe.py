@@ -6,6 +6,9 @@ probability-weighted sum of those experts' SwiGLU outputs. Computed expert by ex
 tokens routed to it (a loop over the experts a step uses, never over tokens), so a decode
 step of a few rows reads only the experts they chose.
 
+`SharedExpertMoE` (the Qwen3-Omni talker) adds a dense shared expert to every token's mix,
+scaled by a sigmoid gate of its own.
+
 Two checkpoint layouts:
 - `SparseMoE` (Qwen3-MoE): one module per expert, `experts.N.{gate,up,down}_proj.weight`;
 - `FusedSparseMoE` (Qwen3-VL-MoE): every expert of a layer in two 3-D tensors,
@@ -58,6 +61,20 @@ class SparseMoE(nn.Module):
         tokens = x.reshape(-1, x.shape[-1])  # [M, H]
         weights, chosen = route(self.gate(tokens), self.top_k, self.norm_topk_prob)
         return mix_experts(tokens, weights, chosen, lambda index, rows: self.experts[index](rows)).view_as(x)
+
+
+class SharedExpertMoE(SparseMoE):
+    """SparseMoE plus `shared_expert` (a SwiGLU every token runs) times sigmoid(`shared_expert_gate`)."""
+
+    def __init__(self, hidden_size: int, expert_size: int, num_experts: int, top_k: int, norm_topk_prob: bool,
+                 shared_expert_size: int):
+        super().__init__(hidden_size, expert_size, num_experts, top_k, norm_topk_prob)
+        self.shared_expert = SwiGLU(hidden_size, shared_expert_size)
+        self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return super().forward(x) + shared
 
 
 class FusedExperts(nn.Module):

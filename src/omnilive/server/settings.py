@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         "native speech: seconds of audio a stream keeps ahead of its listener before its next "
         "token2wav window must be solved; until then windows wait to be solved together with other "
         "streams'"))
+    code2wav_chunk_frames: int = Field(8, ge=1, description=(
+        "native Qwen3-Omni speech: codec frames (12.5 a second) per streamed Code2Wav decode; the "
+        "stream is exact, so the size trades per-call overhead against latency, never quality"))
+    code2wav_first_chunk_frames: int = Field(2, ge=1, description=(
+        "native Qwen3-Omni speech: codec frames of a reply's first Code2Wav decode, for an earlier "
+        "first audio chunk"))
     reasoning_answer_phrase: str = Field("auto", description=(
         'native models that reason in plain text (no think tokens): the phrase that starts the answer; the '
         'reply before it is reasoning and the thinking budget forces it. "auto" = by checkpoint: '
