@@ -14,11 +14,13 @@ TURN_TIMEOUT_MS = 120_000
 
 
 def _wait_voice_turn(page) -> tuple[str, str]:
-    """The user's transcript and the reply's transcript, once the reply has started playing."""
+    """The user's transcript and the reply's whole transcript, once the reply has played a while
+    and ended (its first words are spoken, and shown, before the rest is written)."""
     page.wait_for_selector(".message.user[data-source='voice']:not(.pending)", timeout=TURN_TIMEOUT_MS)
     page.wait_for_function("Number(document.getElementById('app').dataset.audioPlayedMs) > 500",
                            timeout=TURN_TIMEOUT_MS)
-    page.wait_for_selector(".message.assistant[data-source='voice'] .message-body:not(:empty)", timeout=TURN_TIMEOUT_MS)
+    page.wait_for_selector(".message.assistant[data-source='voice']:not(.pending) .message-body:not(:empty)",
+                           timeout=TURN_TIMEOUT_MS)
     heard = page.locator(".message.user[data-source='voice'] .message-body").first.inner_text()
     said = page.locator(".message.assistant[data-source='voice'] .message-body").first.inner_text()
     return heard, said
