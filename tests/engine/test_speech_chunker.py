@@ -95,6 +95,7 @@ def test_first_chunk_may_end_before_a_word_that_opens_a_phrase():
     assert chunk_all("The capital of France is Paris. It is old, in fact.") == [
         "The capital of France ", "is Paris. ", "It is old, in fact."]
     assert chunk_all("There are 7 days in a week.") == ["There are 7 days ", "in a week."]
+    assert chunk_all("There are 7 days in a week.", phrase_breaks=False) == ["There are 7 days in a week."]
     # not before four words, and not right after a word that needs the next one
     assert chunk_all("The sky is blue and clear.") == ["The sky is blue ", "and clear."]
     assert chunk_all("Bees make honey which is food.") == ["Bees make honey which is food."]

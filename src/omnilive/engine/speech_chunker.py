@@ -161,8 +161,9 @@ def speakable_text(text: str) -> str:
 class SpeechChunker:
     """Cuts one streamed reply into speakable chunks; make a new one per reply."""
 
-    def __init__(self, min_first_words: int = 4, max_chars: int = 300):
+    def __init__(self, min_first_words: int = 4, max_chars: int = 300, phrase_breaks: bool = True):
         self.min_first_words = min_first_words
+        self.phrase_breaks = phrase_breaks  # False: the first chunk ends at a clause or sentence only
         self.max_chars = max_chars
         self._markdown = MarkdownToSpeech()
         self._pending = ""  # speakable text not yet released
@@ -212,7 +213,7 @@ class SpeechChunker:
             for m in _CLAUSE.finditer(text):
                 if (m.end() < len(text) or final) and _count_words(text[:m.start()]) >= self.min_first_words:
                     yield m.end()
-            for m in _PHRASE_BREAK.finditer(text):
+            for m in _PHRASE_BREAK.finditer(text) if self.phrase_breaks else ():
                 before = _WORD.findall(text[:m.start()])
                 if (m.group(2).lower() in PHRASE_STARTS and len(before) >= self.min_first_words
                         and before[-1].lower() not in _NO_CUT_AFTER):
