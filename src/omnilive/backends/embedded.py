@@ -19,7 +19,7 @@ import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from omnilive.types import (
     Usage,
     VideoInput,
 )
+
+if TYPE_CHECKING:
+    from omnilive.backends.load_progress import ModelProgress
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,7 @@ class EmbeddedBackend:
             default_voice=self._tts.default_voice,
         )
 
-    def _load_llm(self, line) -> None:
+    def _load_llm(self, line: ModelProgress) -> None:
         from omnilive.backends import assets
         from omnilive.engine.async_engine import AsyncLLM
         from omnilive.engine.llm_engine import LLMEngine
@@ -148,9 +151,8 @@ class EmbeddedBackend:
             context_length=self._context_length,
             prefill_chunk_tokens=s.prefill_chunk_tokens,
         )
-        # Warm-ups, so the first voice turn costs what later ones do: the spoken system prompt's
-        # keys/values stay in cached KV blocks for prefix reuse; silence makes Whisper run both
-        # encoder windows; the default voice's G2P and ONNX sessions load.
+        # warm-ups (here and below), so the first voice turn costs what later ones do: the spoken
+        # system prompt's keys/values stay in cached KV blocks for prefix reuse
         line.step("warming up")
         warm_chat = [{"role": "system", "content": SYSTEM_PROMPT + SPOKEN_STYLE}, {"role": "user", "content": "Hi"}]
         engine.add_request("warm-up", tokenizer.apply_chat_template(warm_chat, add_generation_prompt=True),
@@ -159,22 +161,22 @@ class EmbeddedBackend:
             engine.step()
         self._llm = AsyncLLM(engine, threads=s.threads)
 
-    def _load_asr(self, line) -> None:
+    def _load_asr(self, line: ModelProgress) -> None:
         from omnilive.backends import assets
         from omnilive.backends.asr import WhisperASR
 
         model_dir = assets.whisper_base_dir(self.settings.models_dir, on_bytes=line.assembling)
         line.step("loading")
         self._asr = WhisperASR(model_dir, cpu_threads=self.settings.threads)
-        line.step("warming up")
+        line.step("warming up")  # silence makes Whisper run both encoder windows
         self._asr.transcribe(AudioInput(np.zeros(ASR_SAMPLE_RATE, np.float32)), language="en")
 
-    def _load_tts(self, line) -> None:
+    def _load_tts(self, line: ModelProgress) -> None:
         from omnilive.backends.tts import HibariTTS
 
         line.step("loading")
         self._tts = HibariTTS()
-        line.step("warming up")
+        line.step("warming up")  # the default voice's G2P and ONNX sessions load
         self._tts.synthesize("Hello there.")
 
     async def stop(self) -> None:
