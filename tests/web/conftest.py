@@ -2,7 +2,9 @@
 
 The microphone and camera are Chromium's fake devices playing files made here: an espeak-ng
 question as a 48 kHz WAV (with silence after it, so the server's VAD ends the turn) and a
-.y4m clip of a printed sign. Screenshots of each state go to test-artifacts/web/.
+.y4m clip of a printed sign. A test that must speak when something happens (over the reply,
+for barge-in) gets a scripted microphone instead (`spoken_clips`, `say`). Screenshots of each
+state go to test-artifacts/web/.
 """
 
 from __future__ import annotations
