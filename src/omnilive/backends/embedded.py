@@ -19,7 +19,7 @@ import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from omnilive.types import (
     Usage,
     VideoInput,
 )
+
+if TYPE_CHECKING:
+    from omnilive.backends.load_progress import ModelProgress
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,33 @@ class EmbeddedBackend:
         await run_in_fresh_thread(self._load)  # torch stays on the engine thread afterwards
 
     def _load(self) -> None:
+        from omnilive.backends import assets, vision
+        from omnilive.backends.load_progress import LoadProgress
+
+        t0 = time.perf_counter()
+        with LoadProgress() as progress:
+            with progress.model(self.settings.llm, in_parts=self.settings.llm != "smollm2-135m") as line:
+                self._load_llm(line)
+            with progress.model("whisper-base", in_parts=True) as line:
+                self._load_asr(line)
+            with progress.model("hibari-tts") as line:
+                self._load_tts(line)
+            with progress.model("rapidocr") as line:
+                line.step("loading")
+                vision.warm_up()
+        log.info("embedded default loaded in %.1f s", time.perf_counter() - t0)
+        unused_llm_role = "llm" if self.settings.llm == "smollm2-135m" else "llm-small"
+        self._card = ModelCard(
+            id=MODEL_ID,
+            owned_by="omnilive",
+            parts=tuple(p for p in assets.packaged_parts() if p["role"] != unused_llm_role),
+            context_length=self._context_length,
+            voices=tuple(self._tts.voices),
+            default_voice=self._tts.default_voice,
+        )
+
+    def _load_llm(self, line: ModelProgress) -> None:
         from omnilive.backends import assets
-        from omnilive.backends.asr import WhisperASR
-        from omnilive.backends import vision
-        from omnilive.backends.tts import HibariTTS
         from omnilive.engine.async_engine import AsyncLLM
         from omnilive.engine.llm_engine import LLMEngine
         from omnilive.model.gguf_loader import load_gguf
@@ -106,16 +132,15 @@ class EmbeddedBackend:
 
         s = self.settings
         cache_dir = s.models_dir
-        t0 = time.perf_counter()
         small = s.llm == "smollm2-135m"
-        gguf_path = assets.smollm2_gguf() if small else assets.qwen_coder_gguf(cache_dir)
-        unused_llm_role = "llm" if small else "llm-small"
+        gguf_path = assets.smollm2_gguf() if small else assets.qwen_coder_gguf(cache_dir, on_bytes=line.assembling)
         torch.set_num_threads(s.threads)
         dtype = resolve_dtype(s.dtype)
         # auto: bf16 weights packed for oneDNN where the CPU runs bf16 natively (about as fast
         # as int8 alone and flat in batch size: docs/benchmarks.md), else int8 in bf16
         auto_int8 = dtype == torch.bfloat16 and not can_pack(dtype, "cpu")
         int8 = s.quantize == "int8" or (s.quantize == "auto" and auto_int8)
+        line.step("loading weights (converted into the cache on a first start)")
         model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=dtype, int8_weights=int8)
         self._tokenizer = tokenizer
         self._context_length = min(config.max_position_embeddings, s.max_context_tokens)
@@ -126,29 +151,33 @@ class EmbeddedBackend:
             context_length=self._context_length,
             prefill_chunk_tokens=s.prefill_chunk_tokens,
         )
-        # Warm-ups, so the first voice turn costs what later ones do: the spoken system prompt's
-        # keys/values stay in cached KV blocks for prefix reuse; silence makes Whisper run both
-        # encoder windows; the default voice's G2P and ONNX sessions load.
+        # warm-ups (here and below), so the first voice turn costs what later ones do: the spoken
+        # system prompt's keys/values stay in cached KV blocks for prefix reuse
+        line.step("warming up")
         warm_chat = [{"role": "system", "content": SYSTEM_PROMPT + SPOKEN_STYLE}, {"role": "user", "content": "Hi"}]
         engine.add_request("warm-up", tokenizer.apply_chat_template(warm_chat, add_generation_prompt=True),
                            SamplingParams(max_tokens=1))
         while engine.has_work():
             engine.step()
         self._llm = AsyncLLM(engine, threads=s.threads)
-        self._asr = WhisperASR(assets.whisper_base_dir(cache_dir), cpu_threads=s.threads)
+
+    def _load_asr(self, line: ModelProgress) -> None:
+        from omnilive.backends import assets
+        from omnilive.backends.asr import WhisperASR
+
+        model_dir = assets.whisper_base_dir(self.settings.models_dir, on_bytes=line.assembling)
+        line.step("loading")
+        self._asr = WhisperASR(model_dir, cpu_threads=self.settings.threads)
+        line.step("warming up")  # silence makes Whisper run both encoder windows
         self._asr.transcribe(AudioInput(np.zeros(ASR_SAMPLE_RATE, np.float32)), language="en")
+
+    def _load_tts(self, line: ModelProgress) -> None:
+        from omnilive.backends.tts import HibariTTS
+
+        line.step("loading")
         self._tts = HibariTTS()
+        line.step("warming up")  # the default voice's G2P and ONNX sessions load
         self._tts.synthesize("Hello there.")
-        vision.warm_up()
-        log.info("embedded default loaded in %.1f s", time.perf_counter() - t0)
-        self._card = ModelCard(
-            id=MODEL_ID,
-            owned_by="omnilive",
-            parts=tuple(p for p in assets.packaged_parts() if p["role"] != unused_llm_role),
-            context_length=self._context_length,
-            voices=tuple(self._tts.voices),
-            default_voice=self._tts.default_voice,
-        )
 
     async def stop(self) -> None:
         if self._llm is not None:

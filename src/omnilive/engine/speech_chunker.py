@@ -13,9 +13,11 @@ pieces gives the same output as feeding it whole ("".join(chunks) == speakable_t
 1. `MarkdownToSpeech` drops what should not be read aloud: code fences and their contents,
    heading marks, list bullets and numbers, quote marks, emphasis (*, _), backticks; links and
    images become their text.
-2. `SpeechChunker` cuts that text. The first chunk goes out at the first clause boundary
-   (, ; : —) once it has `min_first_words` words, or at the first sentence end, so speech starts
-   early; later chunks end at sentence ends (. ! ? … newline, 。！？), or are cut at `max_chars`.
+2. `SpeechChunker` cuts that text. The first chunk goes out once it has `min_first_words` words
+   and reaches a clause boundary (, ; : —) or a phrase break (before "is", "in", "which", ...:
+   `PHRASE_STARTS`), or at the first sentence end, so speech starts early: "The capital of
+   France | is Paris." speaks after five tokens instead of eight. Later chunks end at sentence
+   ends (. ! ? … newline, 。！？), or are cut at `max_chars`.
    A period does not end a sentence inside "3.14", "...x", after "e.g." / "Dr." / initials, or
    before a lower-case word.
 """
@@ -34,6 +36,14 @@ _CLAUSE = re.compile(r"[,;:]\s+|[—–]\s*|[，；：、]\s*")
 _INITIALISM = re.compile(r"^(?:[A-Za-z]\.)*[A-Za-z]$")  # "J", "U.S"
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _WORD = re.compile(r"\w+")
+# Words that open a phrase: a first chunk may end just before one (English only).
+PHRASE_STARTS = frozenset(
+    "and but or so because which who whose where when while if although though is are was were will would "
+    "can could should has have had in on at of to for with from by about into than that as".split()
+)
+# ...but not right after one of these, which need the next word ("which | is", "the | sky")
+_NO_CUT_AFTER = PHRASE_STARTS | frozenset("the a an my your his her its our their this these those not very".split())
+_PHRASE_BREAK = re.compile(r"(?<=\w)([ \t]+)([A-Za-z]+)(?=[^\w])")  # the break, the next word (complete)
 
 # Line-start markdown (matched after any indentation).
 _FENCE = re.compile(r"[ \t]*(?:```|~~~)")
@@ -151,8 +161,9 @@ def speakable_text(text: str) -> str:
 class SpeechChunker:
     """Cuts one streamed reply into speakable chunks; make a new one per reply."""
 
-    def __init__(self, min_first_words: int = 4, max_chars: int = 300):
+    def __init__(self, min_first_words: int = 4, max_chars: int = 300, phrase_breaks: bool = True):
         self.min_first_words = min_first_words
+        self.phrase_breaks = phrase_breaks  # False: the first chunk ends at a clause or sentence only
         self.max_chars = max_chars
         self._markdown = MarkdownToSpeech()
         self._pending = ""  # speakable text not yet released
@@ -202,6 +213,11 @@ class SpeechChunker:
             for m in _CLAUSE.finditer(text):
                 if (m.end() < len(text) or final) and _count_words(text[:m.start()]) >= self.min_first_words:
                     yield m.end()
+            for m in _PHRASE_BREAK.finditer(text) if self.phrase_breaks else ():
+                before = _WORD.findall(text[:m.start()])
+                if (m.group(2).lower() in PHRASE_STARTS and len(before) >= self.min_first_words
+                        and before[-1].lower() not in _NO_CUT_AFTER):
+                    yield m.end(1)
 
     @staticmethod
     def _ends_sentence(text: str, m: re.Match) -> bool:

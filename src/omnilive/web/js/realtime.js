@@ -5,7 +5,8 @@
 //   response.output_audio.delta → PcmPlayer;  transcripts → callbacks ←┘
 //
 // Barge-in: when the server hears speech (input_audio_buffer.speech_started) while a reply is
-// playing, playback stops and conversation.item.truncate tells the server how much was heard.
+// playing, or still coming (a pause between its clauses), playback stops and
+// conversation.item.truncate tells the server how much was heard.
 //
 // Function calls (a session given tools): each function_call item and the function_call_output
 // answering it are reported as they join the conversation, the arguments as they stream.
@@ -31,6 +32,7 @@ export class LiveSession {
     this.frameTimer = null;
     this.userSpeaking = false;
     this.closedByUs = false;
+    this.replyItemId = null; // the reply whose audio is still coming, until its response.done
     this.assistantText = new Map(); // item id → transcript so far
     this.callArguments = new Map(); // function_call item id → arguments so far
   }
@@ -137,6 +139,7 @@ export class LiveSession {
       case "response.output_audio.delta":
       case "response.audio.delta":
         this.player.enqueue(event.delta, event.item_id);
+        this.replyItemId = event.item_id;
         this.on.onState("assistant-speaking");
         break;
       case "response.output_audio_transcript.delta":
@@ -163,6 +166,7 @@ export class LiveSession {
         this.on.onToolArguments(event.item_id, event.arguments);
         break;
       case "response.done":
+        this.replyItemId = null;
         for (const [itemId, text] of this.assistantText) this.on.onAssistantDone(itemId, text);
         this.assistantText.clear();
         if (event.response && event.response.status === "failed") {
@@ -188,8 +192,10 @@ export class LiveSession {
   }
 
   // The user talks over the reply: stop it where it is and tell the server what was heard.
+  // Between two clauses nothing plays, but the server still cancels the reply: it is cut all the same.
   bargeIn() {
-    const cut = this.player.stop();
+    const between = this.replyItemId && { itemId: this.replyItemId, playedMs: this.player.playedMsOf(this.replyItemId) };
+    const cut = this.player.stop() || between;
     if (cut && cut.itemId) {
       this.send({ type: "conversation.item.truncate", item_id: cut.itemId, content_index: 0, audio_end_ms: cut.playedMs });
       this.on.onBargeIn(cut);
