@@ -38,7 +38,7 @@ def kernels(build_root: str | None = None):
         if shutil.which("ninja") is None:  # pip's ninja sits next to the venv's python
             os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         build_dir.mkdir(parents=True, exist_ok=True)
-        module = load("omnilive_quant_matmul", [str(KERNEL_SOURCE)], extra_cflags=["-O3"],
+        module = load("omnilive_quant_matmul", [str(KERNEL_SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                       build_directory=str(build_dir), verbose=False)
     except Exception as error:  # no compiler, no ninja, a failed build: float weights instead
         log.warning("quantised CPU kernel unavailable (%s): the LLM keeps float weights", str(error).splitlines()[0])
