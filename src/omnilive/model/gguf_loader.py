@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from omnilive.model.layers import quantize_linears_int8
 from omnilive.model.packed import pack_decoder
 from omnilive.model.quant_formats import convertible, from_gguf
-from omnilive.model.quant_linear import use_quant_linears
+from omnilive.model.quant_linear import fuse_projections, use_quant_linears
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import Tokenizer
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -173,6 +173,7 @@ def load_gguf(
                    if key.endswith(".weight_format")}
         use_quant_linears(model, formats, state)
         load_state_dict_strict(model, state, assign=True)
+        fuse_projections(model)  # after loading: the fused calls hold the loaded tensors
         return model, config, tokenizer
     load_state_dict_strict(model, state, assign=device == "cpu")
     if device != "cpu":

@@ -95,20 +95,34 @@ class QuantLinear(nn.Module):
                 f"format={FORMAT_NAMES[self.format_id]}, bias={self.bias is not None}")
 
 
-class FusedQuantLinear(nn.Module):
+class FusedQuantLinear:
     """Several QuantLinears on the same input in one kernel call (one activation quantisation,
-    one thread fork); returns their outputs as a tuple of views."""
+    one thread fork); returns their outputs as views. A plain attribute of the module that
+    calls it (Attention.fused_qkv, SwiGLU.fused_gate_up): the weights stay where the
+    checkpoint names them."""
 
     def __init__(self, *linears: QuantLinear):
-        super().__init__()
-        self.linears = nn.ModuleList(linears)
+        self.weights = [linear.weight_blocks for linear in linears]
+        self.formats = [linear.format_id for linear in linears]
+        self.biases = [linear.bias for linear in linears]
         self.sizes = [linear.out_features for linear in linears]
+        self.isa = linears[0].isa
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        linears = list(self.linears)
-        y = quant_matmul(x, [l.weight_blocks for l in linears], [l.format_id for l in linears],
-                         [l.bias for l in linears], linears[0].isa)
-        return y.split(self.sizes, dim=-1)
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return quant_matmul(x, self.weights, self.formats, self.biases, self.isa).split(self.sizes, dim=-1)
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Give every attention whose q/k/v_proj, and every MLP whose gate/up_proj, are QuantLinears
+    a fused call for them; returns how many fused calls were made."""
+    count = 0
+    for module in model.modules():
+        for attribute, names in (("fused_qkv", ("q_proj", "k_proj", "v_proj")), ("fused_gate_up", ("gate_proj", "up_proj"))):
+            linears = [getattr(module, name, None) for name in names]
+            if hasattr(module, attribute) and all(isinstance(linear, QuantLinear) for linear in linears):
+                setattr(module, attribute, FusedQuantLinear(*linears))
+                count += 1
+    return count
 
 
 def use_quant_linears(model: nn.Module, formats: dict[str, int], state: dict[str, torch.Tensor]) -> int:
