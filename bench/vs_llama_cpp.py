@@ -61,6 +61,19 @@ def ours_decode(model, tokenizer, ids: list[int], new_tokens: int) -> tuple[floa
     return (len(tokens) - 1) / (time.perf_counter() - started), tokens
 
 
+def ours_aggregate(model, tokenizer, ids: list[int], batch: int, new_tokens: int) -> float:
+    """Tokens per second of `batch` greedy streams stepped together (continuous batching)."""
+    engine = LLMEngine(model, tokenizer, max_slots=batch, context_length=len(ids) + new_tokens + 16)
+    for i in range(batch):
+        engine.add_request(f"r{i}", ids + tokenizer.encode(f" {i}"), SamplingParams(temperature=0, max_tokens=new_tokens, stop=()))
+    while any(r.num_uncomputed > 1 for r in engine.scheduler.running) or engine.scheduler.waiting:
+        engine.step()  # prefill outside the timing
+    started, produced = time.perf_counter(), 0
+    while engine.has_work():
+        produced += sum(len(o.token_ids) for o in engine.step())
+    return produced / (time.perf_counter() - started)
+
+
 def ours_ttft(model, tokenizer, ids: list[int]) -> float:
     engine = LLMEngine(model, tokenizer, max_slots=1, context_length=len(ids) + 8)
     started = time.perf_counter()
@@ -123,6 +136,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=500)
     parser.add_argument("--float", action="store_true", help="also time omnilive's float32 path")
+    parser.add_argument("--batch", type=int, default=8, help="omnilive's aggregate decode at this batch vs batch 1 (0: skip)")
     parser.add_argument("--quality", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,11 +161,15 @@ def main() -> None:
             ours_decode(m, tokenizer, short, 4)
         llama_decode(llm, short, 4)
         rates, ttfts = {name: [] for name in (*models, "llama.cpp")}, {name: [] for name in (*models, "llama.cpp")}
+        batch_gain = []
         for round_ in range(args.rounds):
             for name, m in models.items():
                 rate, tokens = ours_decode(m, tokenizer, short, args.new_tokens)
                 rates[name].append(rate)
                 ttfts[name].append(ours_ttft(m, tokenizer, long))
+            if args.batch:
+                batch_gain.append(ours_aggregate(model, tokenizer, short, args.batch, args.new_tokens)
+                                  / ours_aggregate(model, tokenizer, short, 1, args.new_tokens))
             rate, llama_tokens = llama_decode(llm, short, args.new_tokens)
             rates["llama.cpp"].append(rate)
             ttfts["llama.cpp"].append(llama_ttft(llm, long))
@@ -163,6 +181,9 @@ def main() -> None:
             print(f"{name}: median decode {statistics.median(rates[name]):.1f} tok/s vs llama.cpp "
                   f"{statistics.median(rates['llama.cpp']):.1f} (ratio {decode:.2f}); TTFT {statistics.median(ttfts[name]):.2f} s "
                   f"vs {statistics.median(ttfts['llama.cpp']):.2f} s (speed ratio {first:.2f})")
+        if batch_gain:
+            print(f"omnilive batch {args.batch} aggregate / batch 1: median {statistics.median(batch_gain):.2f}x "
+                  f"({', '.join(f'{g:.2f}' for g in batch_gain)})")
         print(f"greedy tokens equal to llama.cpp's: {sum(a == b for a, b in zip(tokens, llama_tokens))}/{len(tokens)} "
               "(both quantise activations, differently)")
         if args.quality:

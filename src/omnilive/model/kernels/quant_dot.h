@@ -63,8 +63,12 @@ void dot_row(const uint8_t* weights, const QuantRows& x, int64_t row0, float* ou
       uint32_t high;
       std::memcpy(&high, block + 2, 4);
       // a value without its high bit is q - 16 < 0 in two's complement: its top nibble is all ones
-      __m256i missing_high = _mm256_andnot_si256(bits_to_bytes(high), _mm256_set1_epi8(static_cast<char>(0xF0)));
-      w = _mm256_or_si256(low_high_nibbles(block + 6), missing_high);
+      const __m256i low = low_high_nibbles(block + 6);
+#if OMNILIVE_VNNI
+      w = _mm256_mask_mov_epi8(_mm256_or_si256(low, _mm256_set1_epi8(static_cast<char>(0xF0))), high, low);
+#else
+      w = _mm256_or_si256(low, _mm256_andnot_si256(bits_to_bytes(high), _mm256_set1_epi8(static_cast<char>(0xF0))));
+#endif
       scale = _mm256_set1_ps(half_to_float(block));
     } else if constexpr (kFormat == kQ4F) {
       float s;
