@@ -1,9 +1,10 @@
 """The embedded LLM against llama.cpp on the same GGUF, same threads, in one run. Prints, never asserts.
 
-Times greedy single-stream decode (tok/s) and the first token of a ~500-token prompt (TTFT)
-for omnilive's LLMEngine on the GGUF's quantised weights (model/quant_linear.py) and for
-llama.cpp (llama-cpp-python, a bench-only dependency), rounds interleaved so load from other
-processes hits both alike; the ratio is omnilive / llama.cpp (above 1 = omnilive faster).
+Times greedy single-stream decode (tok/s: 1 / the median time per token) and the first token of
+a ~500-token prompt (TTFT) for omnilive's LLMEngine on the GGUF's quantised weights
+(model/quant_linear.py) and for llama.cpp (llama-cpp-python, a bench-only dependency). Decode
+alternates one token of each (lockstep) and TTFT alternates per round, so load from other
+processes hits both alike; ratios are omnilive / llama.cpp speed (above 1 = omnilive faster).
 --float adds omnilive's float32 path (`--quantize none`). --quality compares the quantised
 path's logits with the float32 model of the GGUF's dequantised weights (greedy agreement, KL).
 
@@ -50,15 +51,45 @@ def long_prompt(tokenizer, length: int) -> list[int]:
 
 
 def ours_decode(model, tokenizer, ids: list[int], new_tokens: int) -> tuple[float, list[int]]:
-    engine = LLMEngine(model, tokenizer, max_slots=1, context_length=len(ids) + new_tokens + 8)
-    engine.add_request("r", ids, SamplingParams(temperature=0, max_tokens=new_tokens, stop=()))
-    tokens = []
-    while not tokens:  # prefill and the first token outside the timing
-        tokens += [t for o in engine.step() for t in o.token_ids]
+    steps = OursSteps(model, tokenizer, ids, new_tokens)
     started = time.perf_counter()
-    while engine.has_work():
-        tokens += [t for o in engine.step() for t in o.token_ids]
-    return (len(tokens) - 1) / (time.perf_counter() - started), tokens
+    while steps.step():
+        pass
+    return (len(steps.tokens) - 1) / (time.perf_counter() - started), steps.tokens
+
+
+class OursSteps:
+    """omnilive's engine on one greedy request, one decode step per `step()` (prefill done at start)."""
+
+    def __init__(self, model, tokenizer, ids: list[int], new_tokens: int):
+        self.engine = LLMEngine(model, tokenizer, max_slots=1, context_length=len(ids) + new_tokens + 8)
+        self.engine.add_request("r", ids, SamplingParams(temperature=0, max_tokens=new_tokens, stop=()))
+        self.tokens: list[int] = []
+        while not self.tokens:
+            self.step()
+
+    def step(self) -> bool:
+        self.tokens += [t for o in self.engine.step() for t in o.token_ids]
+        return self.engine.has_work()
+
+
+def lockstep_decode(model, tokenizer, llm, ids: list[int], new_tokens: int) -> tuple[list[float], list[float], list[int], list[int]]:
+    """Greedy decode on both, one token of omnilive then one of llama.cpp, so load from other
+    processes hits both alike; returns each one's per-token seconds and tokens."""
+    ours = OursSteps(model, tokenizer, ids, new_tokens)
+    llm.reset()
+    llm.eval(ids)
+    theirs = [llama_greedy(llm)]
+    ours_s, theirs_s = [], []
+    for _ in range(new_tokens - 1):
+        started = time.perf_counter()
+        ours.step()
+        ours_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        llm.eval([theirs[-1]])
+        theirs.append(llama_greedy(llm))
+        theirs_s.append(time.perf_counter() - started)
+    return ours_s, theirs_s, ours.tokens, theirs
 
 
 def ours_aggregate(model, tokenizer, ids: list[int], batch: int, new_tokens: int) -> float:
@@ -164,23 +195,23 @@ def main() -> None:
         batch_gain = []
         for round_ in range(args.rounds):
             for name, m in models.items():
-                rate, tokens = ours_decode(m, tokenizer, short, args.new_tokens)
-                rates[name].append(rate)
+                ours_s, theirs_s, tokens, llama_tokens = lockstep_decode(m, tokenizer, llm, short, args.new_tokens)
+                rates[name].append(1 / statistics.median(ours_s))
                 ttfts[name].append(ours_ttft(m, tokenizer, long))
+            rates["llama.cpp"].append(1 / statistics.median(theirs_s))
+            ttfts["llama.cpp"].append(llama_ttft(llm, long))
             if args.batch:
                 batch_gain.append(ours_aggregate(model, tokenizer, short, args.batch, args.new_tokens)
                                   / ours_aggregate(model, tokenizer, short, 1, args.new_tokens))
-            rate, llama_tokens = llama_decode(llm, short, args.new_tokens)
-            rates["llama.cpp"].append(rate)
-            ttfts["llama.cpp"].append(llama_ttft(llm, long))
             print(f"round {round_ + 1}: " + ", ".join(f"{n} {rates[n][-1]:.1f} tok/s TTFT {ttfts[n][-1]:.2f} s" for n in rates)
                   + f"; load {os.getloadavg()[0]:.1f}")
         for name in models:
             decode = statistics.median(a / b for a, b in zip(rates[name], rates["llama.cpp"]))
             first = statistics.median(b / a for a, b in zip(ttfts[name], ttfts["llama.cpp"]))
-            print(f"{name}: median decode {statistics.median(rates[name]):.1f} tok/s vs llama.cpp "
-                  f"{statistics.median(rates['llama.cpp']):.1f} (ratio {decode:.2f}); TTFT {statistics.median(ttfts[name]):.2f} s "
-                  f"vs {statistics.median(ttfts['llama.cpp']):.2f} s (speed ratio {first:.2f})")
+            print(f"{name}: decode {statistics.median(rates[name]):.1f} tok/s vs llama.cpp "
+                  f"{statistics.median(rates['llama.cpp']):.1f} (median of rounds of omnilive / llama.cpp: {decode:.2f}); "
+                  f"TTFT {statistics.median(ttfts[name]):.2f} s vs {statistics.median(ttfts['llama.cpp']):.2f} s "
+                  f"(speed ratio {first:.2f})")
         if batch_gain:
             print(f"omnilive batch {args.batch} aggregate / batch 1: median {statistics.median(batch_gain):.2f}x "
                   f"({', '.join(f'{g:.2f}' for g in batch_gain)})")
