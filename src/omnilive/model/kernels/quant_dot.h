@@ -44,10 +44,11 @@ inline __m256i bits_to_bytes(uint32_t bits) {
 // Each block gives 32 int8 weights and a per-lane float scale (kQ4F: unsigned weights and a min).
 template <int64_t kFormat, int kRows>
 void dot_row(const uint8_t* weights, const QuantRows& x, int64_t row0, float* out, int64_t out_stride) {
-  __m256 acc[kRows];
+  // two accumulators per row, for even and odd blocks: consecutive FMAs do not wait on each other
+  __m256 acc[2][kRows];
   float min_acc[kRows];
   for (int r = 0; r < kRows; ++r) {
-    acc[r] = _mm256_setzero_ps();
+    acc[0][r] = acc[1][r] = _mm256_setzero_ps();
     min_acc[r] = 0.0f;
   }
   constexpr int bytes = block_bytes(kFormat);
@@ -90,11 +91,11 @@ void dot_row(const uint8_t* weights, const QuantRows& x, int64_t row0, float* ou
       __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + i * kBlock));
       if constexpr (kFormat != kQ4F) xq = _mm256_sign_epi8(xq, w);
       const __m256 products = _mm256_cvtepi32_ps(dot_u8_i8(w_abs, xq));
-      acc[r] = _mm256_fmadd_ps(products, _mm256_mul_ps(scale, _mm256_set1_ps(x.d[i])), acc[r]);
+      acc[b & 1][r] = _mm256_fmadd_ps(products, _mm256_mul_ps(scale, _mm256_set1_ps(x.d[i])), acc[b & 1][r]);
       if constexpr (kFormat == kQ4F) min_acc[r] += min * x.sum[i];
     }
   }
-  for (int r = 0; r < kRows; ++r) out[r * out_stride] = horizontal_sum(acc[r]) - min_acc[r];
+  for (int r = 0; r < kRows; ++r) out[r * out_stride] = horizontal_sum(_mm256_add_ps(acc[0][r], acc[1][r])) - min_acc[r];
 }
 
 using DotRow = void (*)(const uint8_t*, const QuantRows&, int64_t, float*, int64_t);
