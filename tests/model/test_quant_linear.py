@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
@@ -173,7 +174,7 @@ def test_tiny_quantized_model_decodes_alone_as_batched_and_near_float(tmp_path):
     # the cached second load holds the same blocks
     again, _, _ = load_gguf(path, cache_dir=tmp_path / "cache", quantized=True)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
-        assert torch.equal(a, b), name
+        assert a.is_mkldnn or torch.equal(a, b), name  # (float copies packed for oneDNN are opaque)
 
     # near the float32 model of the same (dequantised) weights: only activations are rounded
     reference, _, _ = load_gguf(path, dtype=torch.float32, pack_weights=False)
@@ -182,8 +183,9 @@ def test_tiny_quantized_model_decodes_alone_as_batched_and_near_float(tmp_path):
         logits = [m.compute_logits(m(ids, torch.arange(11)[None], m.make_cache(1, 16), torch.tensor([0])))[0]
                   for m in (model, reference)]
     assert (logits[0] - logits[1]).abs().max() <= 0.03 * logits[1].abs().max()
-    layer = model.model.layers[0].mlp.up_proj
-    assert torch.equal(layer.weight, torch.from_numpy(qf.dequantize(layer.weight_blocks.numpy(), layer.format_id)))
+    state = load_file(cache_entry(path, tmp_path / "cache") / "model-gguf-quantized.safetensors")
+    blocks, float_copy = (state[f"model.layers.0.mlp.up_proj.{part}"] for part in ("weight_blocks", "weight"))
+    assert torch.equal(float_copy, torch.from_numpy(qf.dequantize(blocks.numpy(), qf.Q5_0)))
     long = torch.randint(0, 260, (1, 40), generator=torch.Generator().manual_seed(2))  # > FLOAT_PATH_ROWS: float copies
     with torch.inference_mode():  # hidden states: the head has no float copy (decode reads one row of it)
         hidden = [m(long, torch.arange(40)[None], m.make_cache(1, 48), torch.tensor([0]))[0] for m in (model, reference)]
