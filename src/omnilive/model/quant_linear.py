@@ -40,6 +40,8 @@ def kernels(build_root: str | None = None):
         if shutil.which("ninja") is None:  # pip's ninja sits next to the venv's python
             os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         build_dir.mkdir(parents=True, exist_ok=True)
+        if not any(build_dir.glob("*.so")):
+            log.info("compiling the quantised CPU kernel into %s (once per machine, about a minute)", build_dir)
         module = load("omnilive_quant_matmul", [str(KERNEL_SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                       build_directory=str(build_dir), verbose=False)
     except Exception as error:  # no compiler, no ninja, a failed build: float weights instead
