@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 want=${1:-runtime}
 
-apt_pkgs="ffmpeg espeak-ng tesseract-ocr fonts-dejavu-core"
+apt_pkgs="ffmpeg espeak-ng tesseract-ocr fonts-dejavu-core g++"  # g++: the quantised LLM kernel
 [ "$want" = test ] && apt_pkgs="$apt_pkgs sox chromium"
 missing=""
 for p in $apt_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

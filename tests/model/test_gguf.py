@@ -38,8 +38,9 @@ def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def write_tiny_gguf(hf_model, path: Path, arch: str) -> None:
-    """A float32 GGUF of `hf_model` with a 256-byte + 4-token vocabulary."""
+def write_tiny_gguf(hf_model, path: Path, arch: str, qtype_of=None) -> None:
+    """A float32 GGUF of `hf_model` with a 256-byte + 4-token vocabulary; `qtype_of(gguf name)`
+    may give a GGMLQuantizationType to store a 2-d weight quantised (gguf's own quantize)."""
     c = hf_model.config
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(c.num_hidden_layers)
@@ -75,7 +76,11 @@ def write_tiny_gguf(hf_model, path: Path, arch: str) -> None:
             name = f"blk.{layer}.{parts[module]}.{kind}"
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             weight = llama_cpp_permute(weight, c.num_attention_heads if ".attn_q." in name else c.num_key_value_heads)
-        writer.add_tensor(name, weight)
+        qtype = qtype_of(name) if qtype_of is not None and weight.ndim == 2 else None
+        if qtype is None:
+            writer.add_tensor(name, weight)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(weight, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -150,13 +155,19 @@ def greedy_reply(model, tokenizer, question: str, max_new_tokens: int = 24) -> s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which, int8", [("qwen2.5-coder-0.5b", False), ("qwen2.5-coder-0.5b", True), ("smollm2", False)])
-def test_packaged_model_answers(which, int8):
+@pytest.mark.parametrize("which, weights", [("qwen2.5-coder-0.5b", "float"), ("qwen2.5-coder-0.5b", "int8"),
+                                            ("qwen2.5-coder-0.5b", "gguf"), ("smollm2", "float")])
+def test_packaged_model_answers(which, weights):
     from omnilive.backends import assets
+    from omnilive.model.quant_linear import kernels
 
+    if weights == "gguf" and kernels() is None:
+        pytest.skip("no quantised kernel on this machine (log says why)")
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    int8 = weights == "int8"
     dtype = torch.bfloat16 if int8 else None
-    model, config, tokenizer = load_gguf(packaged(which), cache_dir=assets.DEFAULT_CACHE_DIR, dtype=dtype, int8_weights=int8)
+    model, config, tokenizer = load_gguf(packaged(which), cache_dir=assets.DEFAULT_CACHE_DIR, dtype=dtype,
+                                         int8_weights=int8, quantized=weights == "gguf")
     assert config.model_type == ("qwen2" if which.startswith("qwen") else "llama")
     assert "Paris" in greedy_reply(model, tokenizer, "What is the capital of France?")
 

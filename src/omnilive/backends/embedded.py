@@ -128,6 +128,7 @@ class EmbeddedBackend:
         from omnilive.engine.llm_engine import LLMEngine
         from omnilive.model.gguf_loader import load_gguf
         from omnilive.model.packed import can_pack
+        from omnilive.model.quant_linear import kernel_isa
         from omnilive.model.weights import resolve_dtype
 
         s = self.settings
@@ -136,12 +137,17 @@ class EmbeddedBackend:
         gguf_path = assets.smollm2_gguf() if small else assets.qwen_coder_gguf(cache_dir, on_bytes=line.assembling)
         torch.set_num_threads(s.threads)
         dtype = resolve_dtype(s.dtype)
-        # auto: bf16 weights packed for oneDNN where the CPU runs bf16 natively (about as fast
-        # as int8 alone and flat in batch size: docs/benchmarks.md), else int8 in bf16
+        # auto: the GGUF's own quantised weights on our kernel (faster than any float path,
+        # docs/benchmarks.md) where it builds and runs; without it bf16 weights packed for
+        # oneDNN where the CPU runs bf16 natively, else int8 in bf16
+        if s.quantize in ("auto", "gguf"):
+            line.step("preparing the quantised matmul kernel (compiled once, then cached)")
+        quantized = s.quantize in ("auto", "gguf") and kernel_isa() is not None  # logs why not
         auto_int8 = dtype == torch.bfloat16 and not can_pack(dtype, "cpu")
-        int8 = s.quantize == "int8" or (s.quantize == "auto" and auto_int8)
+        int8 = not quantized and (s.quantize == "int8" or (s.quantize == "auto" and auto_int8))
         line.step("loading weights (converted into the cache on a first start)")
-        model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=dtype, int8_weights=int8)
+        model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=dtype, int8_weights=int8,
+                                             quantized=quantized)
         self._tokenizer = tokenizer
         self._context_length = min(config.max_position_embeddings, s.max_context_tokens)
         engine = LLMEngine(

@@ -1,8 +1,10 @@
 """Load a llama.cpp GGUF file (qwen2 or llama architecture) into our Qwen2ForCausalLM.
 
 The quantised tensors are dequantised with the `gguf` package, renamed to HF checkpoint keys
-and loaded strictly. Dequantising takes a minute on a small CPU, so the result (weights as
-safetensors in the compute dtype, config.json and the tokenizer) is cached in
+and loaded strictly. With `quantized=True` the linear layers keep the GGUF's quantised values
+instead (model/quant_formats.py, exact) and run on our CPU kernel (model/quant_linear.py); the
+embedding table and norms are float32. Converting takes a minute on a small CPU, so the result
+(weights as safetensors, config.json and the tokenizer) is cached in
 `cache_dir/<file>-<size>-<mtime>/`; the next load reads only that and takes seconds.
 """
 
@@ -23,6 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from omnilive.model.layers import quantize_linears_int8
 from omnilive.model.packed import pack_decoder
+from omnilive.model.quant_formats import convertible, from_gguf
+from omnilive.model.quant_linear import fuse_projections, use_quant_linears
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import Tokenizer
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -104,19 +108,41 @@ def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, shape[0] // num_heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def dequantized_state_dict(reader, config: Qwen2Config, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def dequantized_state_dict(reader, config: Qwen2Config, dtype: torch.dtype, quantized: bool = False) -> dict[str, torch.Tensor]:
+    """HF key → tensor. quantized=True: each linear weight the kernel reads stays quantised, as
+    `<linear>.weight_blocks` (uint8) with its format id in `<linear>.weight_format`, and the
+    decoder layers' also as float32 `<linear>.weight` (the same values) for long prompts."""
     from gguf.quants import dequantize
 
     state: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
-        weight = dequantize(tensor.data, tensor.tensor_type)  # float32, HF layout [out, in]
-        if config.model_type == "llama" and re.search(r"\.attn_[qk]\.", tensor.name):
-            heads = config.num_attention_heads if ".attn_q." in tensor.name else config.num_key_value_heads
-            weight = unpermute_rotary(weight, heads)
+        name = hf_name(tensor.name)
+        in_features = int(tensor.shape[0])
+        if quantized and _is_linear(name) and len(tensor.shape) == 2 and convertible(tensor.tensor_type, in_features):
+            rows, format_id = from_gguf(tensor.data, tensor.tensor_type, int(tensor.shape[1]))
+            linear = name.removesuffix(".weight")
+            state[f"{linear}.weight_blocks"] = torch.from_numpy(_unpermuted(rows, tensor.name, config).copy())
+            state[f"{linear}.weight_format"] = torch.tensor([format_id])
+            if name != "lm_head.weight":  # prompts run on a float copy (quant_linear.FLOAT_PATH_ROWS); the head sees 1 row
+                state[name] = torch.from_numpy(_unpermuted(dequantize(tensor.data, tensor.tensor_type), tensor.name, config).copy())
+            continue
+        weight = _unpermuted(dequantize(tensor.data, tensor.tensor_type), tensor.name, config)  # float32 [out, in]
         if not (weight.flags.writeable and weight.flags.c_contiguous):  # F32 tensors are views of the file
             weight = np.array(weight, order="C")
-        state[hf_name(tensor.name)] = torch.from_numpy(weight).to(dtype)
+        state[name] = torch.from_numpy(weight).to(dtype)
     return state
+
+
+def _is_linear(name: str) -> bool:
+    return name.endswith("_proj.weight") or name == "lm_head.weight"
+
+
+def _unpermuted(weight: np.ndarray, gguf_name: str, config: Qwen2Config) -> np.ndarray:
+    """Rows of a llama q/k weight back in HF order (whole rows move: float or quantised blocks)."""
+    if config.model_type == "llama" and re.search(r"\.attn_[qk]\.", gguf_name):
+        heads = config.num_attention_heads if ".attn_q." in gguf_name else config.num_key_value_heads
+        return unpermute_rotary(weight, heads)
+    return weight
 
 
 def load_gguf(
@@ -126,6 +152,7 @@ def load_gguf(
     device: str = "cpu",
     int8_weights: bool = False,
     pack_weights: bool = True,
+    quantized: bool = False,
 ) -> tuple[Qwen2ForCausalLM, Qwen2Config, Tokenizer]:
     """(model in eval mode, its config, its tokenizer) from a GGUF file.
 
@@ -134,13 +161,23 @@ def load_gguf(
     (bf16/fp16 on CPU only) stores the linear layers as int8: about twice the decode speed.
     pack_weights=False keeps bf16 linears as plain nn.Linear (e.g. to hand them to another
     library); by default they are packed for oneDNN where the CPU supports it (model/packed.py).
+    quantized=True (CPU, needs `quant_linear.kernels()`) keeps the GGUF's quantised linear
+    weights and computes in float32 whatever dtype says.
     """
-    path, dtype = Path(path), resolve_dtype(dtype)
+    path = Path(path)
+    dtype = torch.float32 if quantized else resolve_dtype(dtype)
     if cache_dir is None:
-        state, config, tokenizer = _read_gguf(path, dtype)
+        state, config, tokenizer = _read_gguf(path, dtype, quantized)
     else:
-        state, config, tokenizer = _cached(path, Path(cache_dir), dtype)
+        state, config, tokenizer = _cached(path, Path(cache_dir), dtype, quantized)
     model = empty_model(Qwen2ForCausalLM, config, dtype, device)
+    if quantized:
+        formats = {key.removesuffix(".weight_format"): int(state.pop(key)) for key in list(state)
+                   if key.endswith(".weight_format")}
+        use_quant_linears(model, formats, state)
+        load_state_dict_strict(model, state, assign=True)
+        fuse_projections(model)  # after loading: the fused calls hold the loaded tensors
+        return model, config, tokenizer
     load_state_dict_strict(model, state, assign=device == "cpu")
     if device != "cpu":
         model.to(device)
@@ -151,7 +188,7 @@ def load_gguf(
     return model, config, tokenizer
 
 
-def _read_gguf(path: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:
+def _read_gguf(path: Path, dtype: torch.dtype, quantized: bool = False) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:
     from gguf import GGUFReader
 
     started = time.perf_counter()
@@ -159,8 +196,8 @@ def _read_gguf(path: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor],
     meta = read_metadata(reader)
     config = config_from_metadata(meta, {t.name for t in reader.tensors})
     tokenizer = Tokenizer.from_gguf_fields(meta)
-    state = dequantized_state_dict(reader, config, dtype)
-    log.info("dequantised %s in %.1f s", path.name, time.perf_counter() - started)
+    state = dequantized_state_dict(reader, config, dtype, quantized)
+    log.info("converted %s in %.1f s", path.name, time.perf_counter() - started)
     return state, config, tokenizer
 
 
@@ -170,15 +207,15 @@ def cache_entry(path: Path, cache_dir: Path) -> Path:
     return cache_dir / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def _cached(path: Path, cache_dir: Path, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:
+def _cached(path: Path, cache_dir: Path, dtype: torch.dtype, quantized: bool = False) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:
     entry = cache_entry(path, cache_dir)
-    weights = entry / f"model-{str(dtype).removeprefix('torch.')}.safetensors"
+    weights = entry / ("model-gguf-quantized.safetensors" if quantized else f"model-{str(dtype).removeprefix('torch.')}.safetensors")
     entry.mkdir(parents=True, exist_ok=True)
     with FileLock(str(entry / ".lock")):  # two processes starting at once convert once
         if weights.is_file():
             config = Qwen2Config.from_dict(json.loads((entry / "config.json").read_text()))
             return load_file(weights), config, Tokenizer.load(entry)
-        state, config, tokenizer = _read_gguf(path, dtype)
+        state, config, tokenizer = _read_gguf(path, dtype, quantized)
         (entry / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         tokenizer.save(entry)
         tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")

@@ -7,6 +7,8 @@ nh / nkv = query / key-value heads, D = head dim, L = key length read from the c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,6 +107,9 @@ class Attention(nn.Module):
     (PagedCacheWrite).
     """
 
+    # q_proj, k_proj and v_proj in one call (x → (q, k, v)), where their weights allow it
+    fused_qkv: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+
     def __init__(
         self,
         hidden_size: int,
@@ -136,9 +141,13 @@ class Attention(nn.Module):
         write: CacheWrite | PagedCacheWrite,
     ) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])  # [M, H], M = B * T or N
-        q = self.q_proj(tokens).view(-1, self.num_heads, self.head_dim)
-        k = self.k_proj(tokens).view(-1, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(tokens).view(-1, self.num_kv_heads, self.head_dim)
+        if self.fused_qkv is not None:
+            q, k, v = self.fused_qkv(tokens)
+        else:
+            q, k, v = self.q_proj(tokens), self.k_proj(tokens), self.v_proj(tokens)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -302,6 +311,9 @@ class PagedCacheWrite(StepWrite):
 
 
 class SwiGLU(nn.Module):
+    # gate_proj and up_proj in one call (x → (gate, up)), where their weights allow it
+    fused_gate_up: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
@@ -309,6 +321,9 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gate_up is not None:
+            gate, up = self.fused_gate_up(x)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

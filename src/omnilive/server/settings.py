@@ -99,11 +99,13 @@ class Settings(BaseSettings):
     prefill_chunk_tokens: int = Field(64, ge=1, description=(
         "prompt tokens computed per engine step: smaller keeps other streams flowing during a long "
         "prompt, larger finishes the prompt sooner"))
-    quantize: Literal["auto", "int8", "none"] = Field("auto", description=(
-        "int8 weights for the LLM's linear layers (measured top-1 agreement with bf16 at every position): "
-        "faster single-stream decode than plain bf16, slower than bf16 packed for oneDNN once several "
-        'requests batch. "auto" = packed bf16 where the CPU runs bf16 natively (AMX / AVX512-BF16), '
-        "int8 on other CPUs running bfloat16"))
+    quantize: Literal["auto", "gguf", "int8", "none"] = Field("auto", description=(
+        'How the embedded LLM holds its linear weights. "gguf": the GGUF file\'s own 4/5/6/8-bit '
+        "values, multiplied by omnilive's C++ kernel (AVX2 or AVX-512 VNNI; compiled with gcc on the "
+        "first start, then cached); the fastest decode and prefill on CPUs (docs/benchmarks.md). "
+        '"int8": int8 weights in a bf16 model. "none": the dequantised weights in --dtype. "auto" = '
+        '"gguf" where the kernel builds and runs, else bf16 packed for oneDNN where the CPU runs bf16 '
+        "natively (AMX / AVX512-BF16), else int8 on other CPUs running bfloat16"))
     # bench/speech_quality.py prints the log-mel cost of each speech setting against the 10-step
     # float32 reference.
     token2wav_steps: int = Field(10, ge=2, description=(
