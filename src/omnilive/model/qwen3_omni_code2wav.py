@@ -11,9 +11,14 @@ Everything is causal but the decoder's transposed convs, whose output block m al
 input m + 1; the reference trims the last block (it has no next input), so an utterance
 comes out a little shorter than T · total_upsample. So the model streams exactly:
 `Code2WavStream` keeps, per layer, what the next chunk needs (the last W-1 keys and values of
-each attention layer, the last (kernel-1)·dilation inputs of each causal conv, the last input
-of each transposed conv whose block waits for the next one). Chunk by chunk, the samples
-equal the whole decode's, and nothing is left to flush at the end.
+each attention layer, zeros before the utterance began, the last (kernel-1)·dilation inputs of
+each causal conv, the last input of each transposed conv whose block waits for the next one).
+Chunk by chunk, the samples equal the whole decode's, and nothing is left to flush at the end.
+Several streams' chunks of one length decode as one batch (`decode_joined`), each row at its
+own frame.
+
+On a CPU the transposed convs run as one GEMM each plus an overlap-add (PyTorch's own path
+there is `slow_conv_transpose2d`), as do the causal convs where PyTorch would take its slow path.
 
 Parameter names equal the checkpoint keys under `code2wav.`.
 """
