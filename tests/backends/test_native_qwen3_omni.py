@@ -222,7 +222,8 @@ def test_seeded_speech_is_the_same_batched_and_alone(engine, monkeypatch):
     engine.engine.speech.settings = engine.whole_speech.settings = Qwen3SpeechSettings(chunk_frames=2,
                                                                                        talker_max_new_tokens=8)
     seeded = SamplingParams(temperature=0.8, max_tokens=6, seed=5)
-    requests = [EngineRequest(f"seeded-{case}-{voice}", MESSAGES[case], seeded, modalities=("text", "audio"), voice=voice)
+    requests = [EngineRequest(f"seeded-{case}-{voice}", MESSAGES[case], seeded, modalities=("text", "audio"),
+                              voice=voice)
                 for case, voice in (("text", "Ethan"), ("image", "Chelsie"), ("text", "Chelsie"))]
     alone = [spoken(run(engine, request))[0] for request in requests]
 

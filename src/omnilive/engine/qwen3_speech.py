@@ -261,7 +261,7 @@ class Qwen3SpeechStage:
                     fail(request, error)
                 continue
             for request, wav in zip(requests, wavs):
-                if (chunk := request.speech.voiced(wav)) is not None:
+                if (chunk := guarded(request, fail, request.speech.voiced, wav)) is not None:
                     request.audio.append(chunk)
 
     def close(self) -> None:

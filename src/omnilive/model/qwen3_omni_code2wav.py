@@ -145,9 +145,10 @@ class JoinedCode2WavStreams(Code2WavStream):
             row.frames += frames
 
 
-def decode_joined(model: Qwen3OmniCode2Wav, codes: list[torch.Tensor], streams: list[Code2WavStream]) -> list[torch.Tensor]:
-    """Each stream's next chunk (codes [1, Q, T] each, one T) decoded as one batch: per stream its wav [1, 1, n],
-    as it would come alone (up to float rounding: the batch changes the GEMMs' shapes)."""
+def decode_joined(model: Qwen3OmniCode2Wav, codes: list[torch.Tensor],
+                  streams: list[Code2WavStream]) -> list[torch.Tensor]:
+    """Each stream's next chunk (codes [1, Q, T] each, one T) decoded as one batch: per stream
+    its wav [1, 1, n], as it would come alone (up to float rounding: the GEMMs' shapes differ)."""
     if len(codes) == 1:
         return [model(codes[0], streams[0])]
     wav = model(torch.cat(codes), JoinedCode2WavStreams(streams))
@@ -321,7 +322,8 @@ class SlidingAttention(nn.Module):
         key_at = torch.arange(S, device=x.device)[None]
         allowed = (key_at <= query_at) & (key_at > query_at - self.window)  # [T, S]
         if P:
-            begun = key_at >= P - past_frames.clamp(max=P).to(x.device)[:, None]  # [B, S]: not before the utterance
+            # [B, S]: keys of frames the utterance has had
+            begun = key_at >= P - past_frames.clamp(max=P).to(x.device)[:, None]
             allowed = allowed[None] & begun[:, None]
             allowed = allowed[:, None]  # [B, 1, T, S]
         groups = self.heads // self.kv_heads
@@ -353,7 +355,8 @@ class PreTransformer(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
 
-    def forward(self, x: torch.Tensor, first_positions: list[int], stream: Code2WavStream | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_positions: list[int],
+                stream: Code2WavStream | None = None) -> torch.Tensor:
         """first_positions: each row's first frame (its stream's frames so far)."""
         first = torch.tensor(first_positions, device=x.device)
         positions = first[:, None] + torch.arange(x.shape[1], device=x.device)[None]
