@@ -20,7 +20,8 @@ the limits.
 
 Then (--levels) N requests at once through the engine's batched step loop: TTFA p50/p95 and
 codec frames per second. Last, the Code2Wav chunk size: streamed decode time per second of
-audio and its largest difference from the whole decode (the stream is exact: no quality cost).
+audio and its largest difference from the whole decode (the stream is exact: no quality cost),
+and max(--levels) streams' chunks decoded each alone vs joined in one batch.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from omnilive.engine.async_engine import as_engine_outputs
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechSettings
 from omnilive.engine.qwen3_talker_generate import QWEN3_PREDICTOR_GREEDY, QWEN3_TALKER_GREEDY
-from omnilive.model.qwen3_omni_code2wav import Code2WavStream
+from omnilive.model.qwen3_omni_code2wav import Code2WavStream, decode_joined
 from omnilive.types import AudioChunk, Message, SamplingParams, TextDelta
 from tests.model import qwen3_omni_tiny as tiny
 
@@ -150,6 +151,31 @@ def chunk_costs(code2wav, frames: int, sizes: list[int]) -> list[tuple[int, floa
     return rows
 
 
+def joined_costs(code2wav, streams: int, size: int, chunks: int) -> tuple[float, float, float]:
+    """`streams` utterances decoded `size` frames at a time, each alone then all joined (interleaved
+    runs, best of 2): (alone s, joined s) per second of audio of all streams, max |joined - alone|."""
+    codes = [torch.randint(0, CODEBOOK, (1, 16, size * chunks), generator=torch.Generator().manual_seed(i))
+             for i in range(streams)]
+    best = {"alone": float("inf"), "joined": float("inf")}
+    with torch.inference_mode():
+        for _ in range(2):
+            for mode in best:
+                rows, pieces, start = [Code2WavStream() for _ in codes], [], time.perf_counter()
+                for at in range(0, size * chunks, size):
+                    parts = [c[..., at:at + size] for c in codes]
+                    if mode == "alone":
+                        pieces.append([code2wav(part, row) for part, row in zip(parts, rows)])
+                    else:
+                        pieces.append(decode_joined(code2wav, parts, rows))
+                best[mode] = min(best[mode], time.perf_counter() - start)
+                wavs = [torch.cat([chunk[i] for chunk in pieces], dim=-1) for i in range(streams)]
+                if mode == "alone":
+                    alone_wavs = wavs
+        difference = max(float((a - j).abs().max()) for a, j in zip(alone_wavs, wavs))
+    audio_s = streams * size * chunks * 1920 / SAMPLE_RATE
+    return best["alone"] / audio_s, best["joined"] / audio_s, difference
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text-tokens", type=int, default=24)
@@ -203,6 +229,12 @@ def main() -> None:
         print("\nCode2Wav chunk size: decode s per s of audio, max |streamed - whole| (float32)")
         for size, rtf, difference in chunk_costs(ours.token2wav, max(args.chunk_sizes) * 4, args.chunk_sizes):
             print(f"{size:>4} frames  {rtf:.3f}  {difference:.2e}")
+        streams = max(args.levels or [4])
+        if streams > 1:
+            for size in (args.first_chunk_frames, args.chunk_frames):
+                alone, joined, difference = joined_costs(ours.token2wav, streams, size, 4)
+                print(f"{streams} streams, {size}-frame chunks: decode s per s of audio alone {alone:.3f}, joined "
+                      f"{joined:.3f} (joined / alone = {joined / alone:.2f}), max |joined - alone| {difference:.2e}")
 
 
 if __name__ == "__main__":

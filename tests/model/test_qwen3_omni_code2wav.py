@@ -11,6 +11,8 @@ from omnilive.model.omni_checkpoint import load_prefixed_tensors
 from omnilive.model.qwen3_omni_code2wav import (
     CODE2WAV_PREFIX,
     Code2WavStream,
+    JoinedCode2WavStreams,
+    decode_joined,
     load_qwen3_omni_code2wav,
 )
 from omnilive.model.weights import WeightsMismatchError
@@ -72,6 +74,40 @@ def test_streamed_chunks_equal_the_whole_decode(tiny, chunk_sizes, dtype, tolera
     got = streamed(model, codes, chunk_sizes)
     assert got.shape == whole.shape
     torch.testing.assert_close(got, whole, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_streams_decoded_joined_equal_each_alone(tiny, dtype, tolerance):
+    """Three utterances at different frames (one within the 4-frame window, two past it, one
+    just begun) decode their next chunks as one batch: each row equals its stream alone, and
+    each stream goes on alone afterwards as if it had never been joined."""
+    model = load_qwen3_omni_code2wav(tiny.directory, dtype=dtype)
+    codes = [random_codes(20 + i) for i in range(3)]
+    begun = [2, 9, 13]
+    alone, joined = [Code2WavStream() for _ in codes], [Code2WavStream() for _ in codes]
+    expected, got = [], []
+    with torch.inference_mode():
+        for c, a, j, n in zip(codes, alone, joined, begun):
+            model(c[..., :n], a)
+            model(c[..., :n], j)
+        for start in (0, 3):  # two joined chunks of 3 frames
+            parts = [c[..., n + start:n + start + 3] for c, n in zip(codes, begun)]
+            expected.append([model(p, a) for p, a in zip(parts, alone)])
+            got.append(decode_joined(model, parts, joined))
+        expected.append([model(c[..., n + 6:], a) for c, n, a in zip(codes, begun, alone)])
+        got.append([model(c[..., n + 6:], j) for c, n, j in zip(codes, begun, joined)])
+    for want_chunk, got_chunk in zip(expected, got):
+        for want, have in zip(want_chunk, got_chunk):
+            assert want.shape == have.shape and want.shape[-1] > 0
+            torch.testing.assert_close(have, want, rtol=0, atol=tolerance)
+
+
+def test_new_and_begun_streams_are_not_joined(ours):
+    begun = Code2WavStream()
+    with torch.inference_mode():
+        ours(random_codes(1, frames=2), begun)
+    with pytest.raises(ValueError, match="all begun or all new"):
+        JoinedCode2WavStreams([begun, Code2WavStream()])
 
 
 def test_each_chunk_gives_its_frames_samples_after_the_first(ours):

@@ -10,7 +10,8 @@
                       completes a frame: code predictor, then the talker picks the next first
                       code); a stream's frames go to its own Code2WavStream `chunk_frames` at a
                       time (`first_chunk_frames` for its first audio, and whatever is left when
-                      its speech ends) ──▶ AudioChunks on the request
+                      its speech ends) ──▶ AudioChunks on the request; the due chunks of one
+                      length decode as one batch
 
 Code2Wav streams exactly (model/qwen3_omni_code2wav.py), so the chunk sizes trade per-call
 overhead against latency and never change the audio.
@@ -39,7 +40,7 @@ from omnilive.engine.speech_stage import Fail, guarded
 from omnilive.model.kv_cache import KVCache
 from omnilive.model.layers import PagedCacheWrite
 from omnilive.model.qwen2 import Qwen2ForCausalLM
-from omnilive.model.qwen3_omni_code2wav import Code2WavStream, Qwen3OmniCode2Wav
+from omnilive.model.qwen3_omni_code2wav import Code2WavStream, Qwen3OmniCode2Wav, decode_joined
 from omnilive.model.qwen3_omni_talker import (
     Qwen3OmniTalker,
     Qwen3Voice,
@@ -140,18 +141,21 @@ class Qwen3SpeechStream:
         media = torch.tensor([c.audio_token_id, c.image_token_id, c.video_token_id], device=self._prompt.input_ids.device)
         return bool(torch.isin(self._prompt.input_ids, media).any())
 
-    @torch.inference_mode()
-    def voice_frames(self) -> AudioChunk | None:
-        """Decode the frames a chunk is due for: a full chunk (a smaller one first), or every
-        frame left once the talker has ended."""
+    def due_codes(self) -> torch.Tensor | None:
+        """The codes [1, G, n] a chunk is due for (taken from `frames`): a full chunk (a smaller
+        one first), or every frame left once the talker has ended."""
         s = self.stage.settings
         size = s.first_chunk_frames if self.first_audio_at is None else s.chunk_frames
         if not self.frames or (len(self.frames) < size and not self.done):
             return None
         take = len(self.frames) if self.done else len(self.frames) // size * size
-        codes = torch.tensor(self.frames[:take], device=self.stage.code2wav_device).T[None]  # [1, G, n]
+        codes = torch.tensor(self.frames[:take], device=self.stage.code2wav_device).T[None]
         del self.frames[:take]
-        samples = self.stage.code2wav(codes, self.code2wav)[0, 0].float().cpu().numpy().astype(np.float32)
+        return codes
+
+    def voiced(self, wav: torch.Tensor) -> AudioChunk | None:
+        """The AudioChunk of Code2Wav's wav [1, 1, n] for this stream's due codes."""
+        samples = wav[0, 0].float().cpu().numpy().astype(np.float32)
         if not len(samples):
             return None
         chunk, self._untold = AudioChunk(samples, self._untold), ""
@@ -230,16 +234,35 @@ class Qwen3SpeechStage:
                 frames = []
             for request, frame in zip(ready, frames):
                 request.speech.frames.append(frame)
+        self.voice_due_chunks([r for r in speaking if not r.failed], fail)
         for request in speaking:
-            if request.failed:
-                continue
-            if (chunk := guarded(request, fail, request.speech.voice_frames)) is not None:
-                request.audio.append(chunk)
             speech = request.speech
             if request.finished and not request.failed and speech.done and not speech.frames:
                 if (tail := speech.untold_tail()) is not None:
                     request.audio.append(tail)
                 request.speech_done = True
+
+    @torch.inference_mode()
+    def voice_due_chunks(self, speaking: list[Request], fail: Fail) -> None:
+        """Every stream's due chunk; streams with chunks of one length (and all begun or all new)
+        decode as one batch: Code2Wav reads its weights once for all of them."""
+        groups: dict[tuple[int, bool], list[tuple[Request, torch.Tensor]]] = {}
+        for request in speaking:
+            if (codes := guarded(request, fail, request.speech.due_codes)) is not None:
+                key = (codes.shape[-1], request.speech.code2wav.frames == 0)
+                groups.setdefault(key, []).append((request, codes))
+        for group in groups.values():
+            requests = [request for request, _ in group]
+            try:
+                wavs = decode_joined(self.code2wav, [codes for _, codes in group],
+                                     [request.speech.code2wav for request in requests])
+            except Exception as error:  # noqa: BLE001 - a bug: the streams of this decode fail
+                for request in requests:
+                    fail(request, error)
+                continue
+            for request, wav in zip(requests, wavs):
+                if (chunk := guarded(request, fail, request.speech.voiced, wav)) is not None:
+                    request.audio.append(chunk)
 
     def close(self) -> None:
         self._hook.remove()

@@ -11,9 +11,14 @@ Everything is causal but the decoder's transposed convs, whose output block m al
 input m + 1; the reference trims the last block (it has no next input), so an utterance
 comes out a little shorter than T · total_upsample. So the model streams exactly:
 `Code2WavStream` keeps, per layer, what the next chunk needs (the last W-1 keys and values of
-each attention layer, the last (kernel-1)·dilation inputs of each causal conv, the last input
-of each transposed conv whose block waits for the next one). Chunk by chunk, the samples
-equal the whole decode's, and nothing is left to flush at the end.
+each attention layer, zeros before the utterance began, the last (kernel-1)·dilation inputs of
+each causal conv, the last input of each transposed conv whose block waits for the next one).
+Chunk by chunk, the samples equal the whole decode's, and nothing is left to flush at the end.
+Several streams' chunks of one length decode as one batch (`decode_joined`), each row at its
+own frame.
+
+On a CPU the transposed convs run as one GEMM each plus an overlap-add (PyTorch's own path
+there is `slow_conv_transpose2d`), as do the causal convs where PyTorch would take its slow path.
 
 Parameter names equal the checkpoint keys under `code2wav.`.
 """
@@ -35,6 +40,9 @@ from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_
 
 CODE2WAV_PREFIX = "code2wav."
 SAMPLE_RATE = 24000
+# PyTorch's CPU conv takes its slow path (`_slow_conv2d_forward`) for a batch of one input of
+# under this many elements (its mkldnn heuristic); there one GEMM is ~2x faster (measured).
+SLOW_CONV_NUMEL = 20480
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,58 @@ class Code2WavStream:
     def keep(self, module: nn.Module, tail: torch.Tensor) -> None:
         self.tails[id(module)] = tail
 
+    def first_positions(self, batch: int) -> list[int]:
+        """Each row's frames decoded so far (every row of one stream is at the same frame)."""
+        return [self.frames] * batch
+
+    def advance(self, frames: int) -> None:
+        self.frames += frames
+
+
+class JoinedCode2WavStreams(Code2WavStream):
+    """Several utterances' streams (one batch row each) decoded as one batch: each layer takes
+    their tails concatenated and keeps each row's part back in its own stream. The rows' chunks
+    have one length, and either every row has begun or none has (a transposed conv holds an
+    input only once its stream has begun)."""
+
+    def __init__(self, rows: list[Code2WavStream]) -> None:
+        super().__init__()
+        if len({row.frames == 0 for row in rows}) > 1:
+            raise ValueError("a joined decode needs its streams all begun or all new")
+        self.rows = rows
+
+    def take(self, module: nn.Module) -> torch.Tensor | None:
+        tails = [row.take(module) for row in self.rows]
+        if all(tail is None for tail in tails):
+            return None
+        if any(tail is None for tail in tails):
+            raise ValueError("streams with and without a tail for one layer cannot be joined")
+        return torch.cat(tails, dim=-4 if isinstance(module, SlidingAttention) else 0)
+
+    def keep(self, module: nn.Module, tail: torch.Tensor) -> None:
+        dim = -4 if isinstance(module, SlidingAttention) else 0
+        for row, part in zip(self.rows, tail.split(1, dim=dim)):
+            row.keep(module, part)
+
+    def first_positions(self, batch: int) -> list[int]:
+        if batch != len(self.rows):
+            raise ValueError(f"{len(self.rows)} joined streams, {batch} rows of codes")
+        return [row.frames for row in self.rows]
+
+    def advance(self, frames: int) -> None:
+        for row in self.rows:
+            row.frames += frames
+
+
+def decode_joined(model: Qwen3OmniCode2Wav, codes: list[torch.Tensor],
+                  streams: list[Code2WavStream]) -> list[torch.Tensor]:
+    """Each stream's next chunk (codes [1, Q, T] each, one T) decoded as one batch: per stream
+    its wav [1, 1, n], as it would come alone (up to float rounding: the GEMMs' shapes differ)."""
+    if len(codes) == 1:
+        return [model(codes[0], streams[0])]
+    wav = model(torch.cat(codes), JoinedCode2WavStreams(streams))
+    return list(wav.split(1))
+
 
 class CausalConv(nn.Module):
     """A stride-1 conv over the past only (left zero padding of (kernel-1)·dilation)."""
@@ -112,7 +172,19 @@ class CausalConv(nn.Module):
         x = torch.cat([past, x], dim=-1)
         if stream is not None:
             stream.keep(self, x[..., x.shape[-1] - self.context:])
+        if self.conv.groups == 1 and x.shape[0] == 1 and x.numel() < SLOW_CONV_NUMEL:
+            return self._as_matmul(x)
         return self.conv(x)
+
+    def _as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """im2col and one GEMM."""
+        weight, kernel, dilation = self.conv.weight, self.conv.kernel_size[0], self.conv.dilation[0]
+        columns = x.unfold(-1, self.context + 1, 1)[..., ::dilation]  # [B, C_in, T, K]
+        B, _, T, _ = columns.shape
+        out = columns.permute(0, 2, 1, 3).reshape(B * T, -1) @ weight.reshape(weight.shape[0], -1).T
+        if self.conv.bias is not None:
+            out = out + self.conv.bias
+        return out.view(B, T, -1).transpose(1, 2)
 
 
 class CausalTransConv(nn.Module):
@@ -137,8 +209,19 @@ class CausalTransConv(nn.Module):
             stream.keep(self, x[..., emit:])
         if emit <= 0:
             return x.new_zeros(*x.shape[:-2], self.conv.out_channels, 0)
-        s = self.stride
-        return self.conv(x)[..., self.lookahead * s:(emit + self.lookahead) * s]
+        return self._as_matmul(x, emit)
+
+    def _as_matmul(self, x: torch.Tensor, emit: int) -> torch.Tensor:
+        """[n, C_in] @ [C_in, C_out·K] gives every input's K output samples; output block m is
+        input m's first s plus (kernel 2s) input m-1's last s. PyTorch's CPU transposed conv
+        (`slow_conv_transpose2d`) is several times slower."""
+        weight, s = self.conv.weight, self.stride  # weight [C_in, C_out, K]
+        B, C_in, n = x.shape
+        blocks = (x.transpose(1, 2).reshape(B * n, C_in) @ weight.reshape(C_in, -1)).view(B, n, -1, weight.shape[-1])
+        if self.lookahead:
+            blocks = blocks[:, 1:, :, :s] + blocks[:, :emit, :, s:]
+        out = blocks.permute(0, 2, 1, 3).reshape(B, weight.shape[1], emit * s)
+        return out + self.conv.bias[:, None] if self.conv.bias is not None else out
 
 
 class SnakeBeta(nn.Module):
@@ -218,21 +301,31 @@ class SlidingAttention(nn.Module):
         self.o_proj = nn.Linear(heads * d, config.hidden_size, bias=config.attention_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                stream: Code2WavStream | None = None) -> torch.Tensor:
+                stream: Code2WavStream | None = None, past_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """In a stream, the past keys/values are always the last W-1 slots (zeros before the
+        utterance began, masked out by `past_frames` [B], each row's frames so far), so streams at
+        different frames share one batch."""
         B, T, _ = x.shape
         q = apply_rotary(self.q_proj(x).view(B, T, self.heads, -1).transpose(1, 2), cos, sin)
         k = apply_rotary(self.k_proj(x).view(B, T, self.kv_heads, -1).transpose(1, 2), cos, sin)
         v = self.v_proj(x).view(B, T, self.kv_heads, -1).transpose(1, 2)
-        past = stream.take(self) if stream is not None else None
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        P = 0
         if stream is not None:
-            keep = min(self.window - 1, k.shape[2])
-            stream.keep(self, torch.stack([k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]]))
+            P = self.window - 1
+            past = stream.take(self)
+            if past is None:
+                past = k.new_zeros(2, B, self.kv_heads, P, self.head_dim)
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            stream.keep(self, torch.stack([k[:, :, k.shape[2] - P:], v[:, :, v.shape[2] - P:]]))
         S = k.shape[2]
         query_at = torch.arange(S - T, S, device=x.device)[:, None]
         key_at = torch.arange(S, device=x.device)[None]
-        allowed = (key_at <= query_at) & (key_at > query_at - self.window)
+        allowed = (key_at <= query_at) & (key_at > query_at - self.window)  # [T, S]
+        if P:
+            # [B, S]: keys of frames the utterance has had
+            begun = key_at >= P - past_frames.clamp(max=P).to(x.device)[:, None]
+            allowed = allowed[None] & begun[:, None]
+            allowed = allowed[:, None]  # [B, 1, T, S]
         groups = self.heads // self.kv_heads
         out = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
                                              attn_mask=allowed)
@@ -249,8 +342,9 @@ class TransformerLayer(nn.Module):
         self.self_attn_layer_scale = LayerScale(config.hidden_size)
         self.mlp_layer_scale = LayerScale(config.hidden_size)
 
-    def forward(self, x, cos, sin, stream: Code2WavStream | None = None) -> torch.Tensor:
-        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin, stream))
+    def forward(self, x, cos, sin, stream: Code2WavStream | None = None,
+                past_frames: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin, stream, past_frames))
         return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -261,11 +355,14 @@ class PreTransformer(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
 
-    def forward(self, x: torch.Tensor, first_position: int, stream: Code2WavStream | None = None) -> torch.Tensor:
-        positions = torch.arange(first_position, first_position + x.shape[1], device=x.device)[None]
-        cos, sin = self.rotary_emb(positions, x.dtype)  # [1, T, D]: apply_rotary spreads them over the heads
+    def forward(self, x: torch.Tensor, first_positions: list[int],
+                stream: Code2WavStream | None = None) -> torch.Tensor:
+        """first_positions: each row's first frame (its stream's frames so far)."""
+        first = torch.tensor(first_positions, device=x.device)
+        positions = first[:, None] + torch.arange(x.shape[1], device=x.device)[None]
+        cos, sin = self.rotary_emb(positions, x.dtype)  # [B, T, D]: apply_rotary spreads them over the heads
         for layer in self.layers:
-            x = layer(x, cos, sin, stream)
+            x = layer(x, cos, sin, stream, first)
         return self.norm(x)
 
 
@@ -291,7 +388,7 @@ class Qwen3OmniCode2Wav(nn.Module):
         c = self.config
         if codes.shape[1] != c.num_quantizers:
             raise ValueError(f"expected {c.num_quantizers} codes per frame, got {codes.shape[1]}")
-        first = stream.frames if stream is not None else 0
+        first = stream.first_positions(codes.shape[0]) if stream is not None else [0] * codes.shape[0]
         if codes.shape[-1]:
             offsets = torch.arange(c.num_quantizers, device=codes.device)[:, None] * c.codebook_size
             x = self.code_embedding(codes + offsets).mean(1)  # [B, T, H]
@@ -299,7 +396,7 @@ class Qwen3OmniCode2Wav(nn.Module):
         else:
             x = self.code_embedding.weight.new_zeros(codes.shape[0], c.hidden_size, 0)
         if stream is not None:
-            stream.frames += codes.shape[-1]
+            stream.advance(codes.shape[-1])
         for transposed, convnext in self.upsample:
             x = convnext(transposed(x, stream), stream)
         for layer in self.decoder:
@@ -317,5 +414,5 @@ def load_qwen3_omni_code2wav(directory: str | Path, dtype: torch.dtype | str | N
     return model.to(device)
 
 
-__all__ = ["SAMPLE_RATE", "Code2WavStream", "Qwen3OmniCode2Wav", "Qwen3OmniCode2WavConfig",
-           "load_qwen3_omni_code2wav"]
+__all__ = ["SAMPLE_RATE", "Code2WavStream", "JoinedCode2WavStreams", "Qwen3OmniCode2Wav", "Qwen3OmniCode2WavConfig",
+           "decode_joined", "load_qwen3_omni_code2wav"]
