@@ -133,17 +133,9 @@ class ResizeMLP(nn.Module):
         return self.linear_fc2(F.silu(self.linear_fc1(x)))
 
 
-class CodePredictor(Qwen2ForCausalLM):
-    """The dense Qwen3 decoder of the residual codes: one embedding table and one head per code
-    after the first (`model.codec_embedding.N`, `lm_head.N`)."""
-
-    def __init__(self, config: Qwen2Config, num_code_groups: int):
-        super().__init__(config)
-        del self.model.embed_tokens, self.lm_head
-        self.model.codec_embedding = nn.ModuleList(nn.Embedding(config.vocab_size, config.hidden_size)
-                                                   for _ in range(num_code_groups - 1))
-        self.lm_head = nn.ModuleList(nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-                                     for _ in range(num_code_groups - 1))
+class CodecDecoder(Qwen2ForCausalLM):
+    """A Qwen2ForCausalLM whose token embedding and head are replaced by codec tables: never
+    tied, and its dtype / device read off the final norm (the embedding is gone)."""
 
     def tie_weights(self) -> None:
         """Never tied."""
@@ -157,7 +149,20 @@ class CodePredictor(Qwen2ForCausalLM):
         return self.model.norm.weight.device
 
 
-class Qwen3OmniTalker(Qwen2ForCausalLM):
+class CodePredictor(CodecDecoder):
+    """The dense Qwen3 decoder of the residual codes: one embedding table and one head per code
+    after the first (`model.codec_embedding.N`, `lm_head.N`)."""
+
+    def __init__(self, config: Qwen2Config, num_code_groups: int):
+        super().__init__(config)
+        del self.model.embed_tokens, self.lm_head
+        self.model.codec_embedding = nn.ModuleList(nn.Embedding(config.vocab_size, config.hidden_size)
+                                                   for _ in range(num_code_groups - 1))
+        self.lm_head = nn.ModuleList(nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+                                     for _ in range(num_code_groups - 1))
+
+
+class Qwen3OmniTalker(CodecDecoder):
     """The MoE talker decoder with its projections, `codec_head` and `code_predictor`;
     `config` is the decoder's Qwen2Config, `talker_config` the whole."""
 
@@ -175,17 +180,6 @@ class Qwen3OmniTalker(Qwen2ForCausalLM):
         self.text_projection = ResizeMLP(config.thinker_hidden_size, text.intermediate_size, text.hidden_size)
         self.hidden_projection = ResizeMLP(config.thinker_hidden_size, text.intermediate_size, text.hidden_size)
         self.code_predictor = CodePredictor(config.code_predictor_config, config.num_code_groups)
-
-    def tie_weights(self) -> None:
-        """Never tied."""
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.norm.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.norm.weight.device
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] → float32 logits of a frame's first code [..., vocab]."""
