@@ -33,6 +33,7 @@ export class LiveSession {
     this.userSpeaking = false;
     this.closedByUs = false;
     this.replyItemId = null; // the reply whose audio is still coming, until its response.done
+    this.cutItemIds = new Set(); // replies the user talked over: their audio still in flight is dropped
     this.assistantText = new Map(); // item id → transcript so far
     this.callArguments = new Map(); // function_call item id → arguments so far
   }
@@ -138,6 +139,7 @@ export class LiveSession {
         break;
       case "response.output_audio.delta":
       case "response.audio.delta":
+        if (this.cutItemIds.has(event.item_id)) break; // sent before the server heard the barge-in
         this.player.enqueue(event.delta, event.item_id);
         this.replyItemId = event.item_id;
         this.on.onState("assistant-speaking");
@@ -197,6 +199,8 @@ export class LiveSession {
     const between = this.replyItemId && { itemId: this.replyItemId, playedMs: this.player.playedMsOf(this.replyItemId) };
     const cut = this.player.stop() || between;
     if (cut && cut.itemId) {
+      this.cutItemIds.add(cut.itemId);
+      this.replyItemId = null;
       this.send({ type: "conversation.item.truncate", item_id: cut.itemId, content_index: 0, audio_end_ms: cut.playedMs });
       this.on.onBargeIn(cut);
     }
