@@ -204,9 +204,13 @@ def _scripted_microphone(clips: dict[str, Path]) -> str:
     })();""" % json.dumps(encoded)
 
 
-def say(page, clip: str) -> None:
-    """Speaks a clip of `spoken_clips` into the page's microphone; returns when it has been said."""
-    page.evaluate("(name) => window.testMicrophone.say(name)", clip)
+def say(page, clip: str, wait: bool = True) -> None:
+    """Speaks a clip of `spoken_clips` into the page's microphone; returns when it has been said,
+    or at once with wait=False (to watch what the page does while the user is still talking)."""
+    if wait:
+        page.evaluate("(name) => window.testMicrophone.say(name)", clip)
+    else:
+        page.evaluate("(name) => { window.testMicrophone.say(name); }", clip)
 
 
 def app_state(page) -> dict[str, str]:
