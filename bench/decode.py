@@ -73,9 +73,11 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     return total - (0 if tied else embed.numel() * embed.element_size())
 
 
-def ours_tokens_per_s(model, tokenizer, batch: int, new_tokens: int) -> float:
-    engine = LLMEngine(model, tokenizer, max_slots=batch, context_length=512)
-    ids = tokenizer.encode(PROMPT)
+def ours_tokens_per_s(model, tokenizer, batch: int, new_tokens: int, ids: list[int] | None = None) -> float:
+    """Tokens per second of `batch` greedy streams of the prompt `ids` (PROMPT by default), each
+    made distinct by one more token, stepped together (continuous batching); prefill not timed."""
+    ids = tokenizer.encode(PROMPT) if ids is None else ids
+    engine = LLMEngine(model, tokenizer, max_slots=batch, context_length=max(512, len(ids) + new_tokens + 16))
     for i in range(batch):
         engine.add_request(f"r{i}", ids + tokenizer.encode(f" {i}"), SamplingParams(temperature=0, max_tokens=new_tokens, stop=()))
     while any(r.num_uncomputed > 1 for r in engine.scheduler.running) or engine.scheduler.waiting:

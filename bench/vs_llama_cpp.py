@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from decode import ours_tokens_per_s
 from omnilive.backends import assets
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.model.gguf_loader import load_gguf
@@ -90,19 +91,6 @@ def lockstep_decode(model, tokenizer, llm, ids: list[int], new_tokens: int) -> t
         theirs.append(llama_greedy(llm))
         theirs_s.append(time.perf_counter() - started)
     return ours_s, theirs_s, ours.tokens, theirs
-
-
-def ours_aggregate(model, tokenizer, ids: list[int], batch: int, new_tokens: int) -> float:
-    """Tokens per second of `batch` greedy streams stepped together (continuous batching)."""
-    engine = LLMEngine(model, tokenizer, max_slots=batch, context_length=len(ids) + new_tokens + 16)
-    for i in range(batch):
-        engine.add_request(f"r{i}", ids + tokenizer.encode(f" {i}"), SamplingParams(temperature=0, max_tokens=new_tokens, stop=()))
-    while any(r.num_uncomputed > 1 for r in engine.scheduler.running) or engine.scheduler.waiting:
-        engine.step()  # prefill outside the timing
-    started, produced = time.perf_counter(), 0
-    while engine.has_work():
-        produced += sum(len(o.token_ids) for o in engine.step())
-    return produced / (time.perf_counter() - started)
 
 
 def ours_ttft(model, tokenizer, ids: list[int]) -> float:
@@ -201,8 +189,8 @@ def main() -> None:
             rates["llama.cpp"].append(1 / statistics.median(theirs_s))
             ttfts["llama.cpp"].append(llama_ttft(llm, long))
             if args.batch:
-                batch_gain.append(ours_aggregate(model, tokenizer, short, args.batch, args.new_tokens)
-                                  / ours_aggregate(model, tokenizer, short, 1, args.new_tokens))
+                batch_gain.append(ours_tokens_per_s(model, tokenizer, args.batch, args.new_tokens, short)
+                                  / ours_tokens_per_s(model, tokenizer, 1, args.new_tokens, short))
             print(f"round {round_ + 1}: " + ", ".join(f"{n} {rates[n][-1]:.1f} tok/s TTFT {ttfts[n][-1]:.2f} s" for n in rates)
                   + f"; load {os.getloadavg()[0]:.1f}")
         for name in models:
