@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
@@ -169,12 +168,12 @@ def test_tiny_quantized_model_decodes_alone_as_batched_and_near_float(tmp_path):
     linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(linears) == 7 * TINY["num_hidden_layers"] + 1  # every projection and the output head
     assert model.model.layers[0].self_attn.fused_qkv is not None and model.model.layers[0].mlp.fused_gate_up is not None
-    assert (cache_entry(path, tmp_path / "cache") / "model-gguf-quantized.safetensors").is_file()
+    assert (cache_entry(path, tmp_path / "cache") / "model-quantized.safetensors").is_file()
 
     # the cached second load holds the same blocks
     again, _, _ = load_gguf(path, cache_dir=tmp_path / "cache", quantized=True)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
-        assert a.is_mkldnn or torch.equal(a, b), name  # (float copies packed for oneDNN are opaque)
+        assert torch.equal(a, b), name
 
     # near the float32 model of the same (dequantised) weights: only activations are rounded
     reference, _, _ = load_gguf(path, dtype=torch.float32, pack_weights=False)
@@ -183,13 +182,6 @@ def test_tiny_quantized_model_decodes_alone_as_batched_and_near_float(tmp_path):
         logits = [m.compute_logits(m(ids, torch.arange(11)[None], m.make_cache(1, 16), torch.tensor([0])))[0]
                   for m in (model, reference)]
     assert (logits[0] - logits[1]).abs().max() <= 0.03 * logits[1].abs().max()
-    state = load_file(cache_entry(path, tmp_path / "cache") / "model-gguf-quantized.safetensors")
-    blocks, float_copy = (state[f"model.layers.0.mlp.up_proj.{part}"] for part in ("weight_blocks", "weight"))
-    assert torch.equal(float_copy, torch.from_numpy(qf.dequantize(blocks.numpy(), qf.Q5_0)))
-    long = torch.randint(0, 260, (1, 40), generator=torch.Generator().manual_seed(2))  # > FLOAT_PATH_ROWS: float copies
-    with torch.inference_mode():  # hidden states: the head has no float copy (decode reads one row of it)
-        hidden = [m(long, torch.arange(40)[None], m.make_cache(1, 48), torch.tensor([0]))[0] for m in (model, reference)]
-    assert (hidden[0] - hidden[1]).abs().max() <= 1e-4 * hidden[1].abs().max()
 
     prompts = [[1, 2, 3, 4, 5], [200, 17, 9], [42] * 9]
     with torch.inference_mode():

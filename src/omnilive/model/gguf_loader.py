@@ -110,8 +110,7 @@ def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 def dequantized_state_dict(reader, config: Qwen2Config, dtype: torch.dtype, quantized: bool = False) -> dict[str, torch.Tensor]:
     """HF key → tensor. quantized=True: each linear weight the kernel reads stays quantised, as
-    `<linear>.weight_blocks` (uint8) with its format id in `<linear>.weight_format`, and the
-    decoder layers' also as float32 `<linear>.weight` (the same values) for long prompts."""
+    `<linear>.weight_blocks` (uint8) with its format id in `<linear>.weight_format`."""
     from gguf.quants import dequantize
 
     state: dict[str, torch.Tensor] = {}
@@ -123,8 +122,6 @@ def dequantized_state_dict(reader, config: Qwen2Config, dtype: torch.dtype, quan
             linear = name.removesuffix(".weight")
             state[f"{linear}.weight_blocks"] = torch.from_numpy(_unpermuted(rows, tensor.name, config).copy())
             state[f"{linear}.weight_format"] = torch.tensor([format_id])
-            if name != "lm_head.weight":  # prompts run on a float copy (quant_linear.FLOAT_PATH_ROWS); the head sees 1 row
-                state[name] = torch.from_numpy(_unpermuted(dequantize(tensor.data, tensor.tensor_type), tensor.name, config).copy())
             continue
         weight = _unpermuted(dequantize(tensor.data, tensor.tensor_type), tensor.name, config)  # float32 [out, in]
         if not (weight.flags.writeable and weight.flags.c_contiguous):  # F32 tensors are views of the file
@@ -209,7 +206,7 @@ def cache_entry(path: Path, cache_dir: Path) -> Path:
 
 def _cached(path: Path, cache_dir: Path, dtype: torch.dtype, quantized: bool = False) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:
     entry = cache_entry(path, cache_dir)
-    weights = entry / ("model-gguf-quantized.safetensors" if quantized else f"model-{str(dtype).removeprefix('torch.')}.safetensors")
+    weights = entry / ("model-quantized.safetensors" if quantized else f"model-{str(dtype).removeprefix('torch.')}.safetensors")
     entry.mkdir(parents=True, exist_ok=True)
     with FileLock(str(entry / ".lock")):  # two processes starting at once convert once
         if weights.is_file():

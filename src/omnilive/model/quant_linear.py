@@ -16,10 +16,8 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from omnilive.model.packed import can_pack, pack_weight, packed_linear
 from omnilive.model.quant_formats import BLOCK, BLOCK_BYTES, FORMAT_NAMES
 
 log = logging.getLogger(__name__)
@@ -77,18 +75,11 @@ def quant_matmul(x: torch.Tensor, weights: list[torch.Tensor], formats: list[int
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-# Above this many rows (prefill chunks) a float32 copy of the weight, where the layer has one,
-# beats the kernel: MKL's float GEMM reuses each weight across rows better than our int8 loops.
-FLOAT_PATH_ROWS = 32
-
-
 class QuantLinear(nn.Module):
     """nn.Linear with its weight as quantised blocks (`weight_blocks`, uint8 [out, in / 32 * block
-    bytes], format `format_id`) and optionally the same values in float32 (`weight`) for long
-    prompts; float32 out."""
+    bytes], format `weight_format`); float32 out."""
 
-    def __init__(self, in_features: int, out_features: int, format_id: int, bias: bool = False,
-                 float_copy: bool = False):
+    def __init__(self, in_features: int, out_features: int, format_id: int, bias: bool = False):
         super().__init__()
         if in_features % BLOCK:
             raise ValueError(f"quantised linear: in_features {in_features} is not a multiple of {BLOCK}")
@@ -96,25 +87,9 @@ class QuantLinear(nn.Module):
         row_bytes = in_features // BLOCK * BLOCK_BYTES[format_id]
         self.register_buffer("weight_blocks", torch.empty(out_features, row_bytes, dtype=torch.uint8))
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-        if float_copy:
-            self.register_buffer("weight", torch.empty(out_features, in_features))
-        else:
-            self.weight = None
         self.isa = kernel_isa()
-        self.packed = False
-
-    def pack_float_copy(self) -> None:
-        """Reorder the float copy for oneDNN (model/packed.py: faster at prompt sizes, same memory);
-        after loading, as the last step."""
-        if self.weight is not None and not self.packed and can_pack(torch.float32, "cpu"):
-            self.weight = pack_weight(self.weight)
-            self.packed = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight is not None and x.numel() > FLOAT_PATH_ROWS * self.in_features:
-            if self.packed:
-                return packed_linear(x.float(), self.weight, self.bias)
-            return F.linear(x.float(), self.weight, self.bias)
         return quant_matmul(x, [self.weight_blocks], [self.format_id], [self.bias], self.isa)
 
     def extra_repr(self) -> str:
@@ -129,7 +104,6 @@ class FusedQuantLinear:
     checkpoint names them."""
 
     def __init__(self, *linears: QuantLinear):
-        self.linears = linears
         self.weights = [linear.weight_blocks for linear in linears]
         self.formats = [linear.format_id for linear in linears]
         self.biases = [linear.bias for linear in linears]
@@ -137,14 +111,12 @@ class FusedQuantLinear:
         self.isa = linears[0].isa
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if x.numel() > FLOAT_PATH_ROWS * x.shape[-1] and all(linear.weight is not None for linear in self.linears):
-            return tuple(linear(x) for linear in self.linears)
         return quant_matmul(x, self.weights, self.formats, self.biases, self.isa).split(self.sizes, dim=-1)
 
 
 def fuse_projections(model: nn.Module) -> int:
     """Give every attention whose q/k/v_proj, and every MLP whose gate/up_proj, are QuantLinears
-    a fused call for them, and pack the float copies; returns how many fused calls were made."""
+    a fused call for them; returns how many fused calls were made."""
     count = 0
     for module in model.modules():
         for attribute, names in (("fused_qkv", ("q_proj", "k_proj", "v_proj")), ("fused_gate_up", ("gate_proj", "up_proj"))):
@@ -152,8 +124,6 @@ def fuse_projections(model: nn.Module) -> int:
             if hasattr(module, attribute) and all(isinstance(linear, QuantLinear) for linear in linears):
                 setattr(module, attribute, FusedQuantLinear(*linears))
                 count += 1
-        if isinstance(module, QuantLinear):
-            module.pack_float_copy()
     return count
 
 
@@ -165,5 +135,5 @@ def use_quant_linears(model: nn.Module, formats: dict[str, int], state: dict[str
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, child)
         setattr(parent, child, QuantLinear(linear.in_features, linear.out_features, format_id,
-                                           bias=f"{name}.bias" in state, float_copy=f"{name}.weight" in state))
+                                           bias=f"{name}.bias" in state))
     return len(formats)
