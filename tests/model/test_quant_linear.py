@@ -23,6 +23,7 @@ from gguf.quants import dequantize, quantize  # noqa: E402
 from omnilive.engine.llm_engine import LLMEngine  # noqa: E402
 from omnilive.model import quant_formats as qf  # noqa: E402
 from omnilive.model.gguf_loader import cache_entry, load_gguf  # noqa: E402
+from omnilive.model import quant_linear  # noqa: E402
 from omnilive.model.quant_linear import QuantLinear, kernels, quant_matmul  # noqa: E402
 from omnilive.types import SamplingParams  # noqa: E402
 from tests.model.test_gguf import TINY, write_tiny_gguf  # noqa: E402
@@ -204,3 +205,51 @@ def test_packaged_gguf_tensors_convert_exactly():
             ours, theirs = qf.dequantize(rows, format_id), dequantize(tensor.data, tensor.tensor_type)
             assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32)), tensor.name
     assert seen == {GGML.Q8_0, GGML.Q5_0, GGML.Q4_K, GGML.Q6_K}
+
+
+def test_prompts_run_on_the_float_copy_and_replies_on_the_kernel_whatever_their_step(tmp_path):
+    """With float copies, every prompt token (and no reply token) goes through them: a prompt's
+    hidden states are the float32 model's, and a request that decodes while another's prompt
+    shares its steps gets the tokens it gets alone."""
+    kernel_isas()
+    path = tiny_quantized_gguf(tmp_path)
+    model, _, tokenizer = load_gguf(path, quantized=True, prompt_dtype=torch.float32)
+    plain, _, _ = load_gguf(path, quantized=True)
+    reference, _, _ = load_gguf(path, dtype=torch.float32, pack_weights=False)
+    ids = torch.randint(0, 260, (1, 11), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        hidden = {name: m(ids, torch.arange(11)[None], m.make_cache(1, 16), torch.tensor([0]),
+                          prompt_tokens=torch.ones(1, 11, dtype=torch.bool))
+                  for name, m in (("copy", model), ("kernel", plain), ("float", reference))}
+    assert torch.allclose(hidden["copy"], hidden["float"], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(hidden["kernel"], hidden["float"], atol=1e-5, rtol=1e-4)  # the kernel rounds activations
+
+    rows_seen, mixed_steps = [], []
+    first = model.model.layers[0].self_attn.fused_qkv
+    copy = first.float_copy
+
+    def counting_copy(rows):
+        rows_seen.append(rows.shape[0])
+        mixed_steps.append(isinstance(quant_linear._PROMPT_ROWS.get(), quant_linear.RowSplit))
+        return copy(rows)
+
+    first.float_copy = counting_copy
+    prompts = {"a": [5, 6, 7, 8], "b": list(range(30, 52)), "c": [9] * 7}
+    with torch.inference_mode():
+        alone = {name: greedy(model, tokenizer, [ids])["0"] for name, ids in prompts.items()}
+        assert sum(rows_seen) == sum(map(len, prompts.values()))
+        rows_seen.clear()
+        engine = LLMEngine(model, tokenizer, max_slots=3, context_length=64, prefill_chunk_tokens=8)
+        tokens = {name: [] for name in prompts}
+        for name, ids in prompts.items():  # each joins while the earlier ones decode
+            engine.add_request(name, ids, SamplingParams(temperature=0, max_tokens=12, stop=()))
+            for _ in range(2):
+                for output in engine.step():
+                    tokens[output.request_id] += output.token_ids
+        while engine.has_work():
+            for output in engine.step():
+                tokens[output.request_id] += output.token_ids
+    assert sum(rows_seen) == sum(map(len, prompts.values()))
+    assert any(mixed_steps)  # some steps held prompt and reply tokens together
+    assert tokens == alone
+    assert all(alone.values())

@@ -54,14 +54,16 @@ class ModelRunner:
             positions[i, : w.size] = torch.arange(w.start, w.end)
         rows = torch.tensor([w.request.row for w in work], dtype=torch.long, device=device)
         rope = self._rope_positions(work, width)
+        prompt_tokens = self._prompt_tokens(work, positions)
         if any(w.request.prepared is not None and w.start < len(w.request.prompt_ids) for w in work):
             embeds = self._embeds(work, width)
             return self.model(None, positions.to(device), self.cache, rows, inputs_embeds=embeds, rope_positions=rope,
-                              **self._deepstack(work, width))
+                              prompt_tokens=prompt_tokens, **self._deepstack(work, width))
         input_ids = torch.zeros((len(work), width), dtype=torch.long)
         for i, w in enumerate(work):
             input_ids[i, : w.size] = torch.tensor(w.request.token_ids[w.start : w.end])
-        return self.model(input_ids.to(device), positions.to(device), self.cache, rows, rope_positions=rope)
+        return self.model(input_ids.to(device), positions.to(device), self.cache, rows, rope_positions=rope,
+                          prompt_tokens=prompt_tokens)
 
     def logits(self, work: list[Work], hidden: torch.Tensor) -> tuple[list[Request], torch.Tensor]:
         """The requests whose next token is due (their row reached their last token) and
@@ -76,6 +78,15 @@ class ModelRunner:
             return due, hidden.new_empty(0)
         states = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(last, device=hidden.device)]  # [len(due), H]
         return due, self.model.compute_logits(states)
+
+    def _prompt_tokens(self, work: list[Work], positions: torch.Tensor) -> torch.Tensor | None:
+        """[rows, width] bool: the tokens that belong to their request's prompt (a quantised
+        model computes them on its float copies; a reply's tokens, recomputed or not, never), or
+        None when no row computes any."""
+        if all(w.start >= len(w.request.prompt_ids) for w in work):
+            return None
+        prompt_lengths = torch.tensor([len(w.request.prompt_ids) for w in work])
+        return ((positions >= 0) & (positions < prompt_lengths[:, None])).to(self.model.device)
 
     def _embeds(self, work: list[Work], width: int) -> torch.Tensor:
         """[rows, width, H]: prompt embeddings where a row computes prompt positions of a

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from omnilive.model.layers import quantize_linears_int8
 from omnilive.model.packed import pack_decoder
 from omnilive.model.quant_formats import convertible, from_gguf
-from omnilive.model.quant_linear import fuse_projections, use_quant_linears
+from omnilive.model.quant_linear import add_float_copies, fuse_projections, use_quant_linears
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import Tokenizer
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -150,6 +150,7 @@ def load_gguf(
     int8_weights: bool = False,
     pack_weights: bool = True,
     quantized: bool = False,
+    prompt_dtype: torch.dtype | None = None,
 ) -> tuple[Qwen2ForCausalLM, Qwen2Config, Tokenizer]:
     """(model in eval mode, its config, its tokenizer) from a GGUF file.
 
@@ -159,7 +160,8 @@ def load_gguf(
     pack_weights=False keeps bf16 linears as plain nn.Linear (e.g. to hand them to another
     library); by default they are packed for oneDNN where the CPU supports it (model/packed.py).
     quantized=True (CPU, needs `quant_linear.kernels()`) keeps the GGUF's quantised linear
-    weights and computes in float32 whatever dtype says.
+    weights and computes in float32 whatever dtype says; with a prompt_dtype its decoder layers
+    also hold the same values in that dtype, on which prompt tokens run (quant_linear.FloatCopy).
     """
     path = Path(path)
     dtype = torch.float32 if quantized else resolve_dtype(dtype)
@@ -174,6 +176,11 @@ def load_gguf(
         use_quant_linears(model, formats, state)
         load_state_dict_strict(model, state, assign=True)
         fuse_projections(model)  # after loading: the fused calls hold the loaded tensors
+        if prompt_dtype is not None:
+            started = time.perf_counter()
+            nbytes = add_float_copies(model, prompt_dtype)
+            log.info("float copies for prompts: %.2f GB %s in %.1f s", nbytes / 1e9, str(prompt_dtype).removeprefix("torch."),
+                     time.perf_counter() - started)
         return model, config, tokenizer
     load_state_dict_strict(model, state, assign=device == "cpu")
     if device != "cpu":

@@ -4,21 +4,32 @@ The kernel is compiled once per machine with torch.utils.cpp_extension (gcc and 
 a cache folder and reused. It runs AVX2 or AVX-512 VNNI, picked at run time; the AVX2 path is
 forced by `ATEN_CPU_CAPABILITY=avx2` (as PyTorch's own kernels are) or `OMNILIVE_CPU_ISA=avx2`.
 Without a compiler or an AVX2 CPU `kernels()` returns None and callers keep float weights.
+
+Prompts may run on a float copy of the same values (`add_float_copies`): one oneDNN GEMM reuses
+each weight across a prompt's rows far better than the kernel's integer loops (decode stays on
+the kernel, which reads 4-8x fewer bytes). The choice is per token, never per step: a prompt
+token takes the copy and every other token the kernel, whatever shares its step, so a reply
+does not depend on its batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from omnilive.model.quant_formats import BLOCK, BLOCK_BYTES, FORMAT_NAMES
+from omnilive.model.packed import can_pack, pack_weight, packed_linear
+from omnilive.model.quant_formats import BLOCK, BLOCK_BYTES, FORMAT_NAMES, dequantize
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +86,81 @@ def quant_matmul(x: torch.Tensor, weights: list[torch.Tensor], formats: list[int
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
+@dataclass(frozen=True)
+class FloatCopy:
+    """A layer's weights dequantised into a float dtype (packed for oneDNN where it can be),
+    with its bias: what prompt tokens are multiplied by."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    dtype: torch.dtype
+    packed: bool
+
+    @classmethod
+    def of(cls, linears: list[QuantLinear], dtype: torch.dtype) -> FloatCopy:
+        weight = torch.cat([torch.from_numpy(dequantize(linear.weight_blocks.numpy(), linear.format_id))
+                            for linear in linears]).to(dtype)
+        biases = [linear.bias for linear in linears]
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).to(dtype)
+        packed = can_pack(dtype, "cpu")
+        return cls(pack_weight(weight) if packed else weight, bias, dtype, packed)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(self.dtype)
+        y = packed_linear(rows, self.weight, self.bias) if self.packed else F.linear(rows, self.weight, self.bias)
+        return y.float()
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """Which rows of the running forward's [M, in] inputs are prompt tokens."""
+
+    prompt: torch.Tensor  # row indices
+    other: torch.Tensor
+
+
+# set by `prompt_rows` around a model's forward; None: every row takes the kernel
+_PROMPT_ROWS: contextvars.ContextVar[RowSplit | str | None] = contextvars.ContextVar("prompt_rows", default=None)
+
+
+@contextlib.contextmanager
+def prompt_rows(is_prompt: torch.Tensor | None):
+    """Inside the block, layers with a float copy compute the rows where `is_prompt` ([M] bool,
+    one per token row of their input) is true on it, the others on the kernel."""
+    if is_prompt is None or not bool(is_prompt.any()):
+        split = None
+    elif bool(is_prompt.all()):
+        split = "all"
+    else:
+        split = RowSplit(is_prompt.nonzero().view(-1), (~is_prompt).nonzero().view(-1))
+    token = _PROMPT_ROWS.set(split)
+    try:
+        yield
+    finally:
+        _PROMPT_ROWS.reset(token)
+
+
+def _by_rows(x: torch.Tensor, float_copy: FloatCopy | None, on_kernel) -> torch.Tensor:
+    """x [..., in] → [..., out] float32: prompt rows on `float_copy`, the rest by `on_kernel`."""
+    split = _PROMPT_ROWS.get() if float_copy is not None else None
+    if split is None:
+        return on_kernel(x)
+    rows = x.reshape(-1, x.shape[-1])
+    if split == "all":
+        y = float_copy(rows)
+    else:
+        prompt, other = float_copy(rows.index_select(0, split.prompt)), on_kernel(rows.index_select(0, split.other))
+        y = prompt.new_empty(rows.shape[0], prompt.shape[1])
+        y.index_copy_(0, split.prompt, prompt).index_copy_(0, split.other, other)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
 class QuantLinear(nn.Module):
     """nn.Linear with its weight as quantised blocks (`weight_blocks`, uint8 [out, in / 32 * block
-    bytes], format `weight_format`); float32 out."""
+    bytes], format `weight_format`); float32 out. `float_copy` (not a checkpoint key) serves
+    prompt rows where `add_float_copies` made one."""
+
+    float_copy: FloatCopy | None = None
 
     def __init__(self, in_features: int, out_features: int, format_id: int, bias: bool = False):
         super().__init__()
@@ -90,6 +173,9 @@ class QuantLinear(nn.Module):
         self.isa = kernel_isa()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _by_rows(x, self.float_copy, self._on_kernel)
+
+    def _on_kernel(self, x: torch.Tensor) -> torch.Tensor:
         return quant_matmul(x, [self.weight_blocks], [self.format_id], [self.bias], self.isa)
 
     def extra_repr(self) -> str:
@@ -103,7 +189,10 @@ class FusedQuantLinear:
     calls it (Attention.fused_qkv, SwiGLU.fused_gate_up): the weights stay where the
     checkpoint names them."""
 
+    float_copy: FloatCopy | None = None
+
     def __init__(self, *linears: QuantLinear):
+        self.linears = linears
         self.weights = [linear.weight_blocks for linear in linears]
         self.formats = [linear.format_id for linear in linears]
         self.biases = [linear.bias for linear in linears]
@@ -111,7 +200,10 @@ class FusedQuantLinear:
         self.isa = linears[0].isa
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return quant_matmul(x, self.weights, self.formats, self.biases, self.isa).split(self.sizes, dim=-1)
+        return _by_rows(x, self.float_copy, self._on_kernel).split(self.sizes, dim=-1)
+
+    def _on_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return quant_matmul(x, self.weights, self.formats, self.biases, self.isa)
 
 
 def fuse_projections(model: nn.Module) -> int:
@@ -137,3 +229,22 @@ def use_quant_linears(model: nn.Module, formats: dict[str, int], state: dict[str
         setattr(parent, child, QuantLinear(linear.in_features, linear.out_features, format_id,
                                            bias=f"{name}.bias" in state))
     return len(formats)
+
+
+def add_float_copies(model: nn.Module, dtype: torch.dtype, skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Give each quantised call of the decoder (fused q/k/v and gate/up as one weight) a float
+    copy in `dtype` for prompt rows (`prompt_rows`); the modules named in `skip` keep none (the
+    head sees one row per due reply). Returns the bytes the copies take."""
+    fused = [call for module in model.modules() for call in (getattr(module, "fused_qkv", None),
+                                                               getattr(module, "fused_gate_up", None))
+             if isinstance(call, FusedQuantLinear)]
+    in_fused = {id(linear) for call in fused for linear in call.linears}
+    nbytes = 0
+    for call in fused:
+        call.float_copy = FloatCopy.of(list(call.linears), dtype)
+        nbytes += sum(linear.in_features * linear.out_features for linear in call.linears) * dtype.itemsize
+    for name, linear in model.named_modules():
+        if isinstance(linear, QuantLinear) and id(linear) not in in_fused and name not in skip:
+            linear.float_copy = FloatCopy.of([linear], dtype)
+            nbytes += linear.in_features * linear.out_features * dtype.itemsize
+    return nbytes

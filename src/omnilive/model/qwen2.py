@@ -28,6 +28,7 @@ from omnilive.model.layers import (
     RotaryEmbedding,
     SwiGLU,
 )
+from omnilive.model.quant_linear import prompt_rows
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class Qwen2ForCausalLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,  # [B, T, H]: used instead of embedding input_ids
         rope_positions: torch.Tensor | None = None,  # [B, T] or [3, B, T] (M-RoPE); default positions
         deepstack: torch.Tensor | None = None,  # [L, B, T, H]: added after each of the first L layers
+        prompt_tokens: torch.Tensor | None = None,  # [B, T] bool: prompt tokens (quant_linear.prompt_rows)
     ) -> torch.Tensor:
         """Run B rows of T tokens; returns the final hidden states [B, T, H].
 
@@ -194,6 +196,8 @@ class Qwen2ForCausalLM(nn.Module):
         `deepstack` (Qwen3-VL): visual features of intermediate ViT layers, added to the
         hidden states that leave decoder layer i < L; zero at every position that is no image
         or video token (adding zero changes nothing, so one dense tensor serves any batch).
+
+        `prompt_tokens` lets quantised linears with a float copy compute those tokens on it.
         """
         write = cache.writer(slots, positions)  # where each token's key/value goes, for all layers
         pack = write.pack_index  # with right padding, only the valid tokens run through the layers
@@ -214,11 +218,14 @@ class Qwen2ForCausalLM(nn.Module):
         if deepstack is not None:
             deepstack = deepstack.reshape(deepstack.shape[0], -1, deepstack.shape[-1])  # [L, B * T, H]
             deepstack = deepstack if pack is None else deepstack[:, pack]
+        if prompt_tokens is not None:
+            prompt_tokens = prompt_tokens.reshape(-1) if pack is None else prompt_tokens.reshape(-1)[pack]
         # x: [B * T or N, H], one row per token that runs
-        for index, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache.k[index], cache.v[index], write)
-            if deepstack is not None and index < deepstack.shape[0]:
-                x = x + deepstack[index].to(x.dtype)
+        with prompt_rows(prompt_tokens):
+            for index, layer in enumerate(self.model.layers):
+                x = layer(x, cos, sin, cache.k[index], cache.v[index], write)
+                if deepstack is not None and index < deepstack.shape[0]:
+                    x = x + deepstack[index].to(x.dtype)
         x = self.model.norm(x)
         B, T = positions.shape
         if pack is not None:  # padding rows come back as zeros

@@ -102,10 +102,12 @@ class Settings(BaseSettings):
     quantize: Literal["auto", "gguf", "int8", "none"] = Field("auto", description=(
         'How the embedded LLM holds its linear weights. "gguf": the GGUF file\'s own 4/5/6/8-bit '
         "values, multiplied by omnilive's C++ kernel (AVX2 or AVX-512 VNNI; compiled with gcc on the "
-        "first start, then cached); the fastest decode and prefill on CPUs (docs/benchmarks.md). "
+        "first start, then cached): the fastest decode on CPUs and the least memory (docs/benchmarks.md). "
         '"int8": int8 weights in a bf16 model. "none": the dequantised weights in --dtype. "auto" = '
-        '"gguf" where the kernel builds and runs, else bf16 packed for oneDNN where the CPU runs bf16 '
-        "natively (AMX / AVX512-BF16), else int8 on other CPUs running bfloat16"))
+        '"gguf" plus a float copy of the decoder\'s weights (bf16 on AMX CPUs, else float32: 0.7-1.4 GB) '
+        "on which prompt tokens run, several times faster than on the kernel, where the kernel builds "
+        "and runs; else bf16 packed for oneDNN where the CPU runs bf16 natively (AMX / AVX512-BF16), "
+        "else int8 on other CPUs running bfloat16"))
     # bench/speech_quality.py prints the log-mel cost of each speech setting against the 10-step
     # float32 reference.
     token2wav_steps: int = Field(10, ge=2, description=(
