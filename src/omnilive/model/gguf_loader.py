@@ -26,7 +26,13 @@ from safetensors.torch import load_file, save_file
 from omnilive.model.layers import quantize_linears_int8
 from omnilive.model.packed import pack_decoder
 from omnilive.model.quant_formats import convertible, from_gguf
-from omnilive.model.quant_linear import add_float_copies, fuse_projections, use_quant_linears
+from omnilive.model.quant_linear import (
+    add_float_copies,
+    dequantized_weight,
+    fuse_projections,
+    prompt_calls,
+    use_quant_linears,
+)
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.tokenizer import Tokenizer
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -178,7 +184,8 @@ def load_gguf(
         fuse_projections(model)  # after loading: the fused calls hold the loaded tensors
         if prompt_dtype is not None:
             started = time.perf_counter()
-            nbytes = add_float_copies(model, prompt_dtype)
+            copies = _float_copies(model, prompt_dtype, None if cache_dir is None else cache_entry(path, Path(cache_dir)))
+            nbytes = add_float_copies(model, copies)
             log.info("float copies for prompts: %.2f GB %s in %.1f s", nbytes / 1e9, str(prompt_dtype).removeprefix("torch."),
                      time.perf_counter() - started)
         return model, config, tokenizer
@@ -190,6 +197,21 @@ def load_gguf(
     elif pack_weights:
         pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
     return model, config, tokenizer
+
+
+def _float_copies(model: Qwen2ForCausalLM, dtype: torch.dtype, entry: Path | None) -> dict[str, torch.Tensor]:
+    """The decoder's quantised calls dequantised into `dtype` (quant_linear.prompt_calls), made
+    once and kept in the cache entry when there is one."""
+    weights = None if entry is None else entry / f"prompt-copies-{str(dtype).removeprefix('torch.')}.safetensors"
+    if weights is not None and weights.is_file():
+        return load_file(weights)
+    copies = {name: dequantized_weight(call, dtype) for name, call in prompt_calls(model).items()}
+    if weights is not None:
+        with FileLock(str(entry / ".lock")):
+            tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+            save_file(copies, str(tmp))
+            os.replace(tmp, weights)
+    return copies
 
 
 def _read_gguf(path: Path, dtype: torch.dtype, quantized: bool = False) -> tuple[dict[str, torch.Tensor], Qwen2Config, Tokenizer]:

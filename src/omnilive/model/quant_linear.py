@@ -97,13 +97,12 @@ class FloatCopy:
     packed: bool
 
     @classmethod
-    def of(cls, linears: list[QuantLinear], dtype: torch.dtype) -> FloatCopy:
-        weight = torch.cat([torch.from_numpy(dequantize(linear.weight_blocks.numpy(), linear.format_id))
-                            for linear in linears]).to(dtype)
+    def of(cls, linears: tuple[QuantLinear, ...], weight: torch.Tensor) -> FloatCopy:
+        """The copy of `linears` (outputs side by side) from their dequantised `weight` [out, in]."""
         biases = [linear.bias for linear in linears]
-        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).to(dtype)
-        packed = can_pack(dtype, "cpu")
-        return cls(pack_weight(weight) if packed else weight, bias, dtype, packed)
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).to(weight.dtype)
+        packed = can_pack(weight.dtype, "cpu")
+        return cls(pack_weight(weight) if packed else weight, bias, weight.dtype, packed)
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         rows = rows.to(self.dtype)
@@ -231,20 +230,37 @@ def use_quant_linears(model: nn.Module, formats: dict[str, int], state: dict[str
     return len(formats)
 
 
-def add_float_copies(model: nn.Module, dtype: torch.dtype, skip: tuple[str, ...] = ("lm_head",)) -> int:
-    """Give each quantised call of the decoder (fused q/k/v and gate/up as one weight) a float
-    copy in `dtype` for prompt rows (`prompt_rows`); the modules named in `skip` keep none (the
-    head sees one row per due reply). Returns the bytes the copies take."""
-    fused = [call for module in model.modules() for call in (getattr(module, "fused_qkv", None),
-                                                               getattr(module, "fused_gate_up", None))
-             if isinstance(call, FusedQuantLinear)]
-    in_fused = {id(linear) for call in fused for linear in call.linears}
-    nbytes = 0
-    for call in fused:
-        call.float_copy = FloatCopy.of(list(call.linears), dtype)
-        nbytes += sum(linear.in_features * linear.out_features for linear in call.linears) * dtype.itemsize
-    for name, linear in model.named_modules():
-        if isinstance(linear, QuantLinear) and id(linear) not in in_fused and name not in skip:
-            linear.float_copy = FloatCopy.of([linear], dtype)
-            nbytes += linear.in_features * linear.out_features * dtype.itemsize
-    return nbytes
+def prompt_calls(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> dict[str, QuantLinear | FusedQuantLinear]:
+    """The decoder's quantised calls by name ("model.layers.0.self_attn.fused_qkv", "….o_proj"):
+    fused q/k/v and gate/up as one, the modules named in `skip` left out (the head sees one
+    row per due reply, never a prompt)."""
+    calls: dict[str, QuantLinear | FusedQuantLinear] = {}
+    in_fused: set[int] = set()
+    for name, module in model.named_modules():
+        for attribute in ("fused_qkv", "fused_gate_up"):
+            call = getattr(module, attribute, None)
+            if isinstance(call, FusedQuantLinear):
+                calls[f"{name}.{attribute}"] = call
+                in_fused.update(id(linear) for linear in call.linears)
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear) and id(module) not in in_fused and name not in skip:
+            calls[name] = module
+    return calls
+
+
+def dequantized_weight(call: QuantLinear | FusedQuantLinear, dtype: torch.dtype) -> torch.Tensor:
+    """A call's weights as [sum of out_features, in] in `dtype`: the values the kernel multiplies by."""
+    linears = call.linears if isinstance(call, FusedQuantLinear) else (call,)
+    return torch.cat([torch.from_numpy(dequantize(linear.weight_blocks.numpy(), linear.format_id))
+                      for linear in linears]).to(dtype)
+
+
+def add_float_copies(model: nn.Module, weights: dict[str, torch.Tensor]) -> int:
+    """Give each call of `prompt_calls(model)` its float copy from `weights` (name → dequantised
+    weight); prompt rows run on it from then on. Returns the bytes the copies take."""
+    calls = prompt_calls(model)
+    if set(weights) != set(calls):
+        raise ValueError(f"float copies do not match the model's quantised calls: {sorted(set(weights) ^ set(calls))[:4]}")
+    for name, call in calls.items():
+        call.float_copy = FloatCopy.of(call.linears if isinstance(call, FusedQuantLinear) else (call,), weights[name])
+    return sum(weight.numel() * weight.element_size() for weight in weights.values())
