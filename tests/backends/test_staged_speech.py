@@ -1,8 +1,9 @@
 """The speech stage split off the thinker (`--stages`), in one process: a thinker engine that
 exports its spoken requests' feeds (LLMEngine(export_speech=True)) and a SpeechEngine that
 speaks them must give what the single engine gives: the same text, the same audio samples and
-transcript, the same usage. (tests/server/test_scale_out_stages.py runs the halves as Ray
-Serve deployments.)"""
+transcript, the same usage; for Qwen2.5-Omni (the talker reads final hidden states of the
+prompt and reply) and Qwen3-Omni (a middle layer's states of the prompt, the reply's
+embeddings). (tests/server/test_scale_out_stages.py runs the halves as Ray Serve deployments.)"""
 
 from __future__ import annotations
 
@@ -16,15 +17,19 @@ from omnilive.backends.native_omni import NativeBackend, load_speech_engine
 from omnilive.types import AudioChunk, EngineRequest, Finished, Message, SamplingParams, TextDelta
 from omnilive.server.settings import Settings
 from tests.model.omni_tiny import build_tiny_omni
+from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
 
 pytest.importorskip("transformers")
 
 QUESTION = (Message("user", ("Say something about the sea.",)),)
 
 
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    tiny = build_tiny_omni(tmp_path_factory.mktemp("omni"), seed=1)
+@pytest.fixture(scope="module", params=["qwen2.5-omni", "qwen3-omni"])
+def settings(request, tmp_path_factory):
+    if request.param == "qwen3-omni":
+        tiny = build_tiny_qwen3_omni(tmp_path_factory.mktemp("qwen3-omni"), seed=6, with_tokenizer=True)
+    else:
+        tiny = build_tiny_omni(tmp_path_factory.mktemp("omni"), seed=1)
     return Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=512,
                     prefill_chunk_tokens=16)
 
@@ -118,3 +123,24 @@ def test_a_feed_moves_every_tensor_it_carries(settings):
                start.voice.speaker_embedding, start.voice.reference_mel, feed.reply_hidden, feed.reply_embeds]
     assert all(t.device.type == "meta" for t in tensors)
     assert start.voice.bos_token == 7 and start.seed == 1 and feed.reply_tokens == 1 and not feed.ended
+
+
+def test_a_qwen3_feed_carries_embeddings_only():
+    """Qwen3-Omni's talker reads no reply hidden states: its feeds carry the embeddings alone,
+    and its voice (a codec id) moves as it is."""
+    from omnilive.engine.speech_export import ExportedSpeech, joined_feeds
+    from omnilive.model.qwen3_omni_talker import Qwen3Voice
+    from omnilive.model.rope_index import PromptPositions
+    from omnilive.model.thinker import ThinkerPrompt
+
+    recorded = ExportedSpeech(Qwen3Voice("Ethan", 5), seed=None)
+    prompt = ThinkerPrompt(torch.arange(3), torch.zeros(3, 8), PromptPositions(torch.zeros(3, 3, dtype=torch.long), 0))
+    recorded.start(prompt, torch.zeros(3, 8))
+    recorded.add_reply_token(None, torch.ones(8))
+    first = recorded.take()
+    recorded.add_reply_token(None, torch.full((8,), 2.0))
+    recorded.finish_text()
+    feed = joined_feeds([first, recorded.take()]).to("meta")
+    assert feed.reply_hidden is None and feed.reply_tokens == 2 and feed.ended
+    assert feed.reply_embeds.device.type == "meta" and feed.start.voice == Qwen3Voice("Ethan", 5)
+    assert feed.reply_token(1)[0] is None

@@ -137,17 +137,15 @@ def speech_model(model: OmniModel, s, token2wav_steps: int, device: str) -> Spee
 
 
 def load_speech_engine(s, token2wav_steps: int | None = None) -> AsyncSpeech:
-    """The speech stage alone (`--stages`): talker and token2wav, with the thinker's token
-    embeddings they read; the rest of the thinker is loaded, then let go."""
+    """The speech stage alone (`--stages`): talker and vocoder (Qwen2.5-Omni's token2wav, Qwen3-Omni's
+    code predictor and Code2Wav), with the thinker's token embeddings they read; the rest of the
+    thinker is loaded, then let go."""
     torch.set_num_threads(s.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_omni(resolve_checkpoint_dir(s.model), s.dtype, device)
     speech = speech_model(model, s, token2wav_steps or s.token2wav_steps, device)
     if speech is None:
         raise EngineError(f"{s.model} has no talker: it cannot run a speech stage")
-    if isinstance(speech, Qwen3SpeechModel):  # its stage reads thinker layer states no feed carries yet
-        raise EngineError(f"{s.model} is a Qwen3-Omni checkpoint: --stages runs Qwen2.5-Omni's speech apart only; "
-                          "serve it without --stages")
     engine = SpeechEngine(speech, model.thinker.model.embed_tokens, max_streams=s.max_batch,
                           context_length=min(s.max_context_tokens, model.thinker.config.max_position_embeddings))
     return AsyncSpeech(engine, threads=s.threads)
@@ -193,7 +191,7 @@ class NativeBackend:
         self.speaks_elsewhere = speech is not None and self.speech_service is not None
         self.engine = LLMEngine(self.model.thinker, self.model.tokenizer, max_slots=s.max_batch,
                                 context_length=s.max_context_tokens, prefill_chunk_tokens=s.prefill_chunk_tokens,
-                                speech=None if self.speech_service else speech, admission="reserve",
+                                speech=speech, admission="reserve",
                                 export_speech=self.speaks_elsewhere,
                                 answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
         if isinstance(speech, SpeechModel):

@@ -1,9 +1,11 @@
-"""`--stages thinker=N,speech=M`: the speech stage (talker + token2wav) of a Qwen2.5-Omni model as
-its own Ray Serve deployment, beside the thinker replicas that take HTTP.
+"""`--stages thinker=N,speech=M`: the speech stage of an Omni model (Qwen2.5-Omni: talker +
+token2wav; Qwen3-Omni: talker + code predictor + Code2Wav) as its own Ray Serve deployment,
+beside the thinker replicas that take HTTP.
 
     client ──▶ proxy ──▶ thinker replica (the whole app; LLMEngine(export_speech=True))
                            │ each spoken request: SpeechFeeds while the reply is written
-                           │   (prompt hidden states, then every reply token's hidden state)
+                           │   (the prompt's hidden states, then every reply token's embedding
+                           │    and, for Qwen2.5-Omni, its hidden state)
                            ▼ put (numbered, not awaited)
                          FeedChannel (a small actor of that thinker replica)
                            ▼ one streaming call, feeds in order   AudioChunks, streamed back
@@ -95,7 +97,7 @@ class FeedChannel:
 
 
 class SpeechReplica:
-    """One replica of the speech deployment: a SpeechEngine (talker + token2wav) on its own thread."""
+    """One replica of the speech deployment: a SpeechEngine (the model's talker and vocoder) on its own thread."""
 
     def __init__(self, settings: Settings):
         from omnilive.backends.native_omni import load_speech_engine
