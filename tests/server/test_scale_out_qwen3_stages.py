@@ -1,0 +1,150 @@
+"""`omnilive serve --ray --stages thinker=1,speech=1` with a tiny random Qwen3-Omni checkpoint, on a
+Ray cluster the test starts (one node): the thinker replica takes HTTP and streams, while it
+writes, each spoken reply's prompt states (thinker layer `accept_hidden_layer`) and reply
+embeddings to the speech deployment, where the talker, code predictor and Code2Wav run.
+
+What a client gets must equal the single-process server's (greedy text, seeded speech): text,
+the wav, the transcript, usage, and the streamed PCM.
+
+Last, the speech replica's process is killed with SIGKILL while it speaks a streamed reply:
+that reply ends at once with an error event in OpenAI's shape (no finish, no hang); the
+thinker replica serves on; once Ray Serve has started a new speech replica, spoken replies
+succeed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
+from tests.server.test_scale_out_stages import QUESTIONS, REPLICA, _replies
+from tests.server_process import ServerProcess
+
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+SPEECH_DEPLOYMENT = "omnilive-speech"
+# greedy, this prompt's reply runs to max_tokens on the tiny checkpoint (seed 6): the speech call
+# stays open, fed, for the whole reply (seconds), long after its first audio
+LONG_REPLY = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1500, "temperature": 0, "seed": 3,
+              "modalities": ["text", "audio"], "audio": {"voice": "Ethan", "format": "pcm16"}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-qwen3-omni")
+    build_tiny_qwen3_omni(directory, seed=6, with_tokenizer=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def model_args(checkpoint) -> list[str]:
+    return ["--model", str(checkpoint), "--dtype", "float32", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def single_process_replies(model_args, tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("single"), args=model_args) as single:
+        return _replies(single)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    started = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "object_store_memory": 80 * 1024**2, "include_dashboard": False})
+    yield started
+    started.shutdown()
+
+
+@pytest.fixture(scope="module")
+def staged_server(single_process_replies, cluster, model_args, tmp_path_factory):
+    args = [*model_args, "--ray", "--ray-address", cluster.address, "--stages", "thinker=1,speech=1"]
+    with ServerProcess(tmp_path_factory.mktemp("staged"), args=args) as server:
+        yield server
+
+
+def test_spoken_replies_equal_the_single_process_server(staged_server, single_process_replies):
+    staged = _replies(staged_server)
+    for question in QUESTIONS:
+        (text, wav, transcript, usage), (_, pcm, _) = single_process_replies[question]
+        assert text and wav and pcm and transcript == text  # the reply was spoken, not only written
+        assert staged[question] == single_process_replies[question]
+
+
+def speech_replica_pids(cluster) -> set[int]:
+    """The process ids of the live speech replicas, asked of each replica actor itself."""
+    import ray
+
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                 if actor["namespace"] == "serve" and f"#{SPEECH_DEPLOYMENT}#" in actor["name"]]
+        pids = set()
+        for name in names:
+            try:
+                replica = ray.get_actor(name, namespace="serve")
+                pids.add(ray.get(replica.__ray_call__.remote(lambda _replica: os.getpid()), timeout=30))
+            except (ray.exceptions.RayActorError, ValueError):  # gone since it was listed
+                pass
+        return pids
+    finally:
+        ray.shutdown()
+
+
+def _events(lines) -> list[dict]:
+    return [json.loads(line[len("data:"):]) for line in lines
+            if line.startswith("data:") and line.strip() != "data: [DONE]"]
+
+
+def _spoken(server: ServerProcess, model: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
+        "model": model, "messages": [{"role": "user", "content": QUESTIONS[0]}], "max_tokens": 16, "temperature": 0,
+        "seed": 3, "modalities": ["text", "audio"], "audio": {"voice": "Ethan", "format": "wav"}})
+
+
+def test_a_killed_speech_replica_fails_its_reply_cleanly_and_is_replaced(staged_server, cluster):
+    """Last: it changes the replicas."""
+    (victim,) = speech_replica_pids(cluster)
+    model = httpx.get(f"{staged_server.url}/v1/models").json()["data"][0]["id"]
+    url = f"{staged_server.url}/v1/chat/completions"
+    with httpx.stream("POST", url, json={"model": model, "stream": True, **LONG_REPLY}, timeout=120) as response:
+        assert response.status_code == 200
+        thinker = response.headers[REPLICA]
+        lines = response.iter_lines()
+        for line in lines:  # until the first audio: the speech replica is speaking this reply
+            if line.startswith("data:") and '"audio":{' in line:
+                break
+        os.kill(victim, signal.SIGKILL)
+        started = time.monotonic()
+        rest = _events(lines)
+        assert time.monotonic() - started < 30, "the stream hung after the speech replica died"
+    assert not any(event.get("choices") and event["choices"][0].get("finish_reason") for event in rest), rest[-3:]
+    error = rest[-1]["error"]
+    assert (error["type"], error["code"]) == ("server_error", "speech_stage_unavailable"), rest[-1]
+
+    # the thinker replica serves on (the same one: it did not die with the speech)
+    written = httpx.post(url, timeout=120, json={"model": model, "max_tokens": 4, "temperature": 0,
+                                                 "messages": [{"role": "user", "content": "Hi"}]})
+    assert written.status_code == 200 and written.headers[REPLICA] == thinker, written.text
+    assert written.json()["choices"][0]["message"]["content"]
+
+    # Ray Serve replaces the speech replica; a spoken reply then comes back whole
+    deadline, answer = time.monotonic() + 180, None
+    while time.monotonic() < deadline:
+        answer = _spoken(staged_server, model)
+        if answer.status_code == 200:
+            break
+        assert answer.status_code >= 500 and answer.json()["error"]["type"] == "server_error", answer.text
+        time.sleep(1)
+    assert answer is not None and answer.status_code == 200, answer.text
+    message = answer.json()["choices"][0]["message"]
+    assert message["audio"]["data"] and message["audio"]["transcript"] == message["content"]
+    assert victim not in speech_replica_pids(cluster)
