@@ -7,9 +7,10 @@ What a client gets must equal the single-process server's (greedy text, seeded s
 the wav, the transcript, usage, and the streamed PCM.
 
 Last, the speech replica's process is killed with SIGKILL while it speaks a streamed reply:
-that reply ends at once with an error event in OpenAI's shape (no finish, no hang); the
-thinker replica serves on; once Ray Serve has started a new speech replica, spoken replies
-succeed again.
+that reply ends at once with an error event in OpenAI's shape (no finish, no hang), a
+non-streamed spoken reply in flight fails with a 503 (or, routed to the new replica, is
+whole); the thinker replica serves on; once Ray Serve has started a new speech replica, spoken
+replies succeed again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -115,7 +117,10 @@ def test_a_killed_speech_replica_fails_its_reply_cleanly_and_is_replaced(staged_
     (victim,) = speech_replica_pids(cluster)
     model = httpx.get(f"{staged_server.url}/v1/models").json()["data"][0]["id"]
     url = f"{staged_server.url}/v1/chat/completions"
-    with httpx.stream("POST", url, json={"model": model, "stream": True, **LONG_REPLY}, timeout=120) as response:
+    with ThreadPoolExecutor(1) as pool, \
+            httpx.stream("POST", url, json={"model": model, "stream": True, **LONG_REPLY}, timeout=120) as response:
+        whole_body = {"model": model, **LONG_REPLY, "audio": {"voice": "Ethan", "format": "wav"}}
+        whole = pool.submit(httpx.post, url, json=whole_body, timeout=120)  # in flight too, not streamed
         assert response.status_code == 200
         thinker = response.headers[REPLICA]
         lines = response.iter_lines()
@@ -126,6 +131,12 @@ def test_a_killed_speech_replica_fails_its_reply_cleanly_and_is_replaced(staged_
         started = time.monotonic()
         rest = _events(lines)
         assert time.monotonic() - started < 30, "the stream hung after the speech replica died"
+        answer = whole.result(timeout=120)
+    if answer.status_code == 200:  # it reached the speech deployment after the new replica started
+        assert answer.json()["choices"][0]["message"]["audio"]["transcript"]
+    else:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "speech_stage_unavailable", answer.text
     assert not any(event.get("choices") and event["choices"][0].get("finish_reason") for event in rest), rest[-3:]
     error = rest[-1]["error"]
     assert (error["type"], error["code"]) == ("server_error", "speech_stage_unavailable"), rest[-1]
