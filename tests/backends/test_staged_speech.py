@@ -8,6 +8,7 @@ embeddings). (tests/server/test_scale_out_stages.py runs the halves as Ray Serve
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import numpy as np
 import pytest
@@ -144,3 +145,29 @@ def test_a_qwen3_feed_carries_embeddings_only():
     assert feed.reply_hidden is None and feed.reply_tokens == 2 and feed.ended
     assert feed.reply_embeds.device.type == "meta" and feed.start.voice == Qwen3Voice("Ethan", 5)
     assert feed.reply_token(1)[0] is None
+
+
+def test_a_speech_replica_reads_no_thinker_weight_but_its_token_embeddings(settings, tmp_path):
+    """What load_speech_engine loads: with every other thinker tensor gone from the checkpoint,
+    the talker, vocoder and the thinker's token embeddings still load, the embeddings and the
+    context length those of the whole model."""
+    from safetensors.torch import load_file, save_file
+
+    from omnilive.backends.native_omni import load_omni
+    from omnilive.backends.speech_parts import THINKER_EMBED_PREFIX, load_speaking_parts
+
+    lean = tmp_path / "lean"
+    shutil.copytree(settings.model, lean)
+    dropped = 0
+    for shard in lean.glob("*.safetensors"):
+        tensors = load_file(shard)
+        kept = {key: t for key, t in tensors.items()
+                if not key.startswith("thinker.") or key.startswith(THINKER_EMBED_PREFIX)}
+        dropped += len(tensors) - len(kept)
+        save_file(kept, shard, metadata={"format": "pt"})
+    assert dropped > 10  # the thinker's decoder and encoders
+    parts = load_speaking_parts(lean, torch.float32, "cpu")
+    whole = load_omni(settings.model, "float32")
+    assert torch.equal(parts.thinker_embed.weight, whole.thinker.model.embed_tokens.weight)
+    assert parts.context_length == whole.thinker.config.max_position_embeddings
+    assert type(parts.talker) is type(whole.talker) and type(parts.vocoder) is type(whole.token2wav)
