@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from omnilive.backends.native_omni import NativeBackend, load_speech_engine
-from omnilive.types import AudioChunk, EngineRequest, Finished, Message, SamplingParams, TextDelta
+from omnilive.types import AudioChunk, AudioInput, EngineRequest, Finished, Message, SamplingParams, TextDelta
 from omnilive.server.settings import Settings
 from tests.model.omni_tiny import build_tiny_omni
 from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
@@ -23,6 +23,9 @@ from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
 pytest.importorskip("transformers")
 
 QUESTION = (Message("user", ("Say something about the sea.",)),)
+# a question with user media: the talker reads the thinker's states of the audio's placeholders
+TONE = AudioInput((0.3 * np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000)).astype(np.float32))
+AUDIO_QUESTION = (Message("user", (TONE, "What do you hear?")),)
 
 
 @pytest.fixture(scope="module", params=["qwen2.5-omni", "qwen3-omni"])
@@ -54,11 +57,12 @@ def reply(engine: NativeBackend, request: EngineRequest) -> tuple[str, np.ndarra
             "".join(c.transcript for c in chunks), outputs[-1])
 
 
-@pytest.mark.parametrize("sampling", [SamplingParams(temperature=0.0, max_tokens=20, seed=3),
-                                      SamplingParams(temperature=0.0, max_tokens=1, seed=3)],
-                         ids=["reply", "one-token"])
-def test_split_stages_speak_as_the_single_engine(settings, sampling):
-    request = EngineRequest("spoken", QUESTION, sampling, modalities=("text", "audio"), voice="Ethan")
+@pytest.mark.parametrize(("messages", "sampling"), [
+    (QUESTION, SamplingParams(temperature=0.0, max_tokens=20, seed=3)),
+    (QUESTION, SamplingParams(temperature=0.0, max_tokens=1, seed=3)),
+    (AUDIO_QUESTION, SamplingParams(temperature=0.0, max_tokens=12, seed=3))], ids=["reply", "one-token", "audio"])
+def test_split_stages_speak_as_the_single_engine(settings, messages, sampling):
+    request = EngineRequest("spoken", messages, sampling, modalities=("text", "audio"), voice="Ethan")
     single, staged = backend(settings, staged=False), backend(settings, staged=True)
     try:
         assert staged.engine.speech.talker_cache is None  # no talker on the thinker's side
