@@ -4,7 +4,8 @@ writes, each spoken reply's prompt states (thinker layer `accept_hidden_layer`) 
 embeddings to the speech deployment, where the talker, code predictor and Code2Wav run.
 
 What a client gets must equal the single-process server's (greedy text, seeded speech): text,
-the wav, the transcript, usage, and the streamed PCM.
+the wav, the transcript, usage, and the streamed PCM; for a question with audio too, whose
+reply's talker reads the thinker's states of that audio.
 
 Last, the speech replica's process is killed with SIGKILL while it speaks a streamed reply:
 that reply ends at once with an error event in OpenAI's shape (no finish, no hang), a
@@ -15,6 +16,7 @@ replies succeed again.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -22,10 +24,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
-from tests.server.test_scale_out_stages import QUESTIONS, REPLICA, _replies
+from tests.server.test_native_server import wav_bytes
+from tests.server.test_scale_out_stages import QUESTIONS, REPLICA, SPOKEN, _client, _replies
 from tests.server_process import ServerProcess
 
 pytest.importorskip("transformers")
@@ -50,10 +54,24 @@ def model_args(checkpoint) -> list[str]:
     return ["--model", str(checkpoint), "--dtype", "float32", "--threads", "1"]
 
 
+def _replies_with_audio(server: ServerProcess) -> dict:
+    """_replies, and the whole spoken reply (text, wav, transcript, usage) to a question with audio."""
+    tone = wav_bytes(0.3 * np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000), 16_000)
+    content = [{"type": "input_audio", "input_audio": {"data": base64.b64encode(tone).decode(), "format": "wav"}},
+               {"type": "text", "text": "What do you hear?"}]
+    with _client(server) as client:
+        whole = client.chat.completions.create(model=client.models.list().data[0].id,
+                                               messages=[{"role": "user", "content": content}],
+                                               audio={"voice": "Ethan", "format": "wav"}, **SPOKEN)
+    message = whole.choices[0].message
+    heard = (message.content, message.audio.data, message.audio.transcript, whole.usage.model_dump())
+    return {**_replies(server), "audio": heard}
+
+
 @pytest.fixture(scope="module")
 def single_process_replies(model_args, tmp_path_factory):
     with ServerProcess(tmp_path_factory.mktemp("single"), args=model_args) as single:
-        return _replies(single)
+        return _replies_with_audio(single)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +92,14 @@ def staged_server(single_process_replies, cluster, model_args, tmp_path_factory)
 
 
 def test_spoken_replies_equal_the_single_process_server(staged_server, single_process_replies):
-    staged = _replies(staged_server)
+    staged = _replies_with_audio(staged_server)
     for question in QUESTIONS:
         (text, wav, transcript, usage), (_, pcm, _) = single_process_replies[question]
         assert text and wav and pcm and transcript == text  # the reply was spoken, not only written
         assert staged[question] == single_process_replies[question]
+    text, wav, transcript, usage = single_process_replies["audio"]
+    assert text and wav and transcript == text and usage["prompt_tokens_details"]["audio_tokens"] > 0
+    assert staged["audio"] == single_process_replies["audio"]
 
 
 def speech_replica_pids(cluster) -> set[int]:
