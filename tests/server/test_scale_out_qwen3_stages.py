@@ -7,11 +7,12 @@ What a client gets must equal the single-process server's (greedy text, seeded s
 the wav, the transcript, usage, and the streamed PCM; for a question with audio too, whose
 reply's talker reads the thinker's states of that audio.
 
-Last, the speech replica's process is killed with SIGKILL while it speaks a streamed reply:
-that reply ends at once with an error event in OpenAI's shape (no finish, no hang), a
-non-streamed spoken reply in flight fails with a 503 (or, routed to the new replica, is
-whole); the thinker replica serves on; once Ray Serve has started a new speech replica, spoken
-replies succeed again.
+Last, the speech replica's process is killed with SIGKILL while it speaks a streamed reply and
+a realtime response: the stream ends at once with an error event in OpenAI's shape (no
+finish, no hang), the realtime response with response.done `failed`, and a non-streamed
+spoken reply in flight fails with a 503 (or, routed to the new replica, is whole); the
+thinker replica serves on; once Ray Serve has started a new speech replica, spoken replies
+succeed again, in the same realtime session too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pytest
 
 from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
 from tests.server.test_native_server import wav_bytes
+from tests.server.test_realtime import Realtime
 from tests.server.test_scale_out_stages import QUESTIONS, REPLICA, SPOKEN, _client, _replies
 from tests.server_process import ServerProcess
 
@@ -133,50 +135,76 @@ def _spoken(server: ServerProcess, model: str) -> httpx.Response:
         "seed": 3, "modalities": ["text", "audio"], "audio": {"voice": "Ethan", "format": "wav"}})
 
 
-def test_a_killed_speech_replica_fails_its_reply_cleanly_and_is_replaced(staged_server, cluster):
+def _realtime_speaking(server: ServerProcess) -> Realtime:
+    """A realtime session whose long spoken response has begun to sound."""
+    rt = Realtime(server)
+    assert rt.recv()["type"] == "session.created"
+    rt.send({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["audio"]}})
+    rt.until("session.updated")
+    rt.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "Hi"}]}})
+    rt.send({"type": "response.create", "response": {"max_output_tokens": LONG_REPLY["max_tokens"], "temperature": 0}})
+    rt.until("response.output_audio.delta")
+    return rt
+
+
+def test_a_killed_speech_replica_fails_its_replies_cleanly_and_is_replaced(staged_server, cluster):
     """Last: it changes the replicas."""
     (victim,) = speech_replica_pids(cluster)
     model = httpx.get(f"{staged_server.url}/v1/models").json()["data"][0]["id"]
     url = f"{staged_server.url}/v1/chat/completions"
-    with ThreadPoolExecutor(1) as pool, \
-            httpx.stream("POST", url, json={"model": model, "stream": True, **LONG_REPLY}, timeout=120) as response:
-        whole_body = {"model": model, **LONG_REPLY, "audio": {"voice": "Ethan", "format": "wav"}}
-        whole = pool.submit(httpx.post, url, json=whole_body, timeout=120)  # in flight too, not streamed
-        assert response.status_code == 200
-        thinker = response.headers[REPLICA]
-        lines = response.iter_lines()
-        for line in lines:  # until the first audio: the speech replica is speaking this reply
-            if line.startswith("data:") and '"audio":{' in line:
+    rt = _realtime_speaking(staged_server)
+    try:
+        with ThreadPoolExecutor(1) as pool, \
+                httpx.stream("POST", url, json={"model": model, "stream": True, **LONG_REPLY}, timeout=120) as response:
+            whole_body = {"model": model, **LONG_REPLY, "audio": {"voice": "Ethan", "format": "wav"}}
+            whole = pool.submit(httpx.post, url, json=whole_body, timeout=120)  # in flight too, not streamed
+            assert response.status_code == 200
+            thinker = response.headers[REPLICA]
+            lines = response.iter_lines()
+            for line in lines:  # until the first audio: the speech replica is speaking this reply
+                if line.startswith("data:") and '"audio":{' in line:
+                    break
+            os.kill(victim, signal.SIGKILL)
+            started = time.monotonic()
+            rest = _events(lines)
+            assert time.monotonic() - started < 30, "the stream hung after the speech replica died"
+            done = rt.until("response.done", timeout=30)[-1]["response"]
+            answer = whole.result(timeout=120)
+        assert not any(event.get("choices") and event["choices"][0].get("finish_reason") for event in rest), rest[-3:]
+        error = rest[-1]["error"]
+        assert (error["type"], error["code"]) == ("server_error", "speech_stage_unavailable"), rest[-1]
+        assert done["status"] == "failed", done
+        assert done["status_details"]["error"]["code"] == "speech_stage_unavailable", done
+        if answer.status_code == 200:  # it reached the speech deployment after the new replica started
+            assert answer.json()["choices"][0]["message"]["audio"]["transcript"]
+        else:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "speech_stage_unavailable", answer.text
+
+        # the thinker replica serves on (the same one: it did not die with the speech)
+        written = httpx.post(url, timeout=120, json={"model": model, "max_tokens": 4, "temperature": 0,
+                                                     "messages": [{"role": "user", "content": "Hi"}]})
+        assert written.status_code == 200 and written.headers[REPLICA] == thinker, written.text
+        assert written.json()["choices"][0]["message"]["content"]
+
+        # Ray Serve replaces the speech replica; a spoken reply then comes back whole
+        deadline, answer = time.monotonic() + 180, None
+        while time.monotonic() < deadline:
+            answer = _spoken(staged_server, model)
+            if answer.status_code == 200:
                 break
-        os.kill(victim, signal.SIGKILL)
-        started = time.monotonic()
-        rest = _events(lines)
-        assert time.monotonic() - started < 30, "the stream hung after the speech replica died"
-        answer = whole.result(timeout=120)
-    if answer.status_code == 200:  # it reached the speech deployment after the new replica started
-        assert answer.json()["choices"][0]["message"]["audio"]["transcript"]
-    else:
-        assert answer.status_code == 503, answer.text
-        assert answer.json()["error"]["code"] == "speech_stage_unavailable", answer.text
-    assert not any(event.get("choices") and event["choices"][0].get("finish_reason") for event in rest), rest[-3:]
-    error = rest[-1]["error"]
-    assert (error["type"], error["code"]) == ("server_error", "speech_stage_unavailable"), rest[-1]
+            assert answer.status_code >= 500 and answer.json()["error"]["type"] == "server_error", answer.text
+            time.sleep(1)
+        assert answer is not None and answer.status_code == 200, answer.text
+        message = answer.json()["choices"][0]["message"]
+        assert message["audio"]["data"] and message["audio"]["transcript"] == message["content"]
+        assert victim not in speech_replica_pids(cluster)
 
-    # the thinker replica serves on (the same one: it did not die with the speech)
-    written = httpx.post(url, timeout=120, json={"model": model, "max_tokens": 4, "temperature": 0,
-                                                 "messages": [{"role": "user", "content": "Hi"}]})
-    assert written.status_code == 200 and written.headers[REPLICA] == thinker, written.text
-    assert written.json()["choices"][0]["message"]["content"]
-
-    # Ray Serve replaces the speech replica; a spoken reply then comes back whole
-    deadline, answer = time.monotonic() + 180, None
-    while time.monotonic() < deadline:
-        answer = _spoken(staged_server, model)
-        if answer.status_code == 200:
-            break
-        assert answer.status_code >= 500 and answer.json()["error"]["type"] == "server_error", answer.text
-        time.sleep(1)
-    assert answer is not None and answer.status_code == 200, answer.text
-    message = answer.json()["choices"][0]["message"]
-    assert message["audio"]["data"] and message["audio"]["transcript"] == message["content"]
-    assert victim not in speech_replica_pids(cluster)
+        # and the realtime session outlived its failed response: it speaks again
+        rt.send({"type": "response.create", "response": {"max_output_tokens": 12, "temperature": 0}})
+        events = rt.until("response.done")
+        assert events[-1]["response"]["status"] in ("completed", "incomplete"), events[-1]
+        assert any(event["type"] == "response.output_audio.delta" for event in events)
+    finally:
+        rt.close()
