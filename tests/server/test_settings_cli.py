@@ -88,4 +88,4 @@ def test_stages_of_the_embedded_default_are_refused_before_ray_starts(capsys):
     from omnilive.cli import main
 
     assert main(["serve", "--ray", "--stages", "thinker=1,speech=1"]) == 2
-    assert "--stages needs a Qwen2.5-Omni checkpoint" in capsys.readouterr().err
+    assert "--stages needs a Qwen2.5-Omni or Qwen3-Omni checkpoint" in capsys.readouterr().err

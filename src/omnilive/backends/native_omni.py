@@ -33,6 +33,7 @@ from omnilive.backends.native_prompt import (
 )
 from omnilive.backends.native_qwen3_omni import Qwen3WholeSpeech, qwen3_speech_model
 from omnilive.backends.native_speech import WholeSpeech
+from omnilive.backends.speech_parts import load_speaking_parts, qwen2_5_omni_speaks
 from omnilive.backends.staged_speech import spoken_elsewhere
 from omnilive.backends.registry import OmniModel
 from omnilive.engine.async_engine import AsyncLLM, engine_outputs
@@ -50,9 +51,10 @@ from omnilive.model.omni_checkpoint import (
     read_config,
     resolve_checkpoint_dir,
 )
+from omnilive.model.qwen3_omni_code2wav import Qwen3OmniCode2Wav
 from omnilive.model.qwen3_omni_talker import Qwen3OmniTalker
-from omnilive.model.talker import load_talker
-from omnilive.model.token2wav import Voice, load_token2wav, pack_dit
+from omnilive.model.talker import Talker, load_talker
+from omnilive.model.token2wav import Token2Wav, Voice, load_token2wav, pack_dit
 from omnilive.model.weights import pick_compute_dtype, pick_dtype, resolve_dtype
 from omnilive.types import (
     AudioInput,
@@ -90,7 +92,7 @@ def load_qwen2_5_omni(directory: Path, dtype: torch.dtype, device: str) -> OmniM
     tokenizer = load_omni_tokenizer(directory)
     model = OmniModel(thinker, tokenizer, OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config))
     config = read_config(directory)
-    if "talker_config" in config and config.get("enable_audio_output", True) and (directory / "spk_dict.pt").exists():
+    if qwen2_5_omni_speaks(directory, config):
         model.talker = load_talker(directory, dtype, device)
         model.token2wav, model.voices = load_token2wav(directory, device)
     return model
@@ -119,37 +121,36 @@ def answer_phrase(setting: str, detected: str | None) -> str | None:
     return None if setting.strip().lower() in ("", "none") else setting
 
 
-def speech_model(model: OmniModel, s, token2wav_steps: int, device: str) -> SpeechModel | Qwen3SpeechModel | None:
-    """Talker, token2wav and how they stream, for a checkpoint that speaks."""
-    if model.talker is None or model.token2wav is None:
+def speech_model(talker: Talker | Qwen3OmniTalker | None, vocoder: Token2Wav | Qwen3OmniCode2Wav | None,
+                 thinker_dtype: torch.dtype, s, token2wav_steps: int, device: str) -> SpeechModel | Qwen3SpeechModel | None:
+    """Talker, vocoder and how they stream, for a checkpoint that speaks (None: it does not)."""
+    if talker is None or vocoder is None:
         return None
-    if isinstance(model.talker, Qwen3OmniTalker):
-        return qwen3_speech_model(model, s)
+    if isinstance(talker, Qwen3OmniTalker):
+        return qwen3_speech_model(talker, vocoder, s)
     speech_dtype = s.speech_dtype
     if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
         fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
-        speech_dtype = torch.bfloat16 if fast and model.thinker.dtype == torch.bfloat16 else torch.float32
+        speech_dtype = torch.bfloat16 if fast and thinker_dtype == torch.bfloat16 else torch.float32
     speech_dtype = resolve_dtype(speech_dtype)
-    pack_dit(model.token2wav, speech_dtype)
-    settings = SpeechSettings.for_model(model.token2wav, token2wav_steps,
+    pack_dit(vocoder, speech_dtype)
+    settings = SpeechSettings.for_model(vocoder, token2wav_steps,
                                         first_chunk_steps=s.token2wav_first_chunk_steps, dit_dtype=speech_dtype)
-    return SpeechModel(model.talker, model.token2wav, settings, speech_lead_s=s.speech_lead_seconds)
+    return SpeechModel(talker, vocoder, settings, speech_lead_s=s.speech_lead_seconds)
 
 
 def load_speech_engine(s, token2wav_steps: int | None = None) -> AsyncSpeech:
-    """The speech stage alone (`--stages`): talker and token2wav, with the thinker's token
-    embeddings they read; the rest of the thinker is loaded, then let go."""
+    """The speech stage alone (`--stages`): talker and vocoder (Qwen2.5-Omni's token2wav, Qwen3-Omni's
+    code predictor and Code2Wav), with the thinker's token embeddings they read; the rest of the
+    thinker is never loaded (backends/speech_parts.py)."""
     torch.set_num_threads(s.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_omni(resolve_checkpoint_dir(s.model), s.dtype, device)
-    speech = speech_model(model, s, token2wav_steps or s.token2wav_steps, device)
-    if speech is None:
-        raise EngineError(f"{s.model} has no talker: it cannot run a speech stage")
-    if isinstance(speech, Qwen3SpeechModel):  # its stage reads thinker layer states no feed carries yet
-        raise EngineError(f"{s.model} is a Qwen3-Omni checkpoint: --stages runs Qwen2.5-Omni's speech apart only; "
-                          "serve it without --stages")
-    engine = SpeechEngine(speech, model.thinker.model.embed_tokens, max_streams=s.max_batch,
-                          context_length=min(s.max_context_tokens, model.thinker.config.max_position_embeddings))
+    dtype = pick_dtype(device) if s.dtype in (None, "auto") else resolve_dtype(s.dtype)
+    parts = load_speaking_parts(resolve_checkpoint_dir(s.model), dtype, device)
+    speech = speech_model(parts.talker, parts.vocoder, parts.thinker_dtype, s, token2wav_steps or s.token2wav_steps,
+                          device)
+    engine = SpeechEngine(speech, parts.thinker_embed, max_streams=s.max_batch,
+                          context_length=min(s.max_context_tokens, parts.context_length))
     return AsyncSpeech(engine, threads=s.threads)
 
 
@@ -189,11 +190,12 @@ class NativeBackend:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         directory = resolve_checkpoint_dir(s.model)
         self.model = load_omni(directory, s.dtype, device)
-        speech = speech_model(self.model, s, self.token2wav_steps, device)
+        speech = speech_model(self.model.talker, self.model.token2wav, self.model.thinker.dtype, s,
+                              self.token2wav_steps, device)
         self.speaks_elsewhere = speech is not None and self.speech_service is not None
         self.engine = LLMEngine(self.model.thinker, self.model.tokenizer, max_slots=s.max_batch,
                                 context_length=s.max_context_tokens, prefill_chunk_tokens=s.prefill_chunk_tokens,
-                                speech=None if self.speech_service else speech, admission="reserve",
+                                speech=speech, admission="reserve",
                                 export_speech=self.speaks_elsewhere,
                                 answer_phrase=answer_phrase(s.reasoning_answer_phrase, self.model.answer_phrase))
         if isinstance(speech, SpeechModel):

@@ -43,6 +43,7 @@ from omnilive.backends.native_prompt import (
     load_omni_tokenizer,
 )
 from omnilive.backends.registry import OmniModel
+from omnilive.backends.speech_parts import qwen3_omni_speaks
 from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechSettings
 from omnilive.engine.qwen3_talker_generate import (
     qwen3_talker_step,
@@ -57,9 +58,10 @@ from omnilive.media.qwen_preprocess import (
 )
 from omnilive.model.omni_checkpoint import read_config
 from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
-from omnilive.model.qwen3_omni_code2wav import load_qwen3_omni_code2wav
+from omnilive.model.qwen3_omni_code2wav import Qwen3OmniCode2Wav, load_qwen3_omni_code2wav
 from omnilive.model.qwen3_omni_rope import video_with_audio_placeholders
 from omnilive.model.qwen3_omni_talker import (
+    Qwen3OmniTalker,
     Qwen3Voice,
     build_talker_prefill,
     checkpoint_voices,
@@ -155,9 +157,7 @@ def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: st
     tokenizer = load_omni_tokenizer(directory, fallback_template=QWEN3_OMNI_CHAT_TEMPLATE)
     processor = Qwen3OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config)
     model = OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
-    config = read_config(directory)
-    speaks = config.get("enable_audio_output", True) and (config.get("talker_config") or {}).get("speaker_id")
-    if speaks:
+    if qwen3_omni_speaks(read_config(directory)):
         model.talker = load_qwen3_omni_talker(directory, dtype, device)
         model.token2wav = load_qwen3_omni_code2wav(directory, torch.float32, device)
         model.voices = checkpoint_voices(model.talker.talker_config)
@@ -204,8 +204,8 @@ class Qwen3WholeSpeech:
         return code2wav(codes)[0, 0].float().cpu().numpy().astype(np.float32)
 
 
-def qwen3_speech_model(model: OmniModel, settings) -> Qwen3SpeechModel:
+def qwen3_speech_model(talker: Qwen3OmniTalker, code2wav: Qwen3OmniCode2Wav, settings) -> Qwen3SpeechModel:
     """How a Qwen3-Omni model speaks on the engine (settings: server settings)."""
     speech = Qwen3SpeechSettings(chunk_frames=settings.code2wav_chunk_frames,
                                  first_chunk_frames=settings.code2wav_first_chunk_frames)
-    return Qwen3SpeechModel(model.talker, model.token2wav, speech)
+    return Qwen3SpeechModel(talker, code2wav, speech)

@@ -33,10 +33,10 @@ from omnilive.engine.request import PreparedPrompt, Request, RequestOutput
 from omnilive.engine.runner import ModelRunner, Work
 from omnilive.engine.sampling import make_generator, sample
 from omnilive.engine.scheduler import AdmissionPolicy, Scheduler, StepPlan
-from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechStage
+from omnilive.engine.qwen3_speech import LayerHiddenStates, Qwen3SpeechModel, Qwen3SpeechStage
 from omnilive.engine.speech import SpeechSettings
 from omnilive.engine.speech_export import ExportedSpeech, SpeechExport
-from omnilive.engine.speech_stage import SpeechStage, guarded
+from omnilive.engine.speech_stage import FinalHiddenStates, SpeechStage, guarded
 from omnilive.engine.tool_calls import OutputFormat, ToolCallParser
 from omnilive.engine.thinking import (
     BUDGET_EXHAUSTED_TEXT,
@@ -65,11 +65,15 @@ class SpeechModel:
     windows_per_step: int | None | str = "auto"
     clock: Callable[[], float] = time.monotonic
 
-    def make_stage(self, thinker: Qwen2ForCausalLM, *, max_streams: int, context_length: int, kv_positions: int,
-                   block_size: int) -> SpeechStage:
-        return SpeechStage(self.talker, self.token2wav, thinker.model.embed_tokens, self.settings,
-                           max_streams=max_streams, context_length=context_length, kv_positions=kv_positions,
-                           speech_lead_s=self.speech_lead_s, clock=self.clock, windows_per_step=self.windows_per_step)
+    def thinker_states(self, thinker: Qwen2ForCausalLM, *, kv_positions: int, block_size: int) -> FinalHiddenStates:
+        """What the thinker keeps for the talker (in the thinker's engine, whether or not it speaks there)."""
+        return FinalHiddenStates(thinker.model.embed_tokens, kv_positions)
+
+    def make_stage(self, thinker_embed: torch.nn.Embedding, *, max_streams: int, context_length: int) -> SpeechStage:
+        """The talker's side, wherever it runs: the thinker's engine, or a speech engine of its own."""
+        return SpeechStage(self.talker, self.token2wav, thinker_embed, self.settings, max_streams=max_streams,
+                           context_length=context_length, speech_lead_s=self.speech_lead_s, clock=self.clock,
+                           windows_per_step=self.windows_per_step)
 
 
 class EngineTokenizer(Protocol):
@@ -101,20 +105,21 @@ class LLMEngine:
         answer_phrase: str | None = None,  # a plain-text reasoner's (QVQ: "**Final Answer**"); wins over think tokens
         speech: SpeechModel | Qwen3SpeechModel | None = None,  # the model speaks
         admission: AdmissionPolicy | None = None,  # None: "reserve" for a model that speaks, else "preempt"
-        export_speech: bool = False,  # spoken requests' talker runs elsewhere: hand out SpeechFeeds
+        export_speech: bool = False,  # `speech`'s talker runs elsewhere: hand out SpeechFeeds
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.context_length = min(context_length, model.config.max_position_embeddings)
         self.cache = model.make_paged_cache(max_slots, self.context_length, kv_block_size, num_kv_blocks)
         self.runner = ModelRunner(model, self.cache)
-        self.speech: SpeechStage | Qwen3SpeechStage | None = None
-        if export_speech:
-            self.speech = SpeechExport(model.model.embed_tokens, self.cache.num_blocks * kv_block_size)
-        elif speech is not None:
-            self.speech = speech.make_stage(model, max_streams=max_slots, context_length=self.context_length,
-                                            kv_positions=self.cache.num_blocks * kv_block_size,
-                                            block_size=kv_block_size)
+        # the thinker's side of speech (what it keeps for the talker) and the talker's (here, or exported)
+        self.speech_states: FinalHiddenStates | LayerHiddenStates | None = None
+        self.speech: SpeechStage | Qwen3SpeechStage | SpeechExport | None = None
+        if speech is not None:
+            self.speech_states = speech.thinker_states(model, kv_positions=self.cache.num_blocks * kv_block_size,
+                                                       block_size=kv_block_size)
+            self.speech = SpeechExport() if export_speech else speech.make_stage(
+                model.model.embed_tokens, max_streams=max_slots, context_length=self.context_length)
         if self.speech is not None and admission == "preempt":
             raise ValueError("a model that speaks needs admission 'reserve': a talker stream cannot be recomputed")
         self.scheduler = Scheduler(self.cache, prefill_chunk_tokens,
@@ -342,8 +347,8 @@ class LLMEngine:
             self.scheduler.computed(w.request, w.end)
             self.num_computed_tokens += w.size
             self.num_computed_prompt_tokens += max(0, min(w.end, len(w.request.prompt_ids)) - w.start)
-            if self.speech is not None:
-                guarded(w.request, self.fail, self.speech.computed, w.request, w.start, w.end,
+            if self.speech_states is not None:
+                guarded(w.request, self.fail, self.speech_states.computed, w.request, w.start, w.end,
                         hidden[i, : w.size], self.cache.block_size)
 
     # tokenizer helpers

@@ -1,17 +1,20 @@
 """The engine's speech stage for Qwen3-Omni: talker + code predictor + streaming Code2Wav.
 
-    thinker forward   a hook on thinker layer `accept_hidden_layer` keeps each computed token's
-                      state beside its K/V (by block, as speech_stage.py keeps final states), for
-                      the media placeholders of the prompt's user turns
+    thinker forward   LayerHiddenStates: a hook on thinker layer `accept_hidden_layer` keeps each
+                      computed token's state beside its K/V (by block, as speech_stage.py keeps
+                      final states), for the media placeholders of the prompt's user turns
     `computed`        the prompt is in: the stream keeps it; each reply token fed back: its
                       thinker embedding, projected, is the talker's next text input (token 0
                       also runs the talker's prefill, into the stream's own talker row)
-    `step`            ONE batched talker step for every stream whose text input is there (each
-                      completes a frame: code predictor, then the talker picks the next first
-                      code); a stream's frames go to its own Code2WavStream `chunk_frames` at a
-                      time (`first_chunk_frames` for its first audio, and whatever is left when
-                      its speech ends) ──▶ AudioChunks on the request; the due chunks of one
-                      length decode as one batch
+    `step`            Qwen3SpeechStage: ONE batched talker step for every stream whose text
+                      input is there (each completes a frame: code predictor, then the talker
+                      picks the next first code); a stream's frames go to its own
+                      Code2WavStream `chunk_frames` at a time (`first_chunk_frames` for its
+                      first audio, and whatever is left when its speech ends) ──▶ AudioChunks
+                      on the request; the due chunks of one length decode as one batch
+
+The thinker's half and the talker's are apart so that the talker's can run elsewhere
+(`--stages`, fed by engine/speech_export.py and engine/speech_engine.py), as Qwen2.5-Omni's.
 
 Code2Wav streams exactly (model/qwen3_omni_code2wav.py), so the chunk sizes trade per-call
 overhead against latency and never change the audio.
@@ -71,10 +74,14 @@ class Qwen3SpeechModel:
     settings: Qwen3SpeechSettings = Qwen3SpeechSettings()
     clock: Callable[[], float] = time.monotonic
 
-    def make_stage(self, thinker: Qwen2ForCausalLM, *, max_streams: int, context_length: int, kv_positions: int,
-                   block_size: int) -> Qwen3SpeechStage:
-        return Qwen3SpeechStage(self, thinker, max_streams=max_streams, context_length=context_length,
-                                kv_positions=kv_positions, block_size=block_size)
+    def thinker_states(self, thinker: Qwen2ForCausalLM, *, kv_positions: int, block_size: int) -> LayerHiddenStates:
+        """What the thinker keeps for the talker (in the thinker's engine, whether or not it speaks there)."""
+        return LayerHiddenStates(thinker, self.talker.talker_config.accept_hidden_layer, kv_positions=kv_positions,
+                                 block_size=block_size)
+
+    def make_stage(self, thinker_embed: torch.nn.Embedding, *, max_streams: int,
+                   context_length: int) -> Qwen3SpeechStage:
+        return Qwen3SpeechStage(self, thinker_embed, max_streams=max_streams, context_length=context_length)
 
 
 class Qwen3SpeechStream:
@@ -117,8 +124,9 @@ class Qwen3SpeechStream:
             self.talker_stream.text_inputs.finish()
 
     @torch.inference_mode()
-    def add_reply_token(self, embed: torch.Tensor) -> None:
-        """Reply token k fed back: its thinker embedding [E]. Token 0 runs the talker's prefill."""
+    def add_reply_token(self, hidden: None, embed: torch.Tensor) -> None:
+        """Reply token k fed back: its thinker embedding [E] (the talker reads no reply hidden
+        state: `hidden` is None). Token 0 runs the talker's prefill."""
         stage = self.stage
         talker = stage.talker
         if self.talker_stream is not None:
@@ -173,21 +181,18 @@ class Qwen3SpeechStream:
         return chunk
 
 
-class Qwen3SpeechStage:
-    def __init__(self, model: Qwen3SpeechModel, thinker: Qwen2ForCausalLM, *, max_streams: int,
-                 context_length: int, kv_positions: int, block_size: int):
-        self.talker, self.code2wav, self.settings, self.clock = model.talker, model.code2wav, model.settings, model.clock
-        self.code2wav_device = next(self.code2wav.parameters()).device
+class LayerHiddenStates:
+    """The thinker's side of Qwen3-Omni's speech: a hook on thinker layer `accept_hidden_layer`
+    keeps each computed token's state by block beside its K/V; a spoken request's stream (a
+    Qwen3SpeechStream here, or an ExportedSpeech when the talker runs elsewhere) is told its
+    prompt's states, then each reply token's embedding."""
+
+    def __init__(self, thinker: Qwen2ForCausalLM, accept_hidden_layer: int, *, kv_positions: int, block_size: int):
         self.thinker_embed = thinker.model.embed_tokens
-        config = self.talker.talker_config
-        # a talker row holds the user turns, the assistant's 9 opening inputs and every frame
-        self.talker_cache: KVCache = self.talker.make_cache(max_streams, context_length + 9
-                                                            + self.settings.talker_max_new_tokens)
-        self.predictor_cache = self.talker.make_predictor_cache(max_streams)
         weight = self.thinker_embed.weight
         self.block_size = block_size
         self.layer_cache = torch.zeros(kv_positions, weight.shape[1], dtype=weight.dtype, device=weight.device)
-        self._hook = keep_layer_states(thinker.model.layers[config.accept_hidden_layer - 1], self)
+        self._hook = keep_layer_states(thinker.model.layers[accept_hidden_layer - 1], self)
 
     def keep_layer_states(self, args: tuple, output: torch.Tensor) -> None:
         """Every computed token's state after layer `accept_hidden_layer`, at its K/V's place."""
@@ -198,10 +203,6 @@ class Qwen3SpeechStage:
         entries = write.write_index.view(-1, write.num_kv_heads)[:, 0]  # head 0 of each token
         rows = entries // per_block * self.block_size + entries % per_block
         self.layer_cache.index_copy_(0, rows, output.reshape(-1, output.shape[-1]).to(self.layer_cache.dtype))
-
-    def open(self, request: Request) -> None:
-        """A spoken request was admitted with talker row `request.talker_slot`."""
-        request.speech = Qwen3SpeechStream(self, request.voice, request.sampling.seed, request.talker_slot)
 
     def computed(self, request: Request, start: int, end: int, hidden: torch.Tensor, block_size: int) -> None:
         """The request's tokens start..end-1 ran through the thinker."""
@@ -219,7 +220,34 @@ class Qwen3SpeechStage:
             embeds = self.thinker_embed(torch.tensor(request.token_ids[reply.start:reply.stop],
                                                      device=self.layer_cache.device))
             for embed in embeds:
-                speech.add_reply_token(embed)
+                speech.add_reply_token(None, embed)
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+class Qwen3SpeechStage:
+    """The talker's side: each spoken request's Qwen3SpeechStream, stepped together. Its streams
+    are told the thinker's states by LayerHiddenStates (in the thinker's engine) or by feeds
+    (engine/speech_engine.py)."""
+
+    def __init__(self, model: Qwen3SpeechModel, thinker_embed: torch.nn.Embedding, *, max_streams: int,
+                 context_length: int):
+        self.talker, self.code2wav, self.settings, self.clock = model.talker, model.code2wav, model.settings, model.clock
+        self.code2wav_device = next(self.code2wav.parameters()).device
+        self.thinker_embed = thinker_embed
+        # a talker row holds the user turns, the assistant's 9 opening inputs and every frame
+        self.talker_cache: KVCache = self.talker.make_cache(max_streams, context_length + 9
+                                                            + self.settings.talker_max_new_tokens)
+        self.predictor_cache = self.talker.make_predictor_cache(max_streams)
+
+    def new_stream(self, voice: Qwen3Voice, seed: int | None, slot: int) -> Qwen3SpeechStream:
+        """The speech of one request, in talker row `slot`."""
+        return Qwen3SpeechStream(self, voice, seed, slot)
+
+    def open(self, request: Request) -> None:
+        """A spoken request was admitted with talker row `request.talker_slot`."""
+        request.speech = self.new_stream(request.voice, request.sampling.seed, request.talker_slot)
 
     def step(self, speaking: list[Request], fail: Fail) -> None:
         """One talker step for every ready stream, together; then each stream's due audio."""
@@ -264,17 +292,14 @@ class Qwen3SpeechStage:
                 if (chunk := guarded(request, fail, request.speech.voiced, wav)) is not None:
                     request.audio.append(chunk)
 
-    def close(self) -> None:
-        self._hook.remove()
 
-
-def keep_layer_states(layer: torch.nn.Module, stage: Qwen3SpeechStage):
-    """Hook `layer`'s output into `stage.keep_layer_states`; the hook removes itself once the
-    stage is gone (a thinker may outlive its engine: tests and benches build several)."""
-    stage_ref = weakref.ref(stage)
+def keep_layer_states(layer: torch.nn.Module, states: LayerHiddenStates):
+    """Hook `layer`'s output into `states.keep_layer_states`; the hook removes itself once the
+    states are gone (a thinker may outlive its engine: tests and benches build several)."""
+    states_ref = weakref.ref(states)
 
     def hook(module, args, output):
-        if (alive := stage_ref()) is None:
+        if (alive := states_ref()) is None:
             handle.remove()
         else:
             alive.keep_layer_states(args, output)
@@ -283,4 +308,4 @@ def keep_layer_states(layer: torch.nn.Module, stage: Qwen3SpeechStage):
     return handle
 
 
-__all__ = ["Qwen3SpeechModel", "Qwen3SpeechSettings", "Qwen3SpeechStage", "Qwen3SpeechStream"]
+__all__ = ["LayerHiddenStates", "Qwen3SpeechModel", "Qwen3SpeechSettings", "Qwen3SpeechStage", "Qwen3SpeechStream"]

@@ -1,12 +1,14 @@
-"""A speech stage on its own: talker + token2wav for replies a thinker writes elsewhere.
+"""A speech stage on its own: the talker and vocoder of replies a thinker writes elsewhere.
 
     SpeechFeed (speech_export.py) ──AsyncSpeech.speak──▶ engine thread: SpeechEngine.feed
-        ──▶ the request's SpeechStream (start, reply tokens, text, end)
-    SpeechEngine.step = SpeechStage.step: ONE talker step for every ready stream, token2wav
-        windows ──▶ AudioChunks back to each request's `speak` iterator, then its end
+        ──▶ the request's stream (start, reply tokens, text, end)
+    SpeechEngine.step = the stage's step: ONE talker step for every ready stream, then the
+        vocoder (token2wav windows; Qwen3-Omni: Code2Wav chunks) ──▶ AudioChunks back to each
+        request's `speak` iterator, then its end
 
-The same SpeechStage, SpeechStream and settings as the in-process engine, so a request fed the
-same feeds speaks the same codes and audio. Talker rows are the stage's cache rows: a request
+The stage is the model's own (`make_stage` of SpeechModel or Qwen3SpeechModel, as the
+in-process engine builds it) with the same streams and settings, so a request fed the same
+feeds speaks the same codes and audio. Talker rows are the stage's cache rows: a request
 takes one with its start and waits (its feeds kept, in order) while none is free.
 """
 
@@ -21,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from omnilive.engine.llm_engine import SpeechModel
+from omnilive.engine.qwen3_speech import Qwen3SpeechModel, Qwen3SpeechStream
 from omnilive.engine.speech import SpeechStream
 from omnilive.engine.speech_export import SpeechFeed
-from omnilive.engine.speech_stage import SpeechStage
 from omnilive.engine.step_thread import StepThread
 from omnilive.engine.torch_threads import set_torch_threads
 from omnilive.types import AudioChunk, EngineError
@@ -38,7 +40,7 @@ class SpeechJob:
     request_id: str
     pending: list[SpeechFeed] = field(default_factory=list)  # until it has a talker row
     talker_slot: int | None = None
-    speech: SpeechStream | None = None
+    speech: SpeechStream | Qwen3SpeechStream | None = None
     ended: bool = False  # the reply's text has ended (speech may go on)
     speech_done: bool = False
     error: EngineError | None = None
@@ -68,12 +70,9 @@ class SpeechOutput:
 class SpeechEngine:
     """Not thread-safe: AsyncSpeech calls it from its engine thread only."""
 
-    def __init__(self, speech: SpeechModel, thinker_embed: torch.nn.Embedding, *, max_streams: int,
-                 context_length: int):
-        self.stage = SpeechStage(speech.talker, speech.token2wav, thinker_embed, speech.settings,
-                                 max_streams=max_streams, context_length=context_length, kv_positions=0,
-                                 speech_lead_s=speech.speech_lead_s, clock=speech.clock,
-                                 windows_per_step=speech.windows_per_step)
+    def __init__(self, speech: SpeechModel | Qwen3SpeechModel, thinker_embed: torch.nn.Embedding, *,
+                 max_streams: int, context_length: int):
+        self.stage = speech.make_stage(thinker_embed, max_streams=max_streams, context_length=context_length)
         self.jobs: dict[str, SpeechJob] = {}
 
     def feed(self, request_id: str, feed: SpeechFeed) -> None:
@@ -111,8 +110,7 @@ class SpeechEngine:
                     continue
                 job.talker_slot = cache.allocate()
                 start = job.pending[0].start
-                job.speech = SpeechStream(self.stage.talker, self.stage.token2wav, self.stage.thinker_embed,
-                                          self.stage.settings, start.voice, start.seed, cache, job.talker_slot)
+                job.speech = self.stage.new_stream(start.voice, start.seed, job.talker_slot)
             elif job.speech is None and job.pending and job.pending[-1].ended:
                 job.ended = job.speech_done = True  # the reply ended before its prompt was in: nothing to say
                 continue
@@ -127,7 +125,7 @@ class SpeechEngine:
                 if feed.start is not None:
                     speech.start(feed.start.prompt, feed.start.prompt_hidden)
                 for i in range(feed.reply_tokens):
-                    speech.add_reply_token(feed.reply_hidden[i], feed.reply_embeds[i])
+                    speech.add_reply_token(*feed.reply_token(i))
                 if feed.text:
                     speech.tell(feed.text)
                 if feed.ended:

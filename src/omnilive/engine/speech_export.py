@@ -1,19 +1,21 @@
 """The seam between the thinker and a speech stage that runs elsewhere (another process, another
-machine): what the thinker gives a spoken request's talker, as plain data.
+machine): what the thinker gives a spoken request's talker, as plain data. The same for every
+model that speaks:
 
     thinker engine (LLMEngine(export_speech=True))          speech engine (speech_engine.py)
-      SpeechExport.computed: hidden states kept by block,
-      as SpeechStage keeps them; each spoken request's
-      ExportedSpeech records what its SpeechStream would
-      have been told ──▶ RequestOutput.speech_feed ──▶ ... ──▶ SpeechEngine.feed ──▶ SpeechStream
-                                                                talker + token2wav ──▶ AudioChunks
+      the model's thinker_states (FinalHiddenStates,
+      LayerHiddenStates) keep states by block as in one
+      process; each spoken request's ExportedSpeech
+      records what its stream would have been told
+          ──▶ RequestOutput.speech_feed ──▶ ... ──▶ SpeechEngine.feed ──▶ the model's stream
+                                                    (SpeechStream, Qwen3SpeechStream) ──▶ AudioChunks
 
 A `SpeechFeed` holds, for one request and in order, what the in-process stage hands its
-`SpeechStream`: `start` (voice, seed, the prompt and its final hidden states) once the prompt
-is in, each reply token's hidden state and embedding, the reply text told, and the reply's
-end. Fed in the same order, a SpeechStream makes the same codes and audio wherever it runs
-(the talker waits for its next text input; nothing depends on timing). How feeds travel is
-the caller's business: the engine never imports a transport.
+stream: `start` (voice, seed, the prompt and the hidden states its talker reads) once the
+prompt is in, each reply token's embedding (and hidden state, for a talker that reads it), the
+reply text told, and the reply's end. Fed in the same order, a stream makes the same codes and
+audio wherever it runs (the talker waits for its next text input; nothing depends on timing).
+How feeds travel is the caller's business: the engine never imports a transport.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Protocol
 import torch
 
 from omnilive.engine.request import Request
-from omnilive.engine.speech_stage import Fail, SpeechStage
+from omnilive.engine.speech_stage import Fail
+from omnilive.model.qwen3_omni_talker import Qwen3Voice
 from omnilive.model.thinker import ThinkerPrompt
 from omnilive.model.token2wav import Voice
 from omnilive.types import AudioChunk
@@ -35,16 +38,17 @@ from omnilive.types import AudioChunk
 class SpeechStart:
     """A spoken request's prompt is in: what its talker's prefill needs besides reply token 0."""
 
-    voice: Voice
+    voice: Voice | Qwen3Voice
     seed: int | None
-    prompt: ThinkerPrompt
-    prompt_hidden: torch.Tensor  # [T, H] final hidden states of the prompt
+    prompt: ThinkerPrompt  # ids, embeddings and positions only: a talker reads no DeepStack rows
+    prompt_hidden: torch.Tensor  # [T, H] the prompt's states the talker reads (Qwen3-Omni: a middle layer's)
 
 
 @dataclass(frozen=True)
 class SpeechFeed:
     """What one request's thinker gave its speech since the previous feed, in order: the start,
-    reply tokens fed back (hidden state and embedding, [n, H] each), text told, the end."""
+    reply tokens fed back (embeddings [n, H], and their hidden states [n, H] for a talker that
+    reads them), text told, the end."""
 
     start: SpeechStart | None = None
     reply_hidden: torch.Tensor | None = None
@@ -56,23 +60,25 @@ class SpeechFeed:
         """Its tensors on `device`: CPU to cross processes, the talker's device on arrival."""
         start = self.start
         if start is not None:
-            prompt, voice = start.prompt, start.voice
+            prompt = start.prompt
             prompt = replace(prompt, input_ids=prompt.input_ids.to(device), embeds=prompt.embeds.to(device),
                              rope=replace(prompt.rope, positions=prompt.rope.positions.to(device)))
-            voice = replace(voice, speaker_embedding=voice.speaker_embedding.to(device),
-                            reference_mel=voice.reference_mel.to(device))
-            start = SpeechStart(voice, start.seed, prompt, start.prompt_hidden.to(device))
+            start = SpeechStart(start.voice.to(device), start.seed, prompt, start.prompt_hidden.to(device))
         moved = [None if t is None else t.to(device) for t in (self.reply_hidden, self.reply_embeds)]
         return replace(self, start=start, reply_hidden=moved[0], reply_embeds=moved[1])
 
     @property
     def reply_tokens(self) -> int:
-        return 0 if self.reply_hidden is None else len(self.reply_hidden)
+        return 0 if self.reply_embeds is None else len(self.reply_embeds)
+
+    def reply_token(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Reply token i's (hidden state or None, embedding): a stream's `add_reply_token` arguments."""
+        return None if self.reply_hidden is None else self.reply_hidden[i], self.reply_embeds[i]
 
     def then(self, later: SpeechFeed) -> SpeechFeed:
         """This feed followed by a later one, as one."""
         hidden, embeds = self.reply_hidden, self.reply_embeds
-        if later.reply_hidden is not None:
+        if later.reply_embeds is not None:
             hidden = later.reply_hidden if hidden is None else torch.cat([hidden, later.reply_hidden])
             embeds = later.reply_embeds if embeds is None else torch.cat([embeds, later.reply_embeds])
         return SpeechFeed(self.start or later.start, hidden, embeds, self.text + later.text,
@@ -91,22 +97,24 @@ def joined_feeds(feeds: list[SpeechFeed | None]) -> SpeechFeed | None:
 
 @dataclass
 class ExportedSpeech:
-    """Stands in for a SpeechStream on the thinker: records what it is told, as a SpeechFeed."""
+    """Stands in for a model's speech stream on the thinker: records what it is told, as a SpeechFeed."""
 
-    voice: Voice
+    voice: Voice | Qwen3Voice
     seed: int | None
     _start: SpeechStart | None = None
-    _hidden: list[torch.Tensor] = field(default_factory=list)
+    _hidden: list[torch.Tensor] = field(default_factory=list)  # empty for a talker that reads none
     _embeds: list[torch.Tensor] = field(default_factory=list)
     _text: str = ""
     _ended: bool = False
     _sent_end: bool = False
 
     def start(self, prompt: ThinkerPrompt, prompt_hidden: torch.Tensor) -> None:
-        self._start = SpeechStart(self.voice, self.seed, prompt, prompt_hidden)
+        talker_prompt = ThinkerPrompt(prompt.input_ids, prompt.embeds, prompt.rope)  # no DeepStack rows
+        self._start = SpeechStart(self.voice, self.seed, talker_prompt, prompt_hidden)
 
-    def add_reply_token(self, hidden: torch.Tensor, embed: torch.Tensor) -> None:
-        self._hidden.append(hidden)
+    def add_reply_token(self, hidden: torch.Tensor | None, embed: torch.Tensor) -> None:
+        if hidden is not None:
+            self._hidden.append(hidden)
         self._embeds.append(embed)
 
     def tell(self, text: str) -> None:
@@ -117,7 +125,7 @@ class ExportedSpeech:
 
     def take(self) -> SpeechFeed | None:
         """What was recorded since the last take (None: nothing)."""
-        if not (self._start or self._hidden or self._text or (self._ended and not self._sent_end)):
+        if not (self._start or self._embeds or self._text or (self._ended and not self._sent_end)):
             return None
         feed = SpeechFeed(self._start, torch.stack(self._hidden) if self._hidden else None,
                           torch.stack(self._embeds) if self._embeds else None, self._text, self._ended)
@@ -126,17 +134,13 @@ class ExportedSpeech:
         return feed
 
 
-class SpeechExport(SpeechStage):
-    """The thinker's half of the speech stage: hidden states are kept by block and handed to
-    each spoken request's stream exactly as SpeechStage does (its `computed`), but the stream
-    is an ExportedSpeech and no talker runs here. The thinker's part of a request ends with
-    its reply; the feed goes out with the request's outputs (LLMEngine._take_outputs)."""
+class SpeechExport:
+    """The talker's side of a thinker engine whose speech runs elsewhere: each spoken request's
+    stream is an ExportedSpeech (told by the model's thinker_states, as its own stream would
+    be) and no talker runs here. The thinker's part of a request ends with its reply; the feed
+    goes out with the request's outputs (LLMEngine._take_outputs)."""
 
-    def __init__(self, thinker_embed: torch.nn.Embedding, kv_positions: int):  # no talker: no super().__init__
-        self.thinker_embed = thinker_embed
-        weight = thinker_embed.weight
-        self.hidden_cache = torch.zeros(kv_positions, weight.shape[1], dtype=weight.dtype, device=weight.device)
-        self.talker_cache = None  # spoken requests hold no talker row here
+    talker_cache = None  # spoken requests hold no talker row here
 
     def open(self, request: Request) -> None:
         request.speech = ExportedSpeech(request.voice, request.sampling.seed)

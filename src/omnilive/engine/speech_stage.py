@@ -1,14 +1,17 @@
 """The speech stage of the engine step: talker and streaming token2wav for every spoken request.
 
-    after the forward  `computed`: every computed token's final thinker hidden state goes
-                       into `hidden_cache`, beside its K/V in its block; a spoken request's
-                       stream starts when its prompt is in (the talker's prefill needs the
-                       hidden state of every prompt token, cached ones included) and gets
-                       each reply token fed back (its hidden state + embedding)
-    `step`             ONE talker decode forward for every stream whose text input is there;
+    after the forward  FinalHiddenStates.computed: every computed token's final thinker
+                       hidden state goes into `hidden_cache`, beside its K/V in its block; a
+                       spoken request's stream starts when its prompt is in (the talker's
+                       prefill needs the hidden state of every prompt token, cached ones
+                       included) and gets each reply token fed back (hidden state + embedding)
+    SpeechStage.step   ONE talker decode forward for every stream whose text input is there;
                        each code into that request's own StreamingToken2Wav; the token2wav
                        windows those codes completed wait until one is urgent (below), then
                        are solved ──▶ each stream's vocoder ──▶ AudioChunks on the request
+
+The two halves are apart so that the talker's side can run elsewhere (`--stages`): there
+the thinker's states come as feeds (engine/speech_export.py, engine/speech_engine.py).
 
 Keeping the hidden states by block (~1/9 of the KV bytes at real sizes) lets a spoken request
 reuse cached prompt blocks like any other: the next turn of a voice chat computes only what
@@ -36,7 +39,7 @@ from omnilive.engine.speech import SpeechSettings, SpeechStream
 from omnilive.engine.talker_generate import talker_step
 from omnilive.model.kv_cache import KVCache
 from omnilive.model.talker import Talker
-from omnilive.model.token2wav import Token2Wav
+from omnilive.model.token2wav import Token2Wav, Voice
 from omnilive.model.token2wav_stream import DiTWindow, solve_windows, window_batches
 
 log = logging.getLogger(__name__)
@@ -44,33 +47,16 @@ log = logging.getLogger(__name__)
 Fail = Callable[[Request, BaseException], None]
 
 
-class SpeechStage:
-    def __init__(self, talker: Talker, token2wav: Token2Wav, thinker_embed: torch.nn.Embedding,
-                 settings: SpeechSettings, *, max_streams: int, context_length: int, kv_positions: int,
-                 speech_lead_s: float = 1.5, clock: Callable[[], float] = time.monotonic,
-                 windows_per_step: int | None | str = "auto"):
-        """max_streams: talker cache rows (streams at once); kv_positions: the thinker cache's
-        blocks × block size (one kept hidden state each). speech_lead_s: audio a stream keeps
-        ahead of its listener before its windows must be solved; clock: seconds (tests pass
-        their own). windows_per_step: windows solved per step at most (None: every waiting
-        one); "auto": None on a GPU, 1 on a CPU."""
-        self.talker, self.token2wav, self.settings = talker, token2wav, settings
+class FinalHiddenStates:
+    """The thinker's side of Qwen2.5-Omni's speech: every computed token's final hidden state,
+    kept in `hidden_cache` beside its K/V in its block, told to each spoken request's stream (a
+    SpeechStream here, or an ExportedSpeech when the talker runs elsewhere: speech_export.py)."""
+
+    def __init__(self, thinker_embed: torch.nn.Embedding, kv_positions: int):
+        """kv_positions: the thinker cache's blocks × block size (one kept hidden state each)."""
         self.thinker_embed = thinker_embed
-        self.speech_lead_s, self.clock = speech_lead_s, clock
-        if windows_per_step == "auto":
-            windows_per_step = None if next(token2wav.parameters()).device.type == "cuda" else 1
-        self.windows_per_step = windows_per_step
-        # a talker row holds the prompt, 2 more inputs and every codec token
-        self.talker_cache: KVCache = talker.make_cache(max_streams, context_length + 2 + settings.talker_max_new_tokens)
         weight = thinker_embed.weight
         self.hidden_cache = torch.zeros(kv_positions, weight.shape[1], dtype=weight.dtype, device=weight.device)
-
-    def open(self, request: Request) -> None:
-        """A spoken request was admitted with talker row `request.talker_slot`."""
-        request.speech = SpeechStream(self.talker, self.token2wav, self.thinker_embed, self.settings,
-                                      request.voice, request.sampling.seed, self.talker_cache, request.talker_slot)
-
-    # after the thinker forward
 
     def computed(self, request: Request, start: int, end: int, hidden: torch.Tensor, block_size: int) -> None:
         """The request's tokens start..end-1 ran through the thinker; their final hidden states [n, H]."""
@@ -95,6 +81,38 @@ class SpeechStage:
         ids = request.blocks.block_ids
         rows = [ids[p // block_size] * block_size + p % block_size for p in positions]
         return torch.tensor(rows, dtype=torch.long, device=self.hidden_cache.device)
+
+
+class SpeechStage:
+    """The talker's side: each spoken request's SpeechStream, stepped together. Its streams are
+    told the thinker's states by FinalHiddenStates (in the thinker's engine) or by feeds
+    (engine/speech_engine.py)."""
+
+    def __init__(self, talker: Talker, token2wav: Token2Wav, thinker_embed: torch.nn.Embedding,
+                 settings: SpeechSettings, *, max_streams: int, context_length: int,
+                 speech_lead_s: float = 1.5, clock: Callable[[], float] = time.monotonic,
+                 windows_per_step: int | None | str = "auto"):
+        """max_streams: talker cache rows (streams at once). speech_lead_s: audio a stream keeps
+        ahead of its listener before its windows must be solved; clock: seconds (tests pass
+        their own). windows_per_step: windows solved per step at most (None: every waiting
+        one); "auto": None on a GPU, 1 on a CPU."""
+        self.talker, self.token2wav, self.settings = talker, token2wav, settings
+        self.thinker_embed = thinker_embed
+        self.speech_lead_s, self.clock = speech_lead_s, clock
+        if windows_per_step == "auto":
+            windows_per_step = None if next(token2wav.parameters()).device.type == "cuda" else 1
+        self.windows_per_step = windows_per_step
+        # a talker row holds the prompt, 2 more inputs and every codec token
+        self.talker_cache: KVCache = talker.make_cache(max_streams, context_length + 2 + settings.talker_max_new_tokens)
+
+    def new_stream(self, voice: Voice, seed: int | None, slot: int) -> SpeechStream:
+        """The speech of one request, in talker row `slot`."""
+        return SpeechStream(self.talker, self.token2wav, self.thinker_embed, self.settings, voice, seed,
+                            self.talker_cache, slot)
+
+    def open(self, request: Request) -> None:
+        """A spoken request was admitted with talker row `request.talker_slot`."""
+        request.speech = self.new_stream(request.voice, request.sampling.seed, request.talker_slot)
 
     # the stage's own step
 

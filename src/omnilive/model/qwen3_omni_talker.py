@@ -115,6 +115,9 @@ class Qwen3Voice:
     name: str
     speaker_id: int
 
+    def to(self, device: torch.device | str) -> Qwen3Voice:
+        return self  # no tensors
+
 
 def checkpoint_voices(config: Qwen3OmniTalkerConfig) -> dict[str, Qwen3Voice]:
     """The voices by display name ("chelsie" → "Chelsie")."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,10 @@ class Voice:
             reference_mel=reference_mel.reshape(1, -1, reference_mel.shape[-1]),
             bos_token=int(bos) if bos is not None else None,
         )
+
+    def to(self, device: torch.device | str) -> Voice:
+        return replace(self, speaker_embedding=self.speaker_embedding.to(device),
+                       reference_mel=self.reference_mel.to(device))
 
 
 def load_voices(spk_dict_path: str | Path) -> dict[str, Voice]:

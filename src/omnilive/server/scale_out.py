@@ -22,7 +22,8 @@ on HOST:PORT and hands every HTTP request, SSE stream and WebSocket to one repli
   more than one node; PostgreSQL by OMNILIVE_DATABASE_URL works anywhere.
 - MAX_REPLICAS turns on Ray Serve's autoscaling (between MIN_REPLICAS and MAX_REPLICAS, towards
   TARGET_ONGOING_REQUESTS per replica); GPUS_PER_REPLICA pins replicas to GPUs.
-- STAGES runs a Qwen2.5-Omni speech stage as its own deployment (scale_out_stages.py).
+- STAGES runs the speech stage of a Qwen2.5-Omni or Qwen3-Omni model as its own deployment
+  (scale_out_stages.py).
 - Every proxy answers Ray's own errors in OpenAI's shape (ray_errors.py); any replica's
   /metrics holds every live replica's samples, labelled (scale_out_metrics.py).
 
@@ -82,8 +83,8 @@ def total_replicas(settings: Settings) -> int:
 def check_stages(settings: Settings) -> None:
     """--stages splits a checkpoint that speaks; the embedded default has no thinker to split."""
     if settings.stages and settings.model in ("default", "omnilive-small"):
-        raise CannotScaleOut("--stages needs a Qwen2.5-Omni checkpoint (--model DIR): the embedded default "
-                             "has no thinker and talker to run apart")
+        raise CannotScaleOut("--stages needs a Qwen2.5-Omni or Qwen3-Omni checkpoint (--model DIR): the embedded "
+                             "default has no thinker and talker to run apart")
 
 
 def check_database(settings: Settings, nodes: int) -> None:

@@ -1,9 +1,11 @@
-"""`--stages thinker=N,speech=M`: the speech stage (talker + token2wav) of a Qwen2.5-Omni model as
-its own Ray Serve deployment, beside the thinker replicas that take HTTP.
+"""`--stages thinker=N,speech=M`: the speech stage of an Omni model (Qwen2.5-Omni: talker +
+token2wav; Qwen3-Omni: talker + code predictor + Code2Wav) as its own Ray Serve deployment,
+beside the thinker replicas that take HTTP.
 
     client ──▶ proxy ──▶ thinker replica (the whole app; LLMEngine(export_speech=True))
                            │ each spoken request: SpeechFeeds while the reply is written
-                           │   (prompt hidden states, then every reply token's hidden state)
+                           │   (the prompt's hidden states, then every reply token's embedding
+                           │    and, for Qwen2.5-Omni, its hidden state)
                            ▼ put (numbered, not awaited)
                          FeedChannel (a small actor of that thinker replica)
                            ▼ one streaming call, feeds in order   AudioChunks, streamed back
@@ -15,7 +17,9 @@ replica and which stays there. Feeds cannot ride the same call (a Serve call tak
 arguments once), so they go through the thinker replica's FeedChannel, whose handle the call
 carries; the speech replica streams them from it, in order, while it streams audio back. Closing the
 audio stream (the client left, the reply failed) cancels the call on the speech replica,
-whose SpeechEngine then frees the request's talker row.
+whose SpeechEngine then frees the request's talker row. A speech replica that dies mid-reply
+fails that reply with a 503 in OpenAI's shape (an error event in a stream) and its thinker
+request is aborted; the thinker replica serves on, and Ray Serve starts a new speech replica.
 
 Both halves are plain engine code (engine/speech_export.py, engine/speech_engine.py); this
 module only carries their messages over Ray.
@@ -31,13 +35,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from omnilive.engine.speech_export import SpeechFeed, joined_feeds
+from omnilive.server.errors import APIError
 from omnilive.server.settings import Settings
-from omnilive.types import AudioChunk
+from omnilive.types import AudioChunk, EngineError
 
 log = logging.getLogger(__name__)
 
 SPEECH_DEPLOYMENT = "omnilive-speech"
 CLOSED_KEPT = 4096  # request ids a FeedChannel remembers as closed
+SPEECH_LOST = "The speech stage stopped in the middle of this reply (its replica went away); try again."
 
 
 class FeedChannel:
@@ -95,7 +101,7 @@ class FeedChannel:
 
 
 class SpeechReplica:
-    """One replica of the speech deployment: a SpeechEngine (talker + token2wav) on its own thread."""
+    """One replica of the speech deployment: a SpeechEngine (the model's talker and vocoder) on its own thread."""
 
     def __init__(self, settings: Settings):
         from omnilive.backends.native_omni import load_speech_engine
@@ -129,6 +135,8 @@ class RaySpeech:
         self.channel = ray.remote(num_cpus=0)(FeedChannel).remote()
 
     async def speak(self, request_id: str, feeds: AsyncIterator[SpeechFeed]) -> AsyncIterator[AudioChunk]:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
         async def pump() -> None:
             for seq in itertools.count():  # not waiting for each put: the channel puts them in order
                 try:
@@ -144,6 +152,11 @@ class RaySpeech:
                 yield chunk
             if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
                 raise pumping.exception()
+        except EngineError:  # the speech engine's own (Ray's RayTaskError is one too): as in one process
+            raise
+        except (RayActorError, ActorUnavailableError) as error:  # the speech replica died, or is unreachable
+            log.warning("speech of %s: the speech replica went away: %s", request_id, error)
+            raise APIError(503, SPEECH_LOST, None, "speech_stage_unavailable") from error
         finally:
             pumping.cancel()
             audio.cancel()

@@ -87,8 +87,8 @@ class Settings(BaseSettings):
         "with --ray and autoscaling: requests per replica (running or queued in it) that Ray Serve scales "
         "towards; an engine batches MAX_BATCH, so about MAX_BATCH keeps replicas busy"))
     stages: Annotated[dict[str, int], NoDecode] = Field({}, description=(
-        'with --ray and a model that speaks (Qwen2.5-Omni): the thinker and the speech stage (talker + '
-        'token2wav) as separate deployments with their own replica counts, e.g. "thinker=2,speech=1"; the '
+        'with --ray and a model that speaks (Qwen2.5-Omni, Qwen3-Omni): the thinker and the speech stage '
+        '(talker + vocoder) as separate deployments with their own replica counts, e.g. "thinker=2,speech=1"; the '
         "thinker count replaces REPLICAS; empty = every replica runs the whole model"))
 
     # engine sizing

@@ -47,6 +47,7 @@ from omnilive.types import (
     Usage,
 )
 from omnilive.media.encode import pcm16_bytes
+from omnilive.server.errors import APIError, error_body
 from omnilive.server.metrics import Metrics
 from omnilive.server.realtime.conversation import Content, Item
 from omnilive.server.realtime.events import Dialect, new_id
@@ -173,6 +174,10 @@ class ResponseRun:
             status, ended = "failed", "error"
             details = {"type": "failed", "error": {"type": "invalid_request_error", "code": error.code,
                                                    "message": error.message}}
+        except APIError as error:  # a failure with its own status: a speech replica lost mid-reply (503)
+            status, ended = "failed", "error"
+            details = {"type": "failed", "error": {"type": error_body(error.status, error.message)["error"]["type"],
+                                                   "code": error.code, "message": error.message}}
         except Exception as error:  # the session must outlive a failed response
             log.exception("realtime response failed")
             status, ended = "failed", "error"

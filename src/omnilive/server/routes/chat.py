@@ -175,6 +175,8 @@ async def sse_events(chunks: AsyncIterator[ChatCompletionChunk], include_usage: 
                 yield sse(chunk.to_json())
     except EngineError as e:
         yield sse(json.dumps(error_body(400, e.message, e.param, e.code)))
+    except APIError as e:  # a server-side failure with its own status (a speech replica lost: 503)
+        yield sse(json.dumps(error_body(e.status, e.message, e.param, e.code)))
     except Exception:
         log.exception("chat stream failed")
         yield sse(json.dumps(error_body(500, "The server had an error while generating.", None, "internal_error")))
