@@ -10,7 +10,7 @@ cluster that omnilive starts and stops), warmed up with one request, then:
     client), one server at a time: throughput = completion tokens of all / wall time.
 Every configuration asks the same questions, greedy, so all of them do the same work.
 
-Text (the embedded default, smollm2-135m, 1 thread per replica): the plain server, Ray with 1
+Text (the embedded default, --llm smollm2-135m unless told, 1 thread per replica): the plain server, Ray with 1
 replica, Ray with 2 replicas. The overhead of Ray on one machine is TTFT(Ray, 1 replica, c=1) /
 TTFT(plain, c=1) - 1 (issue 15's target: at most 10 %).
 Speech (a tiny random Qwen2.5-Omni checkpoint, float32): the plain server vs
@@ -19,7 +19,8 @@ Speech (a tiny random Qwen2.5-Omni checkpoint, float32): the plain server vs
 Prints the machine and the numbers; asserts nothing. On a 2-core machine two replicas share
 the two cores with Ray's own processes, so throughput cannot double there.
 
-    python bench/scale.py [--questions 12] [--concurrency 4] [--max-tokens 32] [--skip-text] [--skip-speech]
+    python bench/scale.py [--questions 12] [--concurrency 4] [--max-tokens 32] [--llm NAME] [--threads 1]
+                          [--skip-text] [--skip-speech]
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=12)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--llm", default="smollm2-135m", help="the embedded LLM of the text configurations "
+                        "(qwen2.5-coder-0.5b: the served default, whose longer TTFT makes Ray's fixed cost a smaller share)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per replica in the text configurations")
     parser.add_argument("--skip-text", action="store_true", help="speech configurations only")
     parser.add_argument("--skip-speech", action="store_true", help="text configurations only")
     options = parser.parse_args()
@@ -154,15 +158,15 @@ def main() -> None:
 
     q, c, n = options.questions, options.concurrency, options.max_tokens
     if not options.skip_text:
-        text_configurations(q, c, n)
+        text_configurations(q, c, n, options.llm, options.threads)
     if not options.skip_speech:
         speech_configurations(q, c, n)
     print(f"machine after: {machine()}")
 
 
-def text_configurations(q: int, c: int, n: int) -> None:
-    text = ["--llm", "smollm2-135m", "--threads", "1"]
-    print("text, embedded default (smollm2-135m):")
+def text_configurations(q: int, c: int, n: int, llm: str, threads: int) -> None:
+    text = ["--llm", llm, "--threads", str(threads)]
+    print(f"text, embedded default ({llm}, {threads} thread(s) per replica):")
     with Served("plain server", text) as plain, Served("Ray Serve, 1 replica", [*text, "--ray"]) as one:
         (plain_ttft, _), (ray_ttft, _) = alone([plain, one], q, n, None)
         plain_tps, one_tps = together(plain, q, c, n, None), together(one, q, c, n, None)

@@ -5,7 +5,9 @@ a ~500-token prompt (TTFT) for omnilive's LLMEngine on the GGUF's quantised weig
 (model/quant_linear.py) and for llama.cpp (llama-cpp-python, a bench-only dependency). Decode
 alternates one token of each (lockstep) and TTFT alternates per round, so load from other
 processes hits both alike; ratios are omnilive / llama.cpp speed (above 1 = omnilive faster).
---float adds omnilive's float32 path (`--quantize none`). --quality compares the quantised
+omnilive runs as served by default (`--quantize auto`: decode on the kernel, prompts on a float
+copy); --kernel-prompts adds `--quantize gguf` (prompts on the kernel too), --float the float32
+path (`--quantize none`). --quality compares the quantised
 path's logits with the float32 model of the GGUF's dequantised weights (greedy agreement, KL).
 
     python bench/vs_llama_cpp.py [--threads 2] [--rounds 3] [--new-tokens 64] [--quality]
@@ -29,6 +31,8 @@ from omnilive.backends import assets
 from omnilive.engine.llm_engine import LLMEngine
 from omnilive.model.gguf_loader import load_gguf
 from omnilive.model.quant_linear import kernel_isa
+from omnilive.model.weights import pick_compute_dtype
+from omnilive.server.settings import Settings
 from omnilive.types import SamplingParams
 
 SHORT_PROMPT = "<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n"
@@ -93,8 +97,8 @@ def lockstep_decode(model, tokenizer, llm, ids: list[int], new_tokens: int) -> t
     return ours_s, theirs_s, ours.tokens, theirs
 
 
-def ours_ttft(model, tokenizer, ids: list[int]) -> float:
-    engine = LLMEngine(model, tokenizer, max_slots=1, context_length=len(ids) + 8)
+def ours_ttft(model, tokenizer, ids: list[int], prefill_chunk: int) -> float:
+    engine = LLMEngine(model, tokenizer, max_slots=1, context_length=len(ids) + 8, prefill_chunk_tokens=prefill_chunk)
     started = time.perf_counter()
     engine.add_request("r", ids, SamplingParams(temperature=0, max_tokens=1, stop=()))
     while not any(o.token_ids for o in engine.step()):
@@ -154,7 +158,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=500)
+    parser.add_argument("--prefill-chunk", type=int, default=Settings.model_fields["prefill_chunk_tokens"].default,
+                        help="omnilive's prompt tokens per engine step (default: the server's)")
     parser.add_argument("--float", action="store_true", help="also time omnilive's float32 path")
+    parser.add_argument("--kernel-prompts", action="store_true", help="also time --quantize gguf (prompts on the kernel)")
     parser.add_argument("--batch", type=int, default=8, help="omnilive's aggregate decode at this batch vs batch 1 (0: skip)")
     parser.add_argument("--quality", action="store_true")
     args = parser.parse_args()
@@ -162,8 +169,10 @@ def main() -> None:
     from llama_cpp import Llama
 
     path = assets.qwen_coder_gguf(None)
-    model, _, tokenizer = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, quantized=True)
+    model, _, tokenizer = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, quantized=True, prompt_dtype=pick_compute_dtype())
     models = {"omnilive": model}
+    if args.kernel_prompts:
+        models["omnilive-kernel-prompts"] = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, quantized=True)[0]
     if args.float:
         models["omnilive-float32"] = load_gguf(path, cache_dir=assets.DEFAULT_CACHE_DIR, dtype=torch.float32)[0]
     llm = Llama(model_path=str(path), n_threads=args.threads, n_threads_batch=args.threads, n_ctx=2048,
@@ -174,7 +183,7 @@ def main() -> None:
           f"{os.environ.get('ONEDNN_MAX_CPU_ISA', '-')} OMNILIVE_CPU_ISA={os.environ.get('OMNILIVE_CPU_ISA', '-')}: "
           f"omnilive kernel {kernel_isa()}; llama.cpp {llama_system_info()}")
     print(f"{args.threads} threads; decode {args.new_tokens} tokens after a {len(short)}-token prompt; "
-          f"TTFT of a {len(long)}-token prompt; load average {os.getloadavg()[0]:.1f}")
+          f"TTFT of a {len(long)}-token prompt (omnilive: {args.prefill_chunk} per step); load average {os.getloadavg()[0]:.1f}")
     with torch.inference_mode():
         for m in models.values():  # warm-up
             ours_decode(m, tokenizer, short, 4)
@@ -185,7 +194,7 @@ def main() -> None:
             for name, m in models.items():
                 ours_s, theirs_s, tokens, llama_tokens = lockstep_decode(m, tokenizer, llm, short, args.new_tokens)
                 rates[name].append(1 / statistics.median(ours_s))
-                ttfts[name].append(ours_ttft(m, tokenizer, long))
+                ttfts[name].append(ours_ttft(m, tokenizer, long, args.prefill_chunk))
             rates["llama.cpp"].append(1 / statistics.median(theirs_s))
             ttfts["llama.cpp"].append(llama_ttft(llm, long))
             if args.batch:
