@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -42,7 +43,10 @@ ISAS = ("avx2", "avx512_vnni")
 def kernels(build_root: str | None = None):
     """The compiled kernel module, or None (logged once) where it cannot be built or run."""
     root = Path(build_root or os.environ.get("OMNILIVE_KERNEL_DIR") or DEFAULT_BUILD_ROOT)
-    build_dir = root / f"quant_matmul-torch{torch.__version__}"
+    # a new build for every change of the sources (torch's own check does not read the header)
+    sources = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(KERNEL_SOURCE.parent.iterdir())
+                                      if path.suffix in (".cpp", ".h"))).hexdigest()[:12]
+    build_dir = root / f"quant_matmul-torch{torch.__version__}-{sources}"
     try:
         from torch.utils.cpp_extension import load
 
