@@ -255,3 +255,31 @@ def test_prompts_run_on_the_float_copy_and_replies_on_the_kernel_whatever_their_
     assert any(mixed_steps)  # some steps held prompt and reply tokens together
     assert tokens == alone
     assert all(alone.values())
+
+
+def test_compiled_glue_equals_the_torch_layers():
+    """The kernel module's RMSNorm and in-place rotary (on views of a fused q/k/v output, as the
+    attention hands them over) equal model/layers.py's, for one row and many."""
+    from omnilive.model.layers import RMSNorm, apply_rotary
+
+    module = kernels()
+    if module is None:
+        pytest.skip("no kernel on this machine")
+    generator = torch.Generator().manual_seed(4)
+    for rows in (1, 7, 40):
+        norm = RMSNorm(96, 1e-6)
+        norm.weight.data = torch.randn(96, generator=generator)
+        x = torch.randn(rows, 96, generator=generator) * 3
+        assert torch.allclose(module.rms_norm(x, norm.weight, 1e-6), norm(x), rtol=1e-5, atol=1e-6)
+
+        fused = torch.randn(rows, (6 + 2 + 2) * 16, generator=generator)
+        q, k, v = fused.split([96, 32, 32], dim=-1)
+        q, k = q.view(rows, 6, 16), k.view(rows, 2, 16)
+        angles = torch.rand(rows, 16, generator=generator) * 50
+        cos, sin = angles.cos(), angles.sin()
+        expected_q, expected_k, untouched_v = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v.clone()
+        module.rotary_(q, k, cos, sin)
+        assert torch.allclose(q, expected_q, atol=1e-6) and torch.allclose(k, expected_k, atol=1e-6)
+        assert torch.equal(v, untouched_v)
+    with pytest.raises(RuntimeError, match="float32"):
+        module.rms_norm(x.double(), norm.weight, 1e-6)

@@ -31,6 +31,7 @@ from omnilive.model.quant_linear import (
     dequantized_weight,
     fuse_projections,
     prompt_calls,
+    use_compiled_glue,
     use_quant_linears,
 )
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
@@ -182,6 +183,7 @@ def load_gguf(
         use_quant_linears(model, formats, state)
         load_state_dict_strict(model, state, assign=True)
         fuse_projections(model)  # after loading: the fused calls hold the loaded tensors
+        use_compiled_glue(model)
         if prompt_dtype is not None:
             started = time.perf_counter()
             copies = _float_copies(model, prompt_dtype, None if cache_dir is None else cache_entry(path, Path(cache_dir)))

@@ -17,12 +17,17 @@ from omnilive.model.packed import can_pack, pack_weight, packed_linear
 
 
 class RMSNorm(nn.Module):
+    # the same in one compiled call (quant_linear.use_compiled_glue), for float32 CPU rows
+    compiled: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None and x.dtype == torch.float32:
+            return self.compiled(x, self.weight, self.eps)
         # Normalise in float32 (as the reference does), then scale in the model's dtype.
         dtype = x.dtype
         x32 = x.float()
@@ -109,6 +114,8 @@ class Attention(nn.Module):
 
     # q_proj, k_proj and v_proj in one call (x → (q, k, v)), where their weights allow it
     fused_qkv: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+    # apply_rotary on q and k in place, in one compiled call (quant_linear.use_compiled_glue)
+    compiled_rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
     def __init__(
         self,
@@ -150,7 +157,10 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.compiled_rotary is not None and q.dtype == torch.float32:
+            self.compiled_rotary(q, k, cos, sin)
+        else:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         write.store(k_cache, k)
         write.store(v_cache, v)

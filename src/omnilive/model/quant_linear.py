@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnilive.model.layers import Attention, RMSNorm
 from omnilive.model.packed import can_pack, pack_weight, packed_linear
 from omnilive.model.quant_formats import BLOCK, BLOCK_BYTES, FORMAT_NAMES, dequantize
 
@@ -268,3 +269,18 @@ def add_float_copies(model: nn.Module, weights: dict[str, torch.Tensor]) -> int:
     for name, call in calls.items():
         call.float_copy = FloatCopy.of(call.linears if isinstance(call, FusedQuantLinear) else (call,), weights[name])
     return sum(weight.numel() * weight.element_size() for weight in weights.values())
+
+
+def use_compiled_glue(model: nn.Module) -> int:
+    """Let the model's RMSNorms and attentions run their float32 glue (norm, rotary) as the
+    kernel module's compiled calls; returns how many modules were given one."""
+    module, count = kernels(), 0
+    for layer in model.modules():
+        if isinstance(layer, RMSNorm):
+            layer.compiled = module.rms_norm
+        elif isinstance(layer, Attention):
+            layer.compiled_rotary = module.rotary_
+        else:
+            continue
+        count += 1
+    return count

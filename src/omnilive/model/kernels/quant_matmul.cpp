@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -128,7 +129,11 @@ torch::Tensor quant_linear(const torch::Tensor& x, const std::vector<torch::Tens
   return y;
 }
 
+#include "layer_ops.h"
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quant_linear", &quant_linear, "x @ W.T for block-quantised weights");
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
+  m.def("rotary_", &rotary_, "rotary embedding of q and k, in place");
   m.def("cpu_runs", &cpu_runs, "whether this CPU runs an instruction set: avx2, avx512_vnni");
 }
