@@ -41,17 +41,19 @@ inline __m256i bits_to_bytes(uint32_t bits) {
 }
 
 // One weight row against kRows activation rows (row0...): out[r * out_stride] = the dot product.
-// Each block gives 32 int8 weights and a per-lane float scale (kQ4F: unsigned weights and a min).
+// Each block gives 32 int8 weights and a per-lane float scale (kQ4F, kQ5_0: unsigned weights and a min).
 template <int64_t kFormat, int kRows>
 void dot_row(const uint8_t* weights, const QuantRows& x, int64_t row0, float* out, int64_t out_stride) {
-  // two accumulators per row, for even and odd blocks: consecutive FMAs do not wait on each other
-  __m256 acc[2][kRows];
+  // one accumulator per row (a block's unpacking outlasts the FMA's latency), so 8 rows fit
+  // AVX2's 16 registers
+  __m256 acc[kRows];
   float min_acc[kRows];
   for (int r = 0; r < kRows; ++r) {
-    acc[0][r] = acc[1][r] = _mm256_setzero_ps();
+    acc[r] = _mm256_setzero_ps();
     min_acc[r] = 0.0f;
   }
   constexpr int bytes = block_bytes(kFormat);
+  constexpr bool kUnsigned = kFormat == kQ4F || kFormat == kQ5_0;  // weights as 0..31 less a min
   for (int64_t b = 0; b < x.blocks; ++b) {
     const uint8_t* block = weights + b * bytes;
     __m256i w;
@@ -61,16 +63,19 @@ void dot_row(const uint8_t* weights, const QuantRows& x, int64_t row0, float* ou
       w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 2));
       scale = _mm256_set1_ps(half_to_float(block));
     } else if constexpr (kFormat == kQ5_0) {
+      // the unsigned q in 0..31 (the value is d * (q - 16)): its fifth bit comes from `high`, and
+      // the 16 comes off at the end as a min, d * 16 * sum(x), as kQ4F's min does
       uint32_t high;
       std::memcpy(&high, block + 2, 4);
-      // a value without its high bit is q - 16 < 0 in two's complement: its top nibble is all ones
       const __m256i low = low_high_nibbles(block + 6);
 #if OMNILIVE_VNNI
-      w = _mm256_mask_mov_epi8(_mm256_or_si256(low, _mm256_set1_epi8(static_cast<char>(0xF0))), high, low);
+      w = _mm256_mask_mov_epi8(low, high, _mm256_or_si256(low, _mm256_set1_epi8(0x10)));
 #else
-      w = _mm256_or_si256(low, _mm256_andnot_si256(bits_to_bytes(high), _mm256_set1_epi8(static_cast<char>(0xF0))));
+      w = _mm256_or_si256(low, _mm256_and_si256(bits_to_bytes(high), _mm256_set1_epi8(0x10)));
 #endif
-      scale = _mm256_set1_ps(half_to_float(block));
+      const float d = half_to_float(block);
+      scale = _mm256_set1_ps(d);
+      min = 16.0f * d;
     } else if constexpr (kFormat == kQ4F) {
       float s;
       std::memcpy(&s, block, 4);
@@ -84,18 +89,18 @@ void dot_row(const uint8_t* weights, const QuantRows& x, int64_t row0, float* ou
       w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 8));
       scale = _mm256_setr_m128(_mm_set1_ps(s0), _mm_set1_ps(s1));
     }
-    // unsigned x signed bytes: |w| times x with w's sign (kQ4F's weights are unsigned already)
-    const __m256i w_abs = kFormat == kQ4F ? w : _mm256_sign_epi8(w, w);
+    // unsigned x signed bytes: |w| times x with w's sign, where the weights are signed
+    const __m256i w_abs = kUnsigned ? w : _mm256_sign_epi8(w, w);
     for (int r = 0; r < kRows; ++r) {
       const int64_t i = (row0 + r) * x.blocks + b;
       __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + i * kBlock));
-      if constexpr (kFormat != kQ4F) xq = _mm256_sign_epi8(xq, w);
+      if constexpr (!kUnsigned) xq = _mm256_sign_epi8(xq, w);
       const __m256 products = _mm256_cvtepi32_ps(dot_u8_i8(w_abs, xq));
-      acc[b & 1][r] = _mm256_fmadd_ps(products, _mm256_mul_ps(scale, _mm256_set1_ps(x.d[i])), acc[b & 1][r]);
-      if constexpr (kFormat == kQ4F) min_acc[r] += min * x.sum[i];
+      acc[r] = _mm256_fmadd_ps(products, _mm256_mul_ps(scale, _mm256_set1_ps(x.d[i])), acc[r]);
+      if constexpr (kUnsigned) min_acc[r] += min * x.sum[i];
     }
   }
-  for (int r = 0; r < kRows; ++r) out[r * out_stride] = horizontal_sum(_mm256_add_ps(acc[0][r], acc[1][r])) - min_acc[r];
+  for (int r = 0; r < kRows; ++r) out[r * out_stride] = horizontal_sum(acc[r]) - min_acc[r];
 }
 
 using DotRow = void (*)(const uint8_t*, const QuantRows&, int64_t, float*, int64_t);
@@ -106,7 +111,11 @@ DotRow dot_for_rows(int rows) {
     case 1: return dot_row<kFormat, 1>;
     case 2: return dot_row<kFormat, 2>;
     case 3: return dot_row<kFormat, 3>;
-    default: return dot_row<kFormat, 4>;
+    case 4: return dot_row<kFormat, 4>;
+    case 5: return dot_row<kFormat, 5>;
+    case 6: return dot_row<kFormat, 6>;
+    case 7: return dot_row<kFormat, 7>;
+    default: return dot_row<kFormat, 8>;
   }
 }
 

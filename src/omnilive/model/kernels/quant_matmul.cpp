@@ -14,7 +14,7 @@
 namespace {
 
 constexpr int kBlock = 32;
-constexpr int kMaxRows = 4;       // activation rows computed together per weight block
+constexpr int kMaxRows = 8;       // activation rows computed together per weight block
 constexpr int kTileOutputs = 16;  // weight rows per task
 
 // format ids and block sizes in bytes: the same table as quant_formats.py
