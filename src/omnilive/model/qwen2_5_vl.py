@@ -32,7 +32,7 @@ from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.rope_index import MRopeLayout, mrope_positions
 from omnilive.model.thinker import ThinkerMedia, ThinkerPrompt, merge_placeholders
-from omnilive.model.vision import VisionEncoder, VisionRotary
+from omnilive.model.vision import VisionEncoder, rebuild_rotary
 from omnilive.model.weights import (
     WeightsMismatchError,
     empty_model,
@@ -208,11 +208,9 @@ def load_qwen2_5_vl(directory: str | Path, dtype: torch.dtype | str | None = Non
     directory = Path(directory)
     config = VLConfig.from_dict(read_config(directory))
     model = empty_model(Qwen2_5_VL, config, resolve_dtype(dtype), device)
-    # the vision rotary frequencies are no checkpoint tensor: built on the meta device, rebuild them
-    vision = config.vision_config
-    with torch.device("cpu"):
-        model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
-    load_state_dict_strict(model, checkpoint_to_ours(load_prefixed_tensors(directory, ""), vision), assign=True)
+    rebuild_rotary(model.visual)
+    tensors = checkpoint_to_ours(load_prefixed_tensors(directory, ""), config.vision_config)
+    load_state_dict_strict(model, tensors, assign=True)
     model = model.to(device)
     pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
     return model

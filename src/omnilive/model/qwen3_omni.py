@@ -163,13 +163,7 @@ class Qwen3OmniThinker(Qwen2ForCausalLM):
         rows = {token: None if r is None else r[:, 0] for token, r in visual.items()}
         rows[c.audio_token_id] = features.get(c.audio_token_id)
         embeds = merge_placeholders(input_ids, self.model.embed_tokens(input_ids), rows)
-        present = [(token, r) for token, r in visual.items() if r is not None]
-        if not present:
-            return embeds, None
-        positions = torch.cat([(input_ids == token).nonzero().flatten() for token, _ in present])
-        stacked = torch.cat([r[:, 1:].to(embeds.dtype) for _, r in present]).transpose(0, 1)  # [L, V, H]
-        order = positions.argsort()
-        return embeds, DeepStackFeatures(positions[order], stacked[:, order])
+        return embeds, DeepStackFeatures.gather(input_ids, visual, embeds.dtype)
 
     @torch.no_grad()
     def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None,

@@ -35,7 +35,7 @@ from omnilive.model.qwen2_5_vl import renamed
 from omnilive.model.qwen3_vl_vision import Qwen3VLVision, Qwen3VLVisionConfig
 from omnilive.model.rope_index import MRopeLayout, mrope_positions
 from omnilive.model.thinker import DeepStackFeatures, ThinkerMedia, ThinkerPrompt, merge_placeholders
-from omnilive.model.vision import VisionRotary
+from omnilive.model.vision import rebuild_rotary
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
 
 # no Qwen3-VL token has a negative id: disables rope_index's audio handling
@@ -132,14 +132,7 @@ class Qwen3VL(Qwen2ForCausalLM):
         rows = {token: features.get(token) for token in (c.image_token_id, c.video_token_id)}
         embeds = merge_placeholders(input_ids, self.model.embed_tokens(input_ids),
                                     {token: None if r is None else r[:, 0] for token, r in rows.items()})
-        present = [(token, r) for token, r in rows.items() if r is not None]
-        if not present:
-            return embeds, None
-        # each kind's rows follow its placeholders in order; all of them sorted by position
-        positions = torch.cat([(input_ids == token).nonzero().flatten() for token, _ in present])
-        stacked = torch.cat([r[:, 1:].to(embeds.dtype) for _, r in present]).transpose(0, 1)  # [L, V, H]
-        order = positions.argsort()
-        return embeds, DeepStackFeatures(positions[order], stacked[:, order])
+        return embeds, DeepStackFeatures.gather(input_ids, rows, embeds.dtype)
 
     @torch.no_grad()
     def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None,
@@ -166,9 +159,7 @@ def load_qwen3_vl(directory: str | Path, dtype: torch.dtype | str | None = None,
     directory = Path(directory)
     config = Qwen3VLConfig.from_dict(read_config(directory))
     model = empty_model(Qwen3VL, config, resolve_dtype(dtype), device)
-    vision = config.vision_config
-    with torch.device("cpu"):  # the rotary frequencies are no checkpoint tensor: built on meta, rebuilt
-        model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
+    rebuild_rotary(model.visual)
     tensors = load_prefixed_tensors(directory, "")
     hidden = config.text_config.hidden_size
     ours = {renamed(key): fused_experts_as_ours(key, tensor, hidden) for key, tensor in tensors.items()}
