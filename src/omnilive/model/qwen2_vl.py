@@ -14,7 +14,6 @@ Module names follow the checkpoint (`visual.*`, `model.*`, `lm_head.*`, or trans
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
+from omnilive.model.omni_config import PatchGeometry, vision_config_values
 from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2ForCausalLM
 from omnilive.model.qwen2_5_vl import VLConfig, Qwen2_5_VL, renamed, vl_text_config
@@ -48,7 +48,7 @@ ACTIVATIONS = {
 
 
 @dataclass(frozen=True)
-class Qwen2VLVisionConfig:
+class Qwen2VLVisionConfig(PatchGeometry):
     """`vision_config` of a Qwen2-VL config.json, under its own key names."""
 
     depth: int = 32
@@ -68,21 +68,13 @@ class Qwen2VLVisionConfig:
         raw = dict(raw)
         if "in_chans" in raw and "in_channels" not in raw:  # the released checkpoints' spelling
             raw["in_channels"] = raw["in_chans"]
-        rope = raw.get("rope_parameters") or {}
-        if "rope_theta" in rope:
-            raw["rope_theta"] = rope["rope_theta"]
         if raw.get("hidden_act", cls.hidden_act) not in ACTIVATIONS:
             raise NotImplementedError(f"vision activation {raw['hidden_act']!r} is not supported")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in raw.items() if key in names})
+        return cls(**vision_config_values(cls, raw))
 
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
 
 @dataclass(frozen=True)

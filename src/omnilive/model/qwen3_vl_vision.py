@@ -17,7 +17,6 @@ Module names follow the checkpoint (`visual.*` / transformers 5's `model.visual.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnilive.model.omni_config import PatchGeometry, vision_config_values
 from omnilive.model.vision import (
     NORM_EPS,
     FusedQkvAttention,
@@ -44,7 +44,7 @@ ACTIVATIONS = {
 
 
 @dataclass(frozen=True)
-class Qwen3VLVisionConfig:
+class Qwen3VLVisionConfig(PatchGeometry):
     """`vision_config` of a Qwen3-VL config.json, under its own key names."""
 
     depth: int = 27
@@ -64,22 +64,14 @@ class Qwen3VLVisionConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
         raw = dict(raw)
-        rope = raw.get("rope_parameters") or {}
-        if "rope_theta" in rope:
-            raw["rope_theta"] = rope["rope_theta"]
         raw["deepstack_visual_indexes"] = tuple(raw.get("deepstack_visual_indexes", cls.deepstack_visual_indexes))
         if raw.get("hidden_act", cls.hidden_act) not in ACTIVATIONS:
             raise NotImplementedError(f"vision activation {raw['hidden_act']!r} is not supported")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in raw.items() if key in names})
+        return cls(**vision_config_values(cls, raw))
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
     @property
     def grid_side(self) -> int:
