@@ -69,6 +69,17 @@ def prefill(ours, prepared) -> tuple[torch.Tensor, object]:
     return ours.compute_logits(hidden)[0], cache
 
 
+def assert_logits_equal_reference(reference_model, ours, ids: list[int], media: ThinkerMedia,
+                                  reference: dict) -> tuple[object, torch.Tensor]:
+    """Our prefill's logits equal transformers' forward's; the prepared prompt and those logits."""
+    expected = reference_logits(reference_model, ids, reference)
+    prepared = ours.prepare_prompt(ids, media)
+    got, _ = prefill(ours, prepared)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= TOLERANCE
+    return prepared, expected
+
+
 def greedy_tokens(ours, prepared, n: int) -> list[int]:
     """Our prefill, then n - 1 one-token decode steps, each picking the likeliest token."""
     logits, cache = prefill(ours, prepared)

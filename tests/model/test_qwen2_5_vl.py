@@ -8,14 +8,7 @@ import torch
 from omnilive.model.qwen2_5_vl import VLConfig, load_qwen2_5_vl
 from omnilive.model.thinker import ThinkerMedia
 from omnilive.model.weights import WeightsMismatchError
-from tests.model.parity import (
-    TOLERANCE,
-    assert_greedy_equals_generate,
-    prefill,
-    random_media,
-    reference_logits,
-    resaved,
-)
+from tests.model.parity import assert_greedy_equals_generate, assert_logits_equal_reference, random_media, resaved
 from tests.model.vl_tiny import IMAGE, VIDEO, VISION_BOS, VISION_EOS, build_tiny_vl
 
 transformers = pytest.importorskip("transformers")
@@ -82,11 +75,7 @@ def ours(tiny):
 @pytest.mark.parametrize("case", sorted(PROMPTS))
 def test_logits_match_transformers(tiny, ours, case):
     prompt = PROMPTS[case]()
-    media, reference = prompt.media()
-    expected = reference_logits(tiny[1], prompt.ids, reference)
-    got, _ = prefill(ours, ours.prepare_prompt(prompt.ids, media))
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    assert_logits_equal_reference(tiny[1], ours, prompt.ids, *prompt.media())
 
 
 def test_greedy_tokens_match_transformers_generate(tiny, ours):

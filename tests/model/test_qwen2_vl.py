@@ -7,7 +7,7 @@ import torch
 
 from omnilive.model.qwen2_vl import Qwen2VLConfig, load_qwen2_vl
 from omnilive.model.weights import WeightsMismatchError
-from tests.model.parity import TOLERANCE, assert_greedy_equals_generate, prefill, reference_logits, resaved
+from tests.model.parity import assert_greedy_equals_generate, assert_logits_equal_reference, resaved
 from tests.model.test_qwen2_5_vl import PROMPTS, Prompt
 from tests.model.vl_tiny import VIDEO, build_tiny_vl
 
@@ -34,11 +34,7 @@ def ours(tiny):
 @pytest.mark.parametrize("case", sorted(PROMPTS))
 def test_logits_match_transformers(tiny, ours, case):
     prompt = PROMPTS[case]()
-    media, reference = reference_media(prompt)
-    expected = reference_logits(tiny[1], prompt.ids, reference)
-    got, _ = prefill(ours, ours.prepare_prompt(prompt.ids, media))
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    assert_logits_equal_reference(tiny[1], ours, prompt.ids, *reference_media(prompt))
 
 
 def test_video_time_advances_one_id_per_temporal_patch(ours):

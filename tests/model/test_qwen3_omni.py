@@ -17,9 +17,8 @@ from tests.model.parity import (
     assert_chunked_and_batched_prefill_equal_whole,
     assert_edited_thinker_is_a_clear_error,
     assert_greedy_equals_generate,
-    prefill,
+    assert_logits_equal_reference,
     random_media,
-    reference_logits,
 )
 from tests.model.qwen3_omni_tiny import IDS, PATCH, build_tiny_qwen3_omni
 
@@ -146,12 +145,7 @@ def test_video_with_audio_shorter_than_its_frames_positions(tiny, ours):
 @pytest.mark.parametrize("case", CASES)
 def test_logits_match_transformers(tiny, ours, case):
     prompt = prompts(ours.thinker_config.mrope_layout)[case]
-    media, reference = prompt.media()
-    expected = reference_logits(tiny.thinker, prompt.ids, reference)
-    prepared = ours.prepare_prompt(prompt.ids, media)
-    got, _ = prefill(ours, prepared)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    assert_logits_equal_reference(tiny.thinker, ours, prompt.ids, *prompt.media())
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -13,6 +13,7 @@ from tests.model.parity import (
     TOLERANCE,
     assert_chunked_and_batched_prefill_equal_whole,
     assert_greedy_equals_generate,
+    assert_logits_equal_reference,
     prefill,
     reference_logits,
     resaved,
@@ -67,12 +68,7 @@ def ours(tiny):
 @pytest.mark.parametrize("case", sorted(PROMPTS))
 def test_logits_match_transformers(tiny, ours, case):
     prompt = PROMPTS[case]()
-    media, reference = prompt.media()
-    expected = reference_logits(tiny[1], prompt.ids, reference)
-    prepared = ours.prepare_prompt(prompt.ids, media)
-    got, _ = prefill(ours, prepared)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    prepared, expected = assert_logits_equal_reference(tiny[1], ours, prompt.ids, *prompt.media())
     if case != "text":  # DeepStack is live: without it the logits differ
         bare = type(prepared)(prepared.input_ids, prepared.embeds, prepared.rope)
         assert (prefill(ours, bare)[0] - expected).abs().max().item() > 1e-3
