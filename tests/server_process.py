@@ -52,6 +52,18 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir / "server.log"
 
+    @classmethod
+    def of_checkpoint(cls, directory: Path, data_dir: Path, api_key: str) -> ServerProcess:
+        """`omnilive serve --model DIR` in float32 on one thread: the tiny-checkpoint tests' server."""
+        return cls(data_dir, api_key=api_key, env={"OMNILIVE_THREADS": "1"},
+                   args=["--model", str(directory), "--dtype", "float32"])
+
+    def openai_client(self, timeout: float = 120):
+        """The official OpenAI client with this server's key, not retrying (a context manager)."""
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, timeout=timeout)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

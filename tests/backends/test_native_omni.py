@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from omnilive.backends.native_omni import NativeBackend, pick_voice
 from omnilive.backends.native_prompt import (
@@ -20,7 +19,6 @@ from omnilive.backends.native_prompt import (
 )
 from omnilive.types import (
     AudioChunk,
-    AudioInput,
     EngineError,
     EngineRequest,
     Finished,
@@ -32,6 +30,7 @@ from omnilive.types import (
 )
 from omnilive.model.thinker import audio_placeholder_count
 from omnilive.server.settings import Settings
+from tests.backends.native_backend import collect, picture, run, started_backend, text_of, tone
 from tests.backends.native_engine import Runner
 from tests.model.omni_tiny import CHAT_TEMPLATE, TOKENS, build_tiny_omni
 
@@ -48,33 +47,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
-                        prefill_chunk_tokens=16)  # several prefill chunks per prompt
-    engine = NativeBackend(settings, token2wav_steps=3)
-    asyncio.run(engine.start())
-    yield engine
-    asyncio.run(engine.stop())
-
-
-def picture(seed: int = 0, size: tuple[int, int] = (90, 60)) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def tone(seconds: float, hertz: float = 440.0) -> AudioInput:
-    t = np.arange(int(seconds * 16_000)) / 16_000
-    return AudioInput((0.2 * np.sin(2 * np.pi * hertz * t)).astype(np.float32))
-
-
-def run(engine, request: EngineRequest) -> list:
-    async def collect():
-        return [out async for out in engine.generate(request)]
-
-    return asyncio.run(collect())
-
-
-def text_of(outputs) -> str:
-    return "".join(out.text for out in outputs if isinstance(out, TextDelta))
+    yield from started_backend(tiny.directory, token2wav_steps=3)
 
 
 IMAGE_QUESTION = (Message("user", ("What is in this picture?", ImageInput(picture()), "Answer briefly.")),)
@@ -237,10 +210,6 @@ def test_media_are_encoded_off_the_step_loop_while_others_stream(engine):
     assert encoded_on and "omnilive-llm-engine" not in encoded_on  # the image was encoded, off the loop
     assert text_of(first) == text_of(run(engine, streaming)) and first[-1].usage.completion_tokens == 60
     assert text_of(second) == text_of(run(engine, joining)) and second[-1].usage.image_prompt_tokens > 0
-
-
-async def collect(engine, request: EngineRequest) -> list:
-    return [out async for out in engine.generate(request)]
 
 
 def test_speech_options_come_from_the_settings(tiny):

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from omnilive.backends.native_omni import NativeBackend
 from omnilive.backends.native_qwen3_omni import Qwen3OmniProcessor
 from omnilive.engine import qwen3_speech
 from omnilive.engine.qwen3_speech import Qwen3SpeechSettings
@@ -24,20 +23,26 @@ from omnilive.engine.qwen3_talker_generate import (
 )
 from omnilive.model.qwen3_omni import Qwen3OmniThinker
 from omnilive.model.qwen3_omni_code2wav import decode_joined
-from omnilive.server.settings import Settings
 from omnilive.types import (
     AudioChunk,
-    AudioInput,
     EngineError,
     EngineRequest,
     Finished,
     ImageInput,
     Message,
     SamplingParams,
-    TextDelta,
-    VideoInput,
 )
-from tests.backends.test_native_vl import picture, run
+from tests.backends.native_backend import (
+    clip,
+    picture,
+    reference_greedy,
+    run,
+    started_backend,
+    text_of,
+    tone,
+    vision_kwargs,
+)
+from tests.model.parity import padded_audio_features
 from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
 
 pytest.importorskip("transformers")
@@ -45,22 +50,12 @@ pytest.importorskip("transformers")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 
 
-def tone(seconds: float, hertz: float) -> AudioInput:
-    t = np.arange(int(seconds * 16_000)) / 16_000
-    return AudioInput((0.3 * np.sin(2 * np.pi * hertz * t)).astype(np.float32))
-
-
-def clip(frames: int = 4, audio_seconds: float | None = None) -> VideoInput:
-    audio = tone(audio_seconds, 220) if audio_seconds else None
-    return VideoInput(tuple(picture(10 + i, (84, 56)) for i in range(frames)), fps=2.0, audio=audio)
-
-
 MESSAGES = {
     "text": (Message("user", ("What is in this picture?",)),),
     "image": (Message("user", ("What is in this?", ImageInput(picture(0, (90, 60))), "Answer briefly.")),),
-    "audio": (Message("user", ("Listen:", tone(2.3, 440), "What is it?")),),
+    "audio": (Message("user", ("Listen:", tone(2.3, 440, amplitude=0.3), "What is it?")),),
     "video": (Message("user", ("What happens?", clip(frames=5))),),
-    "video_with_audio": (Message("user", ("What happens?", clip(frames=6, audio_seconds=3.0))),),
+    "video_with_audio": (Message("user", ("What happens?", clip(frames=6, audio=tone(3.0, 220, amplitude=0.3)))),),
 }
 
 
@@ -71,24 +66,14 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
-                        prefill_chunk_tokens=16)
-    engine = NativeBackend(settings)
-    asyncio.run(engine.start())
-    yield engine
-    asyncio.run(engine.stop())
+    yield from started_backend(tiny.directory)
 
 
 def reference_tokens(tiny, engine, messages) -> list[int]:
     """transformers' thinker, greedy, on our processor's inputs (equal to transformers' processor's:
     tests/media/test_qwen3_omni_processor.py)."""
     ids, kwargs = reference_inputs(engine, messages)
-    tiny.thinker.model.rope_deltas = None
-    with torch.no_grad():
-        generated = tiny.thinker.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                          max_new_tokens=GREEDY.max_tokens,
-                                          eos_token_id=sorted(engine.model.tokenizer.stop_token_ids), **kwargs)
-    return generated[0, ids.shape[1]:].tolist()
+    return reference_greedy(tiny.thinker, engine, ids, kwargs, GREEDY.max_tokens)
 
 
 def reference_inputs(engine, messages) -> tuple[torch.Tensor, dict]:
@@ -96,26 +81,16 @@ def reference_inputs(engine, messages) -> tuple[torch.Tensor, dict]:
     prompt = engine.model.processor.build(messages)
     media = prompt.media
     ids = torch.tensor([prompt.input_ids])
-    kwargs = {}
-    if media.images is not None:
-        kwargs |= {"pixel_values": media.images.pixel_values, "image_grid_thw": media.images.grid_thw}
+    kwargs = vision_kwargs(media)
     if media.videos is not None:
-        kwargs |= {"pixel_values_videos": media.videos.pixel_values, "video_grid_thw": media.videos.grid_thw,
-                   "video_second_per_grid": torch.tensor(media.video_seconds_per_grid)}
+        kwargs["video_second_per_grid"] = torch.tensor(media.video_seconds_per_grid)
     if media.audio_mel is not None:
         frames = media.audio_frames.tolist()
-        longest = max(frames)
-        kwargs |= {"input_features": torch.stack([torch.nn.functional.pad(m, (0, longest - m.shape[1]))
-                                                  for m in media.audio_mel.split(frames, dim=1)]),
-                   "feature_attention_mask": (torch.arange(longest)[None] < torch.tensor(frames)[:, None]).long()}
+        kwargs |= padded_audio_features(media.audio_mel.split(frames, dim=1), frames)
     config = engine.model.thinker.thinker_config
     marks = [config.vision_start_token_id, config.audio_start_token_id]  # a video with its audio
     kwargs["use_audio_in_video"] = any(list(pair) == marks for pair in zip(prompt.input_ids, prompt.input_ids[1:]))
     return ids, kwargs
-
-
-def told(outputs) -> str:
-    return "".join(out.text for out in outputs if isinstance(out, TextDelta))
 
 
 @pytest.mark.parametrize("case", sorted(MESSAGES))
@@ -129,16 +104,16 @@ def test_greedy_reply_equals_transformers_generate(engine, tiny, case):
     tokenizer = engine.model.tokenizer
     shown = [t for t in expected if t not in tokenizer.stop_token_ids]
     assert len(set(shown)) > 1  # not one token repeated: the comparison means something
-    assert told(outputs) == tokenizer.decode(shown, skip_special_tokens=True)
+    assert text_of(outputs) == tokenizer.decode(shown, skip_special_tokens=True)
 
 
 def test_requests_stepped_together_equal_each_alone(engine):
-    alone = {case: told(run(engine, EngineRequest(case, messages, GREEDY))) for case, messages in MESSAGES.items()}
+    alone = {case: text_of(run(engine, EngineRequest(case, messages, GREEDY))) for case, messages in MESSAGES.items()}
 
     async def together():
         async def one(case):
             request = EngineRequest(f"{case}-b", MESSAGES[case], GREEDY)
-            return case, told([out async for out in engine.generate(request)])
+            return case, text_of([out async for out in engine.generate(request)])
 
         return dict(await asyncio.gather(*(one(case) for case in MESSAGES)))
 
@@ -157,7 +132,7 @@ def test_loaded_as_qwen3_omni_with_its_voices(engine):
 
 def test_a_second_turn_reuses_cached_blocks_and_encoder_rows_and_replies_as_transformers(engine, tiny):
     first_turn = MESSAGES["audio"]
-    said = told(run(engine, EngineRequest("turn-1", first_turn, GREEDY)))
+    said = text_of(run(engine, EngineRequest("turn-1", first_turn, GREEDY)))
     second_turn = (*first_turn, Message("assistant", (said,)),
                    Message("user", ("And this?", ImageInput(picture(9, (128, 64))))))
     hits = engine.media_cache.hits
@@ -166,7 +141,7 @@ def test_a_second_turn_reuses_cached_blocks_and_encoder_rows_and_replies_as_tran
     assert outputs[-1].usage.cached_prompt_tokens >= 16
     tokenizer = engine.model.tokenizer
     expected = [t for t in reference_tokens(tiny, engine, second_turn) if t not in tokenizer.stop_token_ids]
-    assert told(outputs) == tokenizer.decode(expected, skip_special_tokens=True)
+    assert text_of(outputs) == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 SPEECH_FRAMES = 12

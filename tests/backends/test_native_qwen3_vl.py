@@ -10,13 +10,19 @@ import asyncio
 import pytest
 import torch
 
-from omnilive.backends.native_omni import NativeBackend
 from omnilive.backends.native_prompt import chat_template_of
 from omnilive.backends.native_vl import QWEN3_VL_CHAT_TEMPLATE, Qwen3VLProcessor
 from omnilive.model.qwen3_vl import Qwen3VL
-from omnilive.server.settings import Settings
 from omnilive.types import EngineRequest, Finished, ImageInput, Message, ReasoningDelta, SamplingParams, TextDelta
-from tests.backends.test_native_vl import clip, picture, run
+from tests.backends.native_backend import (
+    clip,
+    media_token_types,
+    picture,
+    reference_greedy,
+    run,
+    started_backend,
+    vision_kwargs,
+)
 from tests.model.qwen3_vl_tiny import END_THINK, THINK, build_tiny_qwen3_vl
 
 pytest.importorskip("transformers")
@@ -32,31 +38,18 @@ def tiny(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
-                        prefill_chunk_tokens=16)
-    engine = NativeBackend(settings)
-    asyncio.run(engine.start())
-    yield engine
-    asyncio.run(engine.stop())
+    yield from started_backend(tiny.directory)
 
 
 def reference_tokens(tiny, engine, messages) -> list[int]:
     """transformers' greedy generate on the same checkpoint and our processor's inputs (equal to
     transformers' processor's: tests/media/test_qwen3_vl_processor.py)."""
     prompt = engine.model.processor.build(messages)
-    media, config = prompt.media, engine.model.thinker.vl_config
+    config = engine.model.thinker.vl_config
     ids = torch.tensor([prompt.input_ids])
-    kwargs = {"mm_token_type_ids": (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()}
-    if media.images is not None:
-        kwargs |= {"pixel_values": media.images.pixel_values, "image_grid_thw": media.images.grid_thw}
-    if media.videos is not None:
-        kwargs |= {"pixel_values_videos": media.videos.pixel_values, "video_grid_thw": media.videos.grid_thw}
-    tiny.model.model.rope_deltas = None
-    with torch.no_grad():
-        generated = tiny.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                        max_new_tokens=GREEDY.max_tokens,
-                                        eos_token_id=sorted(engine.model.tokenizer.stop_token_ids), **kwargs)
-    return generated[0, ids.shape[1]:].tolist()
+    kwargs = {"mm_token_type_ids": media_token_types(ids, config.image_token_id, config.video_token_id),
+              **vision_kwargs(prompt.media)}
+    return reference_greedy(tiny.model, engine, ids, kwargs, GREEDY.max_tokens)
 
 
 MESSAGES = {

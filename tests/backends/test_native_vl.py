@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from omnilive.backends.native_omni import NativeBackend
 from omnilive.backends.native_prompt import chat_template_of
 from omnilive.backends.native_vl import VL_CHAT_TEMPLATE, VLProcessor
 from omnilive.types import (
@@ -24,7 +20,15 @@ from omnilive.types import (
     VideoInput,
 )
 from omnilive.model.qwen2_5_vl import Qwen2_5_VL
-from omnilive.server.settings import Settings
+from tests.backends.native_backend import (
+    clip,
+    media_token_types,
+    picture,
+    reference_greedy,
+    run,
+    started_backend,
+    vision_kwargs,
+)
 from tests.model.vl_tiny import IMAGE, VIDEO, VISION_BOS, VISION_EOS, build_tiny_vl
 
 pytest.importorskip("transformers")
@@ -39,49 +43,19 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
-                        prefill_chunk_tokens=16)
-    engine = NativeBackend(settings)
-    asyncio.run(engine.start())
-    yield engine
-    asyncio.run(engine.stop())
-
-
-def picture(seed: int = 0, size: tuple[int, int] = (90, 60)) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def clip(frames: int = 4, fps: float = 2.0, with_audio: bool = False) -> VideoInput:
-    audio = AudioInput(np.zeros(16_000, dtype=np.float32)) if with_audio else None
-    return VideoInput(tuple(picture(10 + i, (84, 56)) for i in range(frames)), fps=fps, audio=audio)
-
-
-def run(engine, request: EngineRequest) -> list:
-    async def collect():
-        return [out async for out in engine.generate(request)]
-
-    return asyncio.run(collect())
+    yield from started_backend(tiny.directory)
 
 
 def reference_tokens(tiny, engine, messages) -> list[int]:
     """transformers' greedy generate on the same checkpoint and our processor's inputs."""
     prompt = engine.model.processor.build(messages)
     media = prompt.media
-    kwargs = {}
-    if media.images is not None:
-        kwargs |= {"pixel_values": media.images.pixel_values, "image_grid_thw": media.images.grid_thw}
+    kwargs = vision_kwargs(media)
     if media.videos is not None:
-        kwargs |= {"pixel_values_videos": media.videos.pixel_values, "video_grid_thw": media.videos.grid_thw,
-                   "second_per_grid_ts": torch.tensor(media.video_seconds_per_grid)}
+        kwargs["second_per_grid_ts"] = torch.tensor(media.video_seconds_per_grid)
     ids = torch.tensor([prompt.input_ids])
-    kwargs["mm_token_type_ids"] = ((ids == IMAGE).long() + 2 * (ids == VIDEO).long())
-    tiny.model.model.rope_deltas = None
-    with torch.no_grad():
-        generated = tiny.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                        max_new_tokens=GREEDY.max_tokens,
-                                        eos_token_id=sorted(engine.model.tokenizer.stop_token_ids), **kwargs)
-    return generated[0, ids.shape[1]:].tolist()
+    kwargs["mm_token_type_ids"] = media_token_types(ids, IMAGE, VIDEO)
+    return reference_greedy(tiny.model, engine, ids, kwargs, GREEDY.max_tokens)
 
 
 @pytest.mark.parametrize("media", ["image", "video"])
@@ -109,7 +83,7 @@ def test_loaded_as_qwen2_5_vl_with_text_out_only(engine):
 
 def test_prompt_layout_and_default_system_prompt(engine):
     processor = engine.model.processor
-    video = clip(frames=5, fps=2.0, with_audio=True)  # its audio track is left out
+    video = clip(frames=5, fps=2.0, audio=AudioInput(np.zeros(16_000, dtype=np.float32)))  # its audio track is left out
     prompt = processor.build((Message("user", (ImageInput(picture()), video, "Describe.")),))
     text = engine.model.tokenizer.decode(prompt.input_ids)
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")

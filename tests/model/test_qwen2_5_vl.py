@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from omnilive.media.qwen_preprocess import VisionPatches
 from omnilive.model.qwen2_5_vl import VLConfig, load_qwen2_5_vl
 from omnilive.model.thinker import ThinkerMedia
 from omnilive.model.weights import WeightsMismatchError
+from tests.model.parity import assert_greedy_equals_generate, assert_logits_equal_reference, random_media, resaved
 from tests.model.vl_tiny import IMAGE, VIDEO, VISION_BOS, VISION_EOS, build_tiny_vl
 
 transformers = pytest.importorskip("transformers")
 
-TOLERANCE = 1e-4
 PATCH_DIM = 3 * 2 * 14 * 14
 
 
@@ -47,24 +43,12 @@ class Prompt:
 
     def media(self, seed: int = 0) -> tuple[ThinkerMedia, dict]:
         """Random patches fitting the prompt, in our format and as transformers' kwargs."""
-        generator = torch.Generator().manual_seed(seed)
-
-        def patches(grids):
-            if not grids:
-                return None
-            grid_thw = torch.tensor(grids)
-            return VisionPatches(torch.randn(int(grid_thw.prod(-1).sum()), self.patch_dim, generator=generator), grid_thw)
-
-        images, videos = patches(self.images), patches(self.videos)
+        media, reference = random_media(self.patch_dim, self.images, self.videos, self.seconds, seed=seed,
+                                        seconds_key="second_per_grid_ts")
         ids = torch.tensor(self.ids)
         # transformers reads media positions off these types: text 0, image 1, video 2
-        reference = {"mm_token_type_ids": ((ids == IMAGE).long() + 2 * (ids == VIDEO).long())[None]}
-        if images is not None:
-            reference |= {"pixel_values": images.pixel_values, "image_grid_thw": images.grid_thw}
-        if videos is not None:
-            reference |= {"pixel_values_videos": videos.pixel_values, "video_grid_thw": videos.grid_thw,
-                          "second_per_grid_ts": torch.tensor(self.seconds)}
-        return ThinkerMedia(images=images, videos=videos, video_seconds_per_grid=tuple(self.seconds)), reference
+        reference["mm_token_type_ids"] = ((ids == IMAGE).long() + 2 * (ids == VIDEO).long())[None]
+        return media, reference
 
 
 PROMPTS = {
@@ -88,54 +72,15 @@ def ours(tiny):
     return load_qwen2_5_vl(tiny[0], dtype=torch.float32)
 
 
-def reference_logits(model, prompt: Prompt, reference: dict) -> torch.Tensor:
-    model.model.rope_deltas = None  # transformers caches it across calls
-    ids = torch.tensor([prompt.ids])
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids), **reference).logits[0]
-
-
-def prefill(ours, prepared) -> tuple[torch.Tensor, object]:
-    cache = ours.make_cache(1, 512)
-    with torch.no_grad():
-        hidden = ours(cache=cache, slots=torch.tensor([0]), **prepared.prefill_inputs())
-    return ours.compute_logits(hidden)[0], cache
-
-
 @pytest.mark.parametrize("case", sorted(PROMPTS))
 def test_logits_match_transformers(tiny, ours, case):
     prompt = PROMPTS[case]()
-    media, reference = prompt.media()
-    expected = reference_logits(tiny[1], prompt, reference)
-    got, _ = prefill(ours, ours.prepare_prompt(prompt.ids, media))
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
-
-
-def assert_greedy_equals_generate(reference_model, ours, prompt: Prompt, media, reference: dict, n: int = 16):
-    """Our prefill and one-token decode steps pick what transformers' generate picks."""
-    ids = torch.tensor([prompt.ids])
-    reference_model.model.rope_deltas = None
-    with torch.no_grad():
-        generated = reference_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                             min_new_tokens=n, do_sample=False, **reference)
-    expected = generated[0, len(prompt.ids):].tolist()
-    prepared = ours.prepare_prompt(prompt.ids, media)
-    logits, cache = prefill(ours, prepared)
-    tokens = [int(logits[-1].argmax())]
-    for step in range(n - 1):
-        position = torch.tensor([[len(prepared) + step]])
-        with torch.no_grad():
-            hidden = ours(torch.tensor([[tokens[-1]]]), position, cache, torch.tensor([0]),
-                          rope_positions=position + prepared.rope_delta)
-        tokens.append(int(ours.compute_logits(hidden[0, -1]).argmax()))
-    assert len(set(expected)) > 3  # a varied sequence, not one token repeated
-    assert tokens == expected
+    assert_logits_equal_reference(tiny[1], ours, prompt.ids, *prompt.media())
 
 
 def test_greedy_tokens_match_transformers_generate(tiny, ours):
     prompt = Prompt().text(3).image(8, 8).text(2)
-    assert_greedy_equals_generate(tiny[1], ours, prompt, *prompt.media(seed=3))
+    assert_greedy_equals_generate(tiny[1], ours, prompt.ids, *prompt.media(seed=3), distinct_more_than=3)
 
 
 def test_text_after_a_long_video_starts_past_its_temporal_ids(ours):
@@ -157,21 +102,12 @@ def test_placeholder_count_must_match_media(ours):
         ours.prepare_prompt(one_short, media)
 
 
-def _resave(tiny, tmp_path, edit):
-    directory = tmp_path / "edited"
-    shutil.copytree(tiny[0], directory)
-    tensors = load_file(directory / "model.safetensors")
-    edit(tensors)
-    save_file(tensors, directory / "model.safetensors")
-    return directory
-
-
 def test_misshaped_fused_qkv_is_a_clear_error(tiny, tmp_path):
     def shrink(tensors):
         tensors["visual.blocks.0.attn.qkv.weight"] = tensors["visual.blocks.0.attn.qkv.weight"][:-2]
 
     with pytest.raises(WeightsMismatchError, match=r"visual\.blocks\.0\.attn\.qkv\.weight.*\(94, 32\) vs model \(96, 32\)"):
-        load_qwen2_5_vl(_resave(tiny, tmp_path, shrink), dtype=torch.float32)
+        load_qwen2_5_vl(resaved(tiny[0], tmp_path, shrink), dtype=torch.float32)
 
 
 def test_misshaped_missing_and_extra_keys_are_named(tiny, tmp_path):
@@ -181,7 +117,7 @@ def test_misshaped_missing_and_extra_keys_are_named(tiny, tmp_path):
         tensors["visual.extra.weight"] = torch.zeros(1)
 
     with pytest.raises(WeightsMismatchError) as error:
-        load_qwen2_5_vl(_resave(tiny, tmp_path, edit), dtype=torch.float32)
+        load_qwen2_5_vl(resaved(tiny[0], tmp_path, edit), dtype=torch.float32)
     message = str(error.value)
     assert "model.layers.1.mlp.up_proj.weight: checkpoint (97, 64) vs model (96, 64)" in message
     assert "missing keys: visual.merger.ln_q.weight" in message

@@ -4,25 +4,26 @@ video-with-audio prompts, and loading (every `thinker.` key consumed)."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from omnilive.media.qwen_preprocess import VisionPatches
-from tests.model.test_qwen3_vl import _paged_prefill
-from omnilive.model.omni_checkpoint import THINKER_PREFIX, load_prefixed_tensors, read_config
+from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
 from omnilive.model.qwen3_omni import Qwen3OmniThinkerConfig, load_qwen3_omni_thinker
 from omnilive.model.qwen3_omni_audio import aut_output_tokens
 from omnilive.model.qwen3_omni_rope import qwen3_omni_positions, video_with_audio_placeholders
 from omnilive.model.thinker import ThinkerMedia
-from omnilive.model.weights import WeightsMismatchError
+from tests.model.parity import (
+    TOLERANCE,
+    assert_chunked_and_batched_prefill_equal_whole,
+    assert_edited_thinker_is_a_clear_error,
+    assert_greedy_equals_generate,
+    assert_logits_equal_reference,
+    random_media,
+)
 from tests.model.qwen3_omni_tiny import IDS, PATCH, build_tiny_qwen3_omni
 
 pytest.importorskip("transformers")
 
-TOLERANCE = 1e-4
 PATCH_DIM = 3 * 2 * PATCH * PATCH
 IMAGE, VIDEO, AUDIO = IDS["image_token_id"], IDS["video_token_id"], IDS["audio_token_id"]
 VISION_BOS, VISION_EOS = IDS["vision_start_token_id"], IDS["vision_end_token_id"]
@@ -70,32 +71,9 @@ class Prompt:
         return self
 
     def media(self, seed: int = 0) -> tuple[ThinkerMedia, dict]:
-        generator = torch.Generator().manual_seed(seed)
-
-        def patches(grids):
-            if not grids:
-                return None
-            grid_thw = torch.tensor(grids)
-            return VisionPatches(torch.randn(int(grid_thw.prod(-1).sum()), PATCH_DIM, generator=generator), grid_thw)
-
-        images, videos = patches(self.images), patches(self.videos)
-        mels = [torch.randn(128, frames, generator=generator) for frames in self.audio_frames]
-        ours = ThinkerMedia(images=images, videos=videos, video_seconds_per_grid=tuple(self.seconds),
-                            audio_mel=torch.cat(mels, dim=1) if mels else None,
-                            audio_frames=torch.tensor(self.audio_frames) if mels else None)
-        reference = {"use_audio_in_video": self.audio_in_video}
-        if images is not None:
-            reference |= {"pixel_values": images.pixel_values, "image_grid_thw": images.grid_thw}
-        if videos is not None:
-            reference |= {"pixel_values_videos": videos.pixel_values, "video_grid_thw": videos.grid_thw,
-                          "video_second_per_grid": torch.tensor(self.seconds)}
-        if mels:  # the processor's padded batch: [audios, 128, longest] + frame mask
-            longest = max(self.audio_frames)
-            reference["input_features"] = torch.stack([torch.nn.functional.pad(m, (0, longest - m.shape[1]))
-                                                       for m in mels])
-            reference["feature_attention_mask"] = (
-                torch.arange(longest)[None] < torch.tensor(self.audio_frames)[:, None]).long()
-        return ours, reference
+        media, reference = random_media(PATCH_DIM, self.images, self.videos, self.seconds, self.audio_frames,
+                                        seed=seed, seconds_key="video_second_per_grid")
+        return media, {"use_audio_in_video": self.audio_in_video, **reference}
 
 
 @pytest.fixture(scope="module")
@@ -121,20 +99,6 @@ def prompts(layout) -> dict[str, Prompt]:
 
 
 CASES = ["text", "image", "audio", "video", "video_with_audio", "everything"]
-
-
-def reference_logits(tiny, prompt: Prompt, reference: dict) -> torch.Tensor:
-    tiny.thinker.model.rope_deltas = None  # transformers caches it across calls
-    ids = torch.tensor([prompt.ids])
-    with torch.no_grad():
-        return tiny.thinker(input_ids=ids, attention_mask=torch.ones_like(ids), **reference).logits[0]
-
-
-def prefill(ours, prepared):
-    cache = ours.make_cache(1, 512)
-    with torch.no_grad():
-        hidden = ours(cache=cache, slots=torch.tensor([0]), **prepared.prefill_inputs())
-    return ours.compute_logits(hidden)[0], cache
 
 
 def test_audio_encoder_matches_transformers(tiny, ours):
@@ -181,35 +145,13 @@ def test_video_with_audio_shorter_than_its_frames_positions(tiny, ours):
 @pytest.mark.parametrize("case", CASES)
 def test_logits_match_transformers(tiny, ours, case):
     prompt = prompts(ours.thinker_config.mrope_layout)[case]
-    media, reference = prompt.media()
-    expected = reference_logits(tiny, prompt, reference)
-    prepared = ours.prepare_prompt(prompt.ids, media)
-    got, _ = prefill(ours, prepared)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    assert_logits_equal_reference(tiny.thinker, ours, prompt.ids, *prompt.media())
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_greedy_tokens_match_transformers_generate(tiny, ours, case):
     prompt = prompts(ours.thinker_config.mrope_layout)[case]
-    media, reference = prompt.media(seed=6)
-    ids, n = torch.tensor([prompt.ids]), 16
-    tiny.thinker.model.rope_deltas = None
-    with torch.no_grad():
-        generated = tiny.thinker.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                          min_new_tokens=n, do_sample=False, **reference)
-    expected = generated[0, len(prompt.ids):].tolist()
-    prepared = ours.prepare_prompt(prompt.ids, media)
-    logits, cache = prefill(ours, prepared)
-    tokens = [int(logits[-1].argmax())]
-    for step in range(n - 1):
-        position = torch.tensor([[len(prepared) + step]])
-        with torch.no_grad():
-            hidden = ours(torch.tensor([[tokens[-1]]]), position, cache, torch.tensor([0]),
-                          rope_positions=position + prepared.rope_delta)
-        tokens.append(int(ours.compute_logits(hidden[0, -1]).argmax()))
-    assert len(set(expected)) > 1  # not one token repeated: a comparison that can fail
-    assert tokens == expected
+    assert_greedy_equals_generate(tiny.thinker, ours, prompt.ids, *prompt.media(seed=6))
 
 
 def test_chunked_and_batched_prefill_equal_one_whole_prefill(ours):
@@ -218,21 +160,8 @@ def test_chunked_and_batched_prefill_equal_one_whole_prefill(ours):
     layout = ours.thinker_config.mrope_layout
     first, second = prompts(layout)["everything"], prompts(layout)["audio"]
     prepared = [ours.prepare_prompt(p.ids, p.media(seed=i)[0]) for i, p in enumerate((first, second))]
-    alone = []
-    for p in prepared:
-        cache = ours.make_paged_cache(1, 256, block_size=8)
-        cache.set_blocks(0, 0, list(range(cache.max_blocks_per_row)))
-        alone.append(_paged_prefill(ours, [(p, 0, len(p), 0)], cache)[0])
-    cache = ours.make_paged_cache(2, 256, block_size=8)
-    per_row = cache.max_blocks_per_row
-    cache.set_blocks(0, 0, list(range(per_row)))
-    cache.set_blocks(1, 0, list(range(per_row, 2 * per_row)))
-    cut = len(prepared[0]) - 20  # inside the video's merged frames and audio
-    head = _paged_prefill(ours, [(prepared[0], 0, cut, 0), (prepared[1], 0, len(prepared[1]), 1)], cache)
-    tail = _paged_prefill(ours, [(prepared[0], cut, len(prepared[0]), 0)], cache)
-    chunked = torch.cat([head[0, :cut], tail[0]])
-    assert (chunked - alone[0]).abs().max().item() <= 1e-5
-    assert (head[1, : len(prepared[1])] - alone[1]).abs().max().item() <= 1e-5
+    # cut inside the video's merged frames and audio
+    assert_chunked_and_batched_prefill_equal_whole(ours, *prepared, cut=len(prepared[0]) - 20)
 
 
 def test_config_reads_checkpoint_names(tiny):
@@ -264,9 +193,4 @@ def test_speech_parts_are_left_to_their_own_loaders(tiny, ours):
     ],
 )
 def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tiny, tmp_path, change, message):
-    state = load_prefixed_tensors(tiny.directory, THINKER_PREFIX)
-    change(state)
-    shutil.copy(tiny.directory / "config.json", tmp_path / "config.json")
-    save_file({THINKER_PREFIX + key: t.contiguous() for key, t in state.items()}, tmp_path / "model.safetensors")
-    with pytest.raises(WeightsMismatchError, match=message):
-        load_qwen3_omni_thinker(tmp_path, dtype=torch.float32)
+    assert_edited_thinker_is_a_clear_error(tiny.directory, tmp_path, change, message, load_qwen3_omni_thinker)

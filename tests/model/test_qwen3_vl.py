@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from omnilive.model.kv_cache import PagedKVCache
 from omnilive.model.qwen3_vl import Qwen3VLConfig, load_qwen3_vl
 from omnilive.model.weights import WeightsMismatchError
 from tests.model.qwen3_vl_tiny import PATCH, build_tiny_qwen3_vl
-from tests.model.test_qwen2_5_vl import TOLERANCE, Prompt, prefill, reference_logits
+from tests.model.parity import (
+    TOLERANCE,
+    assert_chunked_and_batched_prefill_equal_whole,
+    assert_greedy_equals_generate,
+    assert_logits_equal_reference,
+    prefill,
+    reference_logits,
+    resaved,
+)
+from tests.model.test_qwen2_5_vl import Prompt
 from tests.model.vl_tiny import VIDEO, VISION_BOS, VISION_EOS
 
 transformers = pytest.importorskip("transformers")
@@ -62,12 +68,7 @@ def ours(tiny):
 @pytest.mark.parametrize("case", sorted(PROMPTS))
 def test_logits_match_transformers(tiny, ours, case):
     prompt = PROMPTS[case]()
-    media, reference = prompt.media()
-    expected = reference_logits(tiny[1], prompt, reference)
-    prepared = ours.prepare_prompt(prompt.ids, media)
-    got, _ = prefill(ours, prepared)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOLERANCE
+    prepared, expected = assert_logits_equal_reference(tiny[1], ours, prompt.ids, *prompt.media())
     if case != "text":  # DeepStack is live: without it the logits differ
         bare = type(prepared)(prepared.input_ids, prepared.embeds, prepared.rope)
         assert (prefill(ours, bare)[0] - expected).abs().max().item() > 1e-3
@@ -76,46 +77,7 @@ def test_logits_match_transformers(tiny, ours, case):
 @pytest.mark.parametrize("case", sorted(PROMPTS))
 def test_greedy_tokens_match_transformers_generate(tiny, ours, case):
     prompt = PROMPTS[case]()
-    media, reference = prompt.media(seed=7)
-    ids, n = torch.tensor([prompt.ids]), 16
-    tiny[1].model.rope_deltas = None
-    with torch.no_grad():
-        generated = tiny[1].generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                     min_new_tokens=n, do_sample=False, **reference)
-    expected = generated[0, len(prompt.ids):].tolist()
-    prepared = ours.prepare_prompt(prompt.ids, media)
-    logits, cache = prefill(ours, prepared)
-    tokens = [int(logits[-1].argmax())]
-    for step in range(n - 1):
-        position = torch.tensor([[len(prepared) + step]])
-        with torch.no_grad():
-            hidden = ours(torch.tensor([[tokens[-1]]]), position, cache, torch.tensor([0]),
-                          rope_positions=position + prepared.rope_delta)
-        tokens.append(int(ours.compute_logits(hidden[0, -1]).argmax()))
-    assert len(set(expected)) > 1  # not one token repeated: a comparison that can fail
-    assert tokens == expected
-
-
-def _paged_prefill(ours, rows: list[tuple], cache: PagedKVCache) -> torch.Tensor:
-    """One forward of several (prepared prompt, start, end, cache row) chunks, right-padded as
-    the engine's runner pads them; hidden states [rows, width, H]."""
-    width = max(end - start for _, start, end, _ in rows)
-    hidden = ours.config.hidden_size
-    positions = torch.full((len(rows), width), -1)
-    embeds = torch.zeros(len(rows), width, hidden)
-    rope = torch.zeros(3, len(rows), width, dtype=torch.long)
-    config = getattr(ours, "vl_config", None) or ours.thinker_config  # Qwen3-VL or Qwen3-Omni
-    deepstack = torch.zeros(config.deepstack_layers, len(rows), width, hidden)
-    for i, (prepared, start, end, _) in enumerate(rows):
-        n = end - start
-        positions[i, :n] = torch.arange(start, end)
-        embeds[i, :n] = prepared.embeds[start:end]
-        rope[:, i, :n] = prepared.rope.positions[:, start:end]
-        if prepared.deepstack is not None:
-            deepstack[:, i, :n] = prepared.deepstack.dense(start, end)
-    slots = torch.tensor([row for *_, row in rows])
-    with torch.no_grad():
-        return ours(None, positions, cache, slots, inputs_embeds=embeds, rope_positions=rope, deepstack=deepstack)
+    assert_greedy_equals_generate(tiny[1], ours, prompt.ids, *prompt.media(seed=7))
 
 
 def test_chunked_and_batched_prefill_equal_one_whole_prefill(ours):
@@ -124,21 +86,7 @@ def test_chunked_and_batched_prefill_equal_one_whole_prefill(ours):
     first = Qwen3Prompt().text(3).image(8, 8).text(2).video(2, 4, 4).text(2)
     second = Qwen3Prompt().text(2).image(4, 6).text(5)
     prepared = [ours.prepare_prompt(p.ids, p.media(seed=i)[0]) for i, p in enumerate((first, second))]
-    alone = []
-    for p in prepared:
-        cache = ours.make_paged_cache(1, 256, block_size=8)
-        cache.set_blocks(0, 0, list(range(cache.max_blocks_per_row)))
-        alone.append(_paged_prefill(ours, [(p, 0, len(p), 0)], cache)[0])
-    cache = ours.make_paged_cache(2, 256, block_size=8)
-    per_row = cache.max_blocks_per_row
-    cache.set_blocks(0, 0, list(range(per_row)))
-    cache.set_blocks(1, 0, list(range(per_row, 2 * per_row)))
-    cut = 9  # inside the first prompt's image
-    head = _paged_prefill(ours, [(prepared[0], 0, cut, 0), (prepared[1], 0, len(prepared[1]), 1)], cache)
-    tail = _paged_prefill(ours, [(prepared[0], cut, len(prepared[0]), 0)], cache)
-    chunked = torch.cat([head[0, :cut], tail[0]])
-    assert (chunked - alone[0]).abs().max().item() <= 1e-5
-    assert (head[1, : len(prepared[1])] - alone[1]).abs().max().item() <= 1e-5
+    assert_chunked_and_batched_prefill_equal_whole(ours, *prepared, cut=9)  # inside the first prompt's image
 
 
 def test_video_frames_are_laid_out_like_images(ours):
@@ -151,15 +99,6 @@ def test_video_frames_are_laid_out_like_images(ours):
     assert (groups == groups[:, :1]).all() and groups[:, 0].tolist() == [6, 13, 20]
 
 
-def _resave(directory, tmp_path, edit):
-    edited = tmp_path / "edited"
-    shutil.copytree(directory, edited)
-    tensors = load_file(edited / "model.safetensors")
-    edit(tensors)
-    save_file(tensors, edited / "model.safetensors")
-    return edited
-
-
 def test_missing_extra_and_misshaped_keys_are_named(tiny, tmp_path):
     def edit(tensors):
         del tensors["model.visual.deepstack_merger_list.1.norm.weight"]
@@ -167,7 +106,7 @@ def test_missing_extra_and_misshaped_keys_are_named(tiny, tmp_path):
         tensors["model.visual.extra.weight"] = torch.zeros(1)
 
     with pytest.raises(WeightsMismatchError) as error:
-        load_qwen3_vl(_resave(tiny[0], tmp_path, edit), dtype=torch.float32)
+        load_qwen3_vl(resaved(tiny[0], tmp_path, edit), dtype=torch.float32)
     message = str(error.value)
     assert "missing keys: visual.deepstack_merger_list.1.norm.weight" in message
     assert "visual.pos_embed.weight: checkpoint (9, 32) vs model (16, 32)" in message
@@ -184,7 +123,7 @@ def test_released_checkpoints_transposed_experts_load_the_same(tiny, ours, tmp_p
         for key in fused:
             tensors[key] = tensors[key].transpose(1, 2).contiguous()
 
-    released = load_qwen3_vl(_resave(tiny[0], tmp_path, transpose), dtype=torch.float32)
+    released = load_qwen3_vl(resaved(tiny[0], tmp_path, transpose), dtype=torch.float32)
     prompt = PROMPTS["image"]()
     media, _ = prompt.media()
     got = prefill(released, released.prepare_prompt(prompt.ids, media))[0]
@@ -225,7 +164,7 @@ def test_a_tied_output_head_loads_from_the_embedding(tmp_path):
     prompt = PROMPTS["image"]()
     media, reference = prompt.media()
     got = prefill(ours, ours.prepare_prompt(prompt.ids, media))[0]
-    assert (got - reference_logits(model, prompt, reference)).abs().max().item() <= TOLERANCE
+    assert (got - reference_logits(model, prompt.ids, reference)).abs().max().item() <= TOLERANCE
 
 
 def test_packed_fused_experts_equal_the_plain_ones():

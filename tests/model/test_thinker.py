@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from omnilive.media.qwen_preprocess import VisionPatches
-from omnilive.model.omni_checkpoint import (
-    THINKER_PREFIX,
-    load_prefixed_tensors,
-    load_thinker,
-)
+from omnilive.model.omni_checkpoint import load_thinker
 from omnilive.model.thinker import OmniThinker, ThinkerConfig, ThinkerMedia
-from omnilive.model.weights import WeightsMismatchError
 from tests.model.omni_tiny import build_tiny_omni
+from tests.model.parity import TOLERANCE, assert_edited_thinker_is_a_clear_error, greedy_tokens, random_media
 from tests.model.test_rope_index import Prompt
 
 pytest.importorskip("transformers")
 
-TOLERANCE = 1e-4
 PATCH_DIM = 3 * 2 * 14 * 14
 
 
@@ -38,36 +30,9 @@ def ours(tiny) -> OmniThinker:
 
 def media_for(prompt: Prompt, seed: int = 0) -> dict:
     """Random encoder inputs fitting the prompt, in both models' formats."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def patches(grids):
-        if not grids:
-            return None
-        grid_thw = torch.tensor(grids)
-        return VisionPatches(torch.randn(int(grid_thw.prod(-1).sum()), PATCH_DIM, generator=generator), grid_thw)
-
-    images, videos = patches(prompt.images), patches(prompt.videos)
-    mels = [torch.randn(128, frames, generator=generator) for frames in prompt.audio_frames]
-    ours = ThinkerMedia(
-        images=images,
-        videos=videos,
-        video_seconds_per_grid=tuple(prompt.seconds),
-        audio_mel=torch.cat(mels, dim=1) if mels else None,
-        audio_frames=torch.tensor(prompt.audio_frames) if mels else None,
-    )
-    reference = {"use_audio_in_video": prompt.audio_in_video}
-    if images is not None:
-        reference |= {"pixel_values": images.pixel_values, "image_grid_thw": images.grid_thw}
-    if videos is not None:
-        reference |= {"pixel_values_videos": videos.pixel_values, "video_grid_thw": videos.grid_thw,
-                      "video_second_per_grid": torch.tensor(prompt.seconds)}
-    if mels:  # the processor's padded batch: [audios, 128, longest] + frame mask
-        longest = max(prompt.audio_frames)
-        reference["input_features"] = torch.stack([torch.nn.functional.pad(m, (0, longest - m.shape[1])) for m in mels])
-        reference["feature_attention_mask"] = (
-            torch.arange(longest)[None] < torch.tensor(prompt.audio_frames)[:, None]
-        ).long()
-    return {"ours": ours, "reference": reference}
+    ours, reference = random_media(PATCH_DIM, prompt.images, prompt.videos, prompt.seconds, prompt.audio_frames,
+                                   seed=seed, seconds_key="video_second_per_grid")
+    return {"ours": ours, "reference": {"use_audio_in_video": prompt.audio_in_video, **reference}}
 
 
 PROMPTS = {
@@ -130,14 +95,7 @@ def test_greedy_tokens_match_transformers_generate(tiny, ours):
         )
     expected = generated[0, len(prompt.ids):].tolist()
 
-    prepared = ours.prepare_prompt(prompt.ids, media["ours"])
-    cache = ours.make_cache(1, 512)
-    token = int(prefill(ours, prepared, cache)[-1].argmax())
-    tokens = [token]
-    for step in range(31):
-        position = len(prepared) + step
-        token = int(decode(ours, [token], [position], [prepared.rope_delta], cache, [0])[0].argmax())
-        tokens.append(token)
+    tokens = greedy_tokens(ours, ours.prepare_prompt(prompt.ids, media["ours"]), 32)
     assert len(set(expected)) > 3  # a varied sequence, not one token repeated
     assert tokens == expected
 
@@ -241,9 +199,4 @@ def test_config_reads_checkpoint_names(tiny):
     ],
 )
 def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tiny, tmp_path, change, message):
-    state = load_prefixed_tensors(tiny.directory, THINKER_PREFIX)
-    change(state)
-    shutil.copy(tiny.directory / "config.json", tmp_path / "config.json")
-    save_file({THINKER_PREFIX + key: t.contiguous() for key, t in state.items()}, tmp_path / "model.safetensors")
-    with pytest.raises(WeightsMismatchError, match=message):
-        load_thinker(tmp_path, dtype=torch.float32)
+    assert_edited_thinker_is_a_clear_error(tiny.directory, tmp_path, change, message, load_thinker)

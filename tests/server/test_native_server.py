@@ -31,17 +31,13 @@ API_KEY = "native-test-key"
 def native_server(tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("tiny-omni")
     build_tiny_omni(checkpoint, seed=2)
-    data_dir = tmp_path_factory.mktemp("native-data")
-    args = ["--model", str(checkpoint), "--dtype", "float32"]
-    with ServerProcess(data_dir, api_key=API_KEY, env={"OMNILIVE_THREADS": "1"}, args=args) as running:
+    with ServerProcess.of_checkpoint(checkpoint, tmp_path_factory.mktemp("native-data"), API_KEY) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def client(native_server):
-    from openai import OpenAI
-
-    with OpenAI(base_url=f"{native_server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+    with native_server.openai_client() as openai_client:
         yield openai_client
 
 

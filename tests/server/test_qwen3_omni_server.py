@@ -44,17 +44,13 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def running(tiny, tmp_path_factory):
-    args = ["--model", str(tiny.directory), "--dtype", "float32"]
-    with ServerProcess(tmp_path_factory.mktemp("qwen3-omni-data"), api_key=API_KEY, env={"OMNILIVE_THREADS": "1"},
-                       args=args) as server:
+    with ServerProcess.of_checkpoint(tiny.directory, tmp_path_factory.mktemp("qwen3-omni-data"), API_KEY) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def client(running):
-    from openai import OpenAI
-
-    with OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+    with running.openai_client() as openai_client:
         yield openai_client
 
 

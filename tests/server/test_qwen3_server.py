@@ -40,17 +40,13 @@ def tokenizer(tiny):
 
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
-    args = ["--model", str(tiny.directory), "--dtype", "float32"]
-    with ServerProcess(tmp_path_factory.mktemp("qwen3-data"), api_key=API_KEY, env={"OMNILIVE_THREADS": "1"},
-                       args=args) as running:
+    with ServerProcess.of_checkpoint(tiny.directory, tmp_path_factory.mktemp("qwen3-data"), API_KEY) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    from openai import OpenAI
-
-    with OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+    with server.openai_client() as openai_client:
         yield openai_client
 
 

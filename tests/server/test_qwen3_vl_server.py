@@ -52,12 +52,8 @@ def tokenizer(tiny):
 
 @pytest.fixture(scope="module")
 def client(tiny, tmp_path_factory):
-    from openai import OpenAI
-
-    args = ["--model", str(tiny.directory), "--dtype", "float32"]
-    with ServerProcess(tmp_path_factory.mktemp("qwen3-vl-data"), api_key=API_KEY, env={"OMNILIVE_THREADS": "1"},
-                       args=args) as running:
-        with OpenAI(base_url=f"{running.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as openai_client:
+    with ServerProcess.of_checkpoint(tiny.directory, tmp_path_factory.mktemp("qwen3-vl-data"), API_KEY) as running:
+        with running.openai_client() as openai_client:
             yield openai_client
 
 

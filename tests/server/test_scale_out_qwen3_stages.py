@@ -31,7 +31,15 @@ import pytest
 from tests.model.qwen3_omni_tiny import build_tiny_qwen3_omni
 from tests.server.test_native_server import wav_bytes
 from tests.server.test_realtime import Realtime
-from tests.server.test_scale_out_stages import QUESTIONS, REPLICA, SPOKEN, _client, _replies
+from tests.server.test_scale_out_stages import (  # noqa: F401 - cluster and model_args are fixtures
+    QUESTIONS,
+    REPLICA,
+    SPOKEN,
+    _client,
+    _replies,
+    cluster,
+    model_args,
+)
 from tests.server_process import ServerProcess
 
 pytest.importorskip("transformers")
@@ -49,11 +57,6 @@ def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-qwen3-omni")
     build_tiny_qwen3_omni(directory, seed=6, with_tokenizer=True)
     return directory
-
-
-@pytest.fixture(scope="module")
-def model_args(checkpoint) -> list[str]:
-    return ["--model", str(checkpoint), "--dtype", "float32", "--threads", "1"]
 
 
 def _replies_with_audio(server: ServerProcess) -> dict:
@@ -74,16 +77,6 @@ def _replies_with_audio(server: ServerProcess) -> dict:
 def single_process_replies(model_args, tmp_path_factory):
     with ServerProcess(tmp_path_factory.mktemp("single"), args=model_args) as single:
         return _replies_with_audio(single)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    started = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "object_store_memory": 80 * 1024**2, "include_dashboard": False})
-    yield started
-    started.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from omnilive.model.audio import sinusoid_positions
 from omnilive.model.thinker import OmniThinker, ThinkerConfig
-from omnilive.model.vision import VisionRotary
+from omnilive.model.vision import rebuild_rotary
 from omnilive.model.packed import pack_decoder
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
 
@@ -95,9 +95,7 @@ def _rebuild_fixed_tables(model: OmniThinker) -> None:
     device by `empty_model`, they hold no values (the vision rotary frequencies) or
     uninitialised memory (the audio sinusoids) after `to_empty`."""
     config = model.thinker_config
-    vision = config.vision_config
-    with torch.device("cpu"):
-        model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
+    rebuild_rotary(model.visual)
     audio = config.audio_config
     table = model.audio_tower.positional_embedding
     with torch.no_grad():

@@ -16,8 +16,27 @@ def _known_keys(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in raw.items() if key in names}
 
 
+def vision_config_values(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a `vision_config` that `cls` has fields for; newer configs nest the rotary
+    base under rope_parameters."""
+    values = _known_keys(cls, raw)
+    rope = raw.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        values["rope_theta"] = rope["rope_theta"]
+    return values
+
+
+class PatchGeometry:
+    """What a vision config with in_channels, temporal_patch_size and patch_size says of its patches."""
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one flattened patch row of pixel_values: C * T * P * P."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+
 @dataclass(frozen=True)
-class VisionEncoderConfig:
+class VisionEncoderConfig(PatchGeometry):
     depth: int = 32
     hidden_size: int = 3584
     hidden_act: str = "silu"
@@ -50,23 +69,13 @@ class VisionEncoderConfig:
         return self.hidden_size // self.num_heads
 
     @property
-    def patch_dim(self) -> int:
-        """Length of one flattened patch row of pixel_values: C * T * P * P."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
-
-    @property
     def window_units(self) -> int:
         """Window edge counted in merge units (2x2 patch groups)."""
         return self.window_size // self.spatial_merge_size // self.patch_size
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
-        values = _known_keys(cls, raw)
-        # newer configs nest the rotary base under rope_parameters
-        rope = raw.get("rope_parameters") or {}
-        if "rope_theta" in rope:
-            values["rope_theta"] = rope["rope_theta"]
-        return cls(**values)
+        return cls(**vision_config_values(cls, raw))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.rope_index import MRopeLayout, mrope_positions
 from omnilive.model.thinker import ThinkerMedia, ThinkerPrompt, merge_placeholders
-from omnilive.model.vision import VisionEncoder, VisionRotary
+from omnilive.model.vision import VisionEncoder, rebuild_rotary
 from omnilive.model.weights import (
     WeightsMismatchError,
     empty_model,
@@ -40,7 +40,7 @@ from omnilive.model.weights import (
     resolve_dtype,
 )
 
-# no Qwen2.5-VL token has a negative id: disables rope_index's audio handling
+# no Qwen2-VL, Qwen2.5-VL or Qwen3-VL token has a negative id: disables rope_index's audio handling
 _NO_TOKEN = -1
 # a checkpoint key prefix → ours; the first that matches wins (transformers 5's nested names first)
 _KEY_PREFIXES = (
@@ -108,15 +108,7 @@ class VLConfig:
     @property
     def mrope_layout(self) -> MRopeLayout:
         # video seconds are turned into id steps before rope_index sees them, so one id per "second"
-        return MRopeLayout(
-            image_token_id=self.image_token_id,
-            video_token_id=self.video_token_id,
-            audio_token_id=_NO_TOKEN,
-            vision_start_token_id=self.vision_start_token_id,
-            audio_start_token_id=_NO_TOKEN,
-            spatial_merge_size=self.vision_config.spatial_merge_size,
-            position_id_per_seconds=1,
-        )
+        return vision_mrope_layout(self)
 
     def video_id_steps(self, seconds_per_grid: tuple[float, ...]) -> torch.Tensor:
         """Temporal id step of each video: tokens_per_second x seconds per temporal patch,
@@ -124,7 +116,49 @@ class VLConfig:
         return self.tokens_per_second * torch.tensor(seconds_per_grid, dtype=torch.float32)
 
 
-class Qwen2_5_VL(Qwen2ForCausalLM):
+def vision_mrope_layout(config) -> MRopeLayout:
+    """The M-RoPE layout of a model that sees images and videos and hears nothing (a VL config
+    with image / video / vision-start token ids and a vision config)."""
+    return MRopeLayout(
+        image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
+        audio_token_id=_NO_TOKEN,
+        vision_start_token_id=config.vision_start_token_id,
+        audio_start_token_id=_NO_TOKEN,
+        spatial_merge_size=config.vision_config.spatial_merge_size,
+        position_id_per_seconds=1,
+    )
+
+
+class VisionLanguageMedia:
+    """The media side of a model (`vl_config`, `visual`) that sees images and videos and hears
+    nothing; `family` names it in errors."""
+
+    family = "Qwen2.5-VL"
+
+    def encode_media(self, media: ThinkerMedia) -> dict[int, torch.Tensor]:
+        """Encoder outputs by placeholder token id: [placeholders of that kind, ...]."""
+        if media.audio_mel is not None:
+            raise ValueError(f"{self.family} takes no audio")
+        c = self.vl_config
+        return media.visual_features(self.visual, c.image_token_id, c.video_token_id, self.device)
+
+    def placeholder_rows(self, input_ids: torch.Tensor, media: ThinkerMedia | None,
+                         features: dict[int, torch.Tensor] | None) -> tuple[torch.Tensor, dict]:
+        """input_ids on the model's device and the encoder outputs by image / video placeholder id
+        (None for a kind the prompt has none of). features: the media's encoder outputs if
+        already known (`encode_media`'s result)."""
+        media = media or ThinkerMedia()
+        if media.audio_mel is not None:
+            raise ValueError(f"{self.family} takes no audio")
+        input_ids = input_ids.to(self.device)
+        if features is None:
+            features = self.encode_media(media)
+        c = self.vl_config
+        return input_ids, {token: features.get(token) for token in (c.image_token_id, c.video_token_id)}
+
+
+class Qwen2_5_VL(VisionLanguageMedia, Qwen2ForCausalLM):
     """The Qwen2 decoder (`model.`, `lm_head.`) plus the vision encoder (`visual.`).
 
     `config` is the text model's Qwen2Config (what cache sizing reads); the whole model's
@@ -137,26 +171,11 @@ class Qwen2_5_VL(Qwen2ForCausalLM):
         self.vl_config = config
         self.visual = VisionEncoder(config.vision_config)
 
-    def encode_media(self, media: ThinkerMedia) -> dict[int, torch.Tensor]:
-        """Encoder outputs by placeholder token id: [placeholders of that kind, H]."""
-        if media.audio_mel is not None:
-            raise ValueError("Qwen2.5-VL takes no audio")
-        c = self.vl_config
-        return media.visual_features(self.visual, c.image_token_id, c.video_token_id, self.device)
-
     def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None,
               features: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """input_ids [T] → [T, H]: token embeddings with every image / video placeholder replaced
-        by the encoder's rows, in order. Placeholder counts must equal the rows. features: the
-        media's encoder outputs if already known (`encode_media`'s result)."""
-        media = media or ThinkerMedia()
-        if media.audio_mel is not None:
-            raise ValueError("Qwen2.5-VL takes no audio")
-        input_ids = input_ids.to(self.device)
-        if features is None:
-            features = self.encode_media(media)
-        c = self.vl_config
-        rows = {token: features.get(token) for token in (c.image_token_id, c.video_token_id)}
+        by the encoder's rows, in order. Placeholder counts must equal the rows."""
+        input_ids, rows = self.placeholder_rows(input_ids, media, features)
         return merge_placeholders(input_ids, self.model.embed_tokens(input_ids), rows)
 
     @torch.no_grad()
@@ -208,11 +227,9 @@ def load_qwen2_5_vl(directory: str | Path, dtype: torch.dtype | str | None = Non
     directory = Path(directory)
     config = VLConfig.from_dict(read_config(directory))
     model = empty_model(Qwen2_5_VL, config, resolve_dtype(dtype), device)
-    # the vision rotary frequencies are no checkpoint tensor: built on the meta device, rebuild them
-    vision = config.vision_config
-    with torch.device("cpu"):
-        model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
-    load_state_dict_strict(model, checkpoint_to_ours(load_prefixed_tensors(directory, ""), vision), assign=True)
+    rebuild_rotary(model.visual)
+    tensors = checkpoint_to_ours(load_prefixed_tensors(directory, ""), config.vision_config)
+    load_state_dict_strict(model, tensors, assign=True)
     model = model.to(device)
     pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
     return model

@@ -32,7 +32,7 @@ from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.qwen3_omni_audio import Qwen3OmniAudioConfig, Qwen3OmniAudioEncoder, aut_output_tokens
 from omnilive.model.qwen3_omni_rope import qwen3_omni_positions
-from omnilive.model.qwen3_vl import DEFAULT_MROPE_SECTION
+from omnilive.model.qwen3_vl import qwen3_rope_parameters
 from omnilive.model.qwen3_vl_vision import Qwen3VLVision, Qwen3VLVisionConfig
 from omnilive.model.rope_index import MRopeLayout
 from omnilive.model.thinker import DeepStackFeatures, ThinkerMedia, ThinkerPrompt, merge_placeholders
@@ -66,10 +66,7 @@ class Qwen3OmniThinkerConfig:
             raise ValueError(f"not a Qwen3-Omni config: model_type {raw.get('model_type')!r}")
         thinker = dict(raw.get("thinker_config", raw))
         text = dict(thinker.get("text_config") or {})
-        rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
-        rope.setdefault("mrope_section", list(DEFAULT_MROPE_SECTION))
-        rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
-        rope.pop("type", None)
+        rope = qwen3_rope_parameters(text)
         tie = bool(thinker.get("tie_word_embeddings", False))
         text_config = Qwen2Config.from_dict({**text, "rope_parameters": rope, "model_type": TEXT_MODEL_TYPE,
                                              "tie_word_embeddings": tie})
@@ -163,13 +160,7 @@ class Qwen3OmniThinker(Qwen2ForCausalLM):
         rows = {token: None if r is None else r[:, 0] for token, r in visual.items()}
         rows[c.audio_token_id] = features.get(c.audio_token_id)
         embeds = merge_placeholders(input_ids, self.model.embed_tokens(input_ids), rows)
-        present = [(token, r) for token, r in visual.items() if r is not None]
-        if not present:
-            return embeds, None
-        positions = torch.cat([(input_ids == token).nonzero().flatten() for token, _ in present])
-        stacked = torch.cat([r[:, 1:].to(embeds.dtype) for _, r in present]).transpose(0, 1)  # [L, V, H]
-        order = positions.argsort()
-        return embeds, DeepStackFeatures(positions[order], stacked[:, order])
+        return embeds, DeepStackFeatures.gather(input_ids, visual, embeds.dtype)
 
     @torch.no_grad()
     def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None,

@@ -31,17 +31,25 @@ from omnilive.model.moe import fused_experts_as_ours
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
 from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
-from omnilive.model.qwen2_5_vl import renamed
+from omnilive.model.qwen2_5_vl import VisionLanguageMedia, renamed, vision_mrope_layout
 from omnilive.model.qwen3_vl_vision import Qwen3VLVision, Qwen3VLVisionConfig
 from omnilive.model.rope_index import MRopeLayout, mrope_positions
 from omnilive.model.thinker import DeepStackFeatures, ThinkerMedia, ThinkerPrompt, merge_placeholders
-from omnilive.model.vision import VisionRotary
+from omnilive.model.vision import rebuild_rotary
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
 
-# no Qwen3-VL token has a negative id: disables rope_index's audio handling
-_NO_TOKEN = -1
 TEXT_MODEL_TYPES = {"qwen3_vl": "qwen3_vl_text", "qwen3_vl_moe": "qwen3_vl_moe_text"}
 DEFAULT_MROPE_SECTION = (24, 20, 20)  # transformers' default when a config names none
+
+
+def qwen3_rope_parameters(text: dict[str, Any]) -> dict[str, Any]:
+    """A Qwen3 text config's rope_parameters (older files: rope_scaling) as Qwen2Config reads
+    them: transformers' mrope_section where it names none, the rope type under `rope_type`."""
+    rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    rope.setdefault("mrope_section", list(DEFAULT_MROPE_SECTION))
+    rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
+    rope.pop("type", None)
+    return rope
 
 
 @dataclass(frozen=True)
@@ -63,10 +71,7 @@ class Qwen3VLConfig:
         if model_type not in TEXT_MODEL_TYPES:
             raise ValueError(f"not a Qwen3-VL config: model_type {model_type!r}")
         text = dict(raw.get("text_config") or {})
-        rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
-        rope.setdefault("mrope_section", list(DEFAULT_MROPE_SECTION))
-        rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
-        rope.pop("type", None)
+        rope = qwen3_rope_parameters(text)
         # the top-level flag decides (transformers ties by it); older files may only have the text one
         tie = bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
         text_config = Qwen2Config.from_dict({**text, "rope_parameters": rope, "model_type": TEXT_MODEL_TYPES[model_type],
@@ -82,15 +87,7 @@ class Qwen3VLConfig:
 
     @property
     def mrope_layout(self) -> MRopeLayout:
-        return MRopeLayout(
-            image_token_id=self.image_token_id,
-            video_token_id=self.video_token_id,
-            audio_token_id=_NO_TOKEN,
-            vision_start_token_id=self.vision_start_token_id,
-            audio_start_token_id=_NO_TOKEN,
-            spatial_merge_size=self.vision_config.spatial_merge_size,
-            position_id_per_seconds=1,
-        )
+        return vision_mrope_layout(self)
 
 
 def frame_grids(video_grid_thw: torch.Tensor) -> torch.Tensor:
@@ -101,45 +98,27 @@ def frame_grids(video_grid_thw: torch.Tensor) -> torch.Tensor:
     return frames
 
 
-class Qwen3VL(Qwen2ForCausalLM):
+class Qwen3VL(VisionLanguageMedia, Qwen2ForCausalLM):
     """The Qwen3 decoder (`model.`, `lm_head.`) plus the vision tower (`visual.`); `config` is
     the text model's Qwen2Config, the whole model's `vl_config`. Prompts come out as a
     `ThinkerPrompt` with its DeepStack features, which the engine feeds like any other."""
+
+    family = "Qwen3-VL"
 
     def __init__(self, config: Qwen3VLConfig):
         super().__init__(config.text_config)
         self.vl_config = config
         self.visual = Qwen3VLVision(config.vision_config)
 
-    def encode_media(self, media: ThinkerMedia) -> dict[int, torch.Tensor]:
-        """Encoder outputs by placeholder token id: [placeholders of that kind, 1 + L, H]."""
-        if media.audio_mel is not None:
-            raise ValueError("Qwen3-VL takes no audio")
-        c = self.vl_config
-        return media.visual_features(self.visual, c.image_token_id, c.video_token_id, self.device)
-
     def embed(self, input_ids: torch.Tensor, media: ThinkerMedia | None = None,
               features: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, DeepStackFeatures | None]:
         """input_ids [T] → embeddings [T, H] with every image / video placeholder replaced by
-        its merger row, and the placeholders' DeepStack rows (None without media)."""
-        media = media or ThinkerMedia()
-        if media.audio_mel is not None:
-            raise ValueError("Qwen3-VL takes no audio")
-        input_ids = input_ids.to(self.device)
-        if features is None:
-            features = self.encode_media(media)
-        c = self.vl_config
-        rows = {token: features.get(token) for token in (c.image_token_id, c.video_token_id)}
+        its merger row (encoder outputs [n, 1 + L, H]), and the placeholders' DeepStack rows
+        (None without media)."""
+        input_ids, rows = self.placeholder_rows(input_ids, media, features)
         embeds = merge_placeholders(input_ids, self.model.embed_tokens(input_ids),
                                     {token: None if r is None else r[:, 0] for token, r in rows.items()})
-        present = [(token, r) for token, r in rows.items() if r is not None]
-        if not present:
-            return embeds, None
-        # each kind's rows follow its placeholders in order; all of them sorted by position
-        positions = torch.cat([(input_ids == token).nonzero().flatten() for token, _ in present])
-        stacked = torch.cat([r[:, 1:].to(embeds.dtype) for _, r in present]).transpose(0, 1)  # [L, V, H]
-        order = positions.argsort()
-        return embeds, DeepStackFeatures(positions[order], stacked[:, order])
+        return embeds, DeepStackFeatures.gather(input_ids, rows, embeds.dtype)
 
     @torch.no_grad()
     def prepare_prompt(self, input_ids: torch.Tensor | list[int], media: ThinkerMedia | None = None,
@@ -166,9 +145,7 @@ def load_qwen3_vl(directory: str | Path, dtype: torch.dtype | str | None = None,
     directory = Path(directory)
     config = Qwen3VLConfig.from_dict(read_config(directory))
     model = empty_model(Qwen3VL, config, resolve_dtype(dtype), device)
-    vision = config.vision_config
-    with torch.device("cpu"):  # the rotary frequencies are no checkpoint tensor: built on meta, rebuilt
-        model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
+    rebuild_rotary(model.visual)
     tensors = load_prefixed_tensors(directory, "")
     hidden = config.text_config.hidden_size
     ours = {renamed(key): fused_experts_as_ours(key, tensor, hidden) for key, tensor in tensors.items()}

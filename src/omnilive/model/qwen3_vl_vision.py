@@ -17,7 +17,6 @@ Module names follow the checkpoint (`visual.*` / transformers 5's `model.visual.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -25,13 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnilive.model.omni_config import PatchGeometry, vision_config_values
 from omnilive.model.vision import (
     NORM_EPS,
+    FusedQkvAttention,
+    PatchEmbed,
+    VisionBlock,
     VisionRotary,
     check_patches,
+    frame_attention_inputs,
     patch_positions,
-    rotate_heads,
-    segment_attention,
 )
 
 ACTIVATIONS = {
@@ -42,7 +44,7 @@ ACTIVATIONS = {
 
 
 @dataclass(frozen=True)
-class Qwen3VLVisionConfig:
+class Qwen3VLVisionConfig(PatchGeometry):
     """`vision_config` of a Qwen3-VL config.json, under its own key names."""
 
     depth: int = 27
@@ -62,22 +64,14 @@ class Qwen3VLVisionConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
         raw = dict(raw)
-        rope = raw.get("rope_parameters") or {}
-        if "rope_theta" in rope:
-            raw["rope_theta"] = rope["rope_theta"]
         raw["deepstack_visual_indexes"] = tuple(raw.get("deepstack_visual_indexes", cls.deepstack_visual_indexes))
         if raw.get("hidden_act", cls.hidden_act) not in ACTIVATIONS:
             raise NotImplementedError(f"vision activation {raw['hidden_act']!r} is not supported")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in raw.items() if key in names})
+        return cls(**vision_config_values(cls, raw))
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
     @property
     def grid_side(self) -> int:
@@ -95,33 +89,6 @@ def interpolation_taps(index: torch.Tensor, size: int, side: int) -> tuple[torch
     return taps, torch.stack([1 - fraction, fraction], dim=-1)
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, config: Qwen3VLVisionConfig):
-        super().__init__()
-        kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
-        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel, stride=kernel, bias=True)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N, C*T*P*P] → [N, E]"""
-        weight = self.proj.weight.flatten(1)
-        return F.linear(pixel_values.to(weight.dtype), weight, self.proj.bias)
-
-
-class VisionAttention(nn.Module):
-    def __init__(self, config: Qwen3VLVisionConfig):
-        super().__init__()
-        self.num_heads = config.num_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)  # [N, nh, D] each
-        q, k = rotate_heads(q, cos, sin), rotate_heads(k, cos, sin)
-        out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), bounds)
-        return self.proj(out.transpose(0, 1).reshape(n, -1))
-
-
 class VisionMlp(nn.Module):
     def __init__(self, config: Qwen3VLVisionConfig):
         super().__init__()
@@ -131,19 +98,6 @@ class VisionMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_fc2(self.act(self.linear_fc1(x)))
-
-
-class VisionBlock(nn.Module):
-    def __init__(self, config: Qwen3VLVisionConfig):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=NORM_EPS)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=NORM_EPS)
-        self.attn = VisionAttention(config)
-        self.mlp = VisionMlp(config)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, bounds)
-        return x + self.mlp(self.norm2(x))
 
 
 class PatchMerger(nn.Module):
@@ -167,10 +121,14 @@ class Qwen3VLVision(nn.Module):
     def __init__(self, config: Qwen3VLVisionConfig):
         super().__init__()
         self.config = config
-        self.patch_embed = PatchEmbed(config)
-        self.pos_embed = nn.Embedding(config.num_position_embeddings, config.hidden_size)
+        width = config.hidden_size
+        self.patch_embed = PatchEmbed(config, width, bias=True)
+        self.pos_embed = nn.Embedding(config.num_position_embeddings, width)
         self.rotary = VisionRotary(config.head_dim, config.rope_theta)
-        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            VisionBlock(nn.LayerNorm(width, eps=NORM_EPS), nn.LayerNorm(width, eps=NORM_EPS),
+                        FusedQkvAttention(width, config.num_heads), VisionMlp(config))
+            for _ in range(config.depth))
         self.merger = PatchMerger(config)
         self.deepstack_merger_list = nn.ModuleList(
             PatchMerger(config, unit_norm=True) for _ in config.deepstack_visual_indexes)
@@ -199,11 +157,8 @@ class Qwen3VLVision(nn.Module):
         c = self.config
         check_patches(pixel_values, grid_thw, c.patch_dim)
         grids = grid_thw.cpu().tolist()
-        device = pixel_values.device
-        positions = torch.cat([patch_positions(t, h, w, c.spatial_merge_size) for t, h, w in grids])
-        frames = torch.tensor([h * w for t, h, w in grids for _ in range(t)])
-        bounds = F.pad(frames.cumsum(0), (1, 0)).to(device)  # attention within each frame
-        cos, sin = self.rotary(positions.to(device))
+        # every block attends over a whole frame
+        bounds, cos, sin = frame_attention_inputs(grids, c.spatial_merge_size, self.rotary, pixel_values.device)
         x = self.patch_embed(pixel_values)
         x = x + self.position_embeddings(grids).to(x.dtype)
         deepstack = []

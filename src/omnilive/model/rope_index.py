@@ -15,12 +15,14 @@ Every prompt token gets three ids (temporal, height, width):
 
 Equal to transformers' `Qwen2_5OmniPreTrainedModelForConditionalGeneration.get_rope_index`
 (one row, no padding), but read off the token sequence in one pass instead of searching it.
+The same walk serves Qwen3-Omni, whose video with audio is laid out otherwise
+(model/qwen3_omni_rope.py passes its `VideoWithAudioLayout`).
 After the prompt, the token at cache index i has ids i + delta on all three axes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,28 +86,53 @@ def chunk_bounds(time_ids: Sequence[int], ids_per_chunk: int) -> list[tuple[int,
 
 def _interleaved_chunks(
     video: torch.Tensor, audio: torch.Tensor, start: int, layout: MRopeLayout
-) -> list[tuple[str, torch.Tensor]]:
-    """The chunks of a video with audio, in prompt order: ("video" | "audio", ids [3, n])."""
+) -> tuple[list[str], list[torch.Tensor]]:
+    """A video with audio cut into 2-second chunks, video chunk then audio chunk: the kind of
+    each placeholder in prompt order and the chunks' ids [3, n]."""
     video_bounds = chunk_bounds((video[0] - start).tolist(), layout.ids_per_chunk)
     audio_bounds = chunk_bounds((audio[0] - start).tolist(), layout.ids_per_chunk)
-    chunks = []
+    kinds, runs = [], []
     for index in range(max(len(video_bounds), len(audio_bounds))):
-        if index < len(video_bounds):
-            chunks.append(("video", video[:, slice(*video_bounds[index])]))
-        if index < len(audio_bounds):
-            chunks.append(("audio", audio[:, slice(*audio_bounds[index])]))
-    return chunks
+        for kind, ids, bounds in (("video", video, video_bounds), ("audio", audio, audio_bounds)):
+            if index < len(bounds):
+                runs.append(ids[:, slice(*bounds[index])])
+                kinds += [kind] * runs[-1].shape[1]
+    return kinds, runs
+
+
+@dataclass(frozen=True)
+class VideoWithAudioLayout:
+    """How a family places a video with its own audio track, <|vision_bos|><|audio_bos|>
+    placeholders <|audio_eos|><|vision_eos|>, and its videos' temporal ids."""
+
+    opens_at: Callable[[list[int], int, MRopeLayout], bool]  # such a video starts at token i
+    marker_ids: Callable[[int], torch.Tensor]  # ids [3, 2] of a marker pair from the next free id
+    video_ids: Callable[[Sequence[int], object, MRopeLayout, int], torch.Tensor]  # (grid, seconds, layout, start)
+    # (video ids, audio ids, start, layout) → each placeholder's kind in prompt order, the runs' ids
+    merge: Callable[[torch.Tensor, torch.Tensor, int, MRopeLayout], tuple[list[str], list[torch.Tensor]]]
+    merge_name: str  # how the placeholders are laid out, for errors
+
+
+QWEN2_5_OMNI_VIDEO_WITH_AUDIO = VideoWithAudioLayout(
+    opens_at=lambda ids, i, layout: ids[i : i + 3] == [
+        layout.vision_start_token_id, layout.audio_start_token_id, layout.video_token_id],
+    marker_ids=lambda next_id: torch.full((3, 2), next_id),  # both markers of a pair share one id
+    video_ids=vision_positions,
+    merge=_interleaved_chunks,
+    merge_name="interleaved",
+)
 
 
 def video_with_audio_placeholders(
-    grid_thw: Sequence[int], seconds_per_grid: float, audio_tokens: int, layout: MRopeLayout
+    grid_thw: Sequence[int], seconds_per_grid: float, audio_tokens: int, layout: MRopeLayout,
+    family: VideoWithAudioLayout = QWEN2_5_OMNI_VIDEO_WITH_AUDIO,
 ) -> list[int]:
     """The placeholder ids a prompt carries for a video with its audio, between <|audio_bos|>
-    and <|audio_eos|>: video and audio tokens interleaved chunk by chunk."""
-    video = vision_positions(grid_thw, torch.tensor(seconds_per_grid, dtype=torch.float32), layout, 0)
-    audio = torch.arange(audio_tokens).expand(3, -1)
-    ids = {"video": layout.video_token_id, "audio": layout.audio_token_id}
-    return [ids[kind] for kind, chunk in _interleaved_chunks(video, audio, 0, layout) for _ in range(chunk.shape[1])]
+    and <|audio_eos|>: video and audio tokens laid out as the family lays them."""
+    video = family.video_ids(grid_thw, torch.tensor(seconds_per_grid, dtype=torch.float32), layout, 0)
+    kinds, _ = family.merge(video, torch.arange(audio_tokens).expand(3, -1), 0, layout)
+    token = {"video": layout.video_token_id, "audio": layout.audio_token_id}
+    return [token[kind] for kind in kinds]
 
 
 def _run_length(ids: list[int], start: int, token: int) -> int:
@@ -121,9 +148,10 @@ def mrope_positions(
     image_grid_thw: torch.Tensor | None = None,  # [images, 3] in prompt order
     video_grid_thw: torch.Tensor | None = None,  # [videos, 3] in prompt order
     video_seconds_per_grid: Sequence[float] | torch.Tensor | None = None,  # [videos]
+    family: VideoWithAudioLayout = QWEN2_5_OMNI_VIDEO_WITH_AUDIO,
 ) -> PromptPositions:
     """TMRoPE ids of one prompt. Audio lengths are read off the placeholder runs; a video is
-    "with audio" when it follows <|vision_bos|><|audio_bos|>."""
+    "with audio" where `family.opens_at` says so."""
     ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
     images = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
     video_grids = video_grid_thw.tolist() if video_grid_thw is not None else []
@@ -143,9 +171,6 @@ def mrope_positions(
         segments.append(segment)
         next_id = int(segment.max()) + 1
 
-    def video_with_audio_at(i: int) -> bool:
-        return ids[i : i + 3] == [layout.vision_start_token_id, layout.audio_start_token_id, layout.video_token_id]
-
     def next_item(items, kind: str):
         item = next(items, None)
         if item is None:
@@ -155,35 +180,34 @@ def mrope_positions(
     i = 0
     while i < len(ids):
         token = ids[i]
-        if video_with_audio_at(i):
-            emit(torch.full((3, 2), next_id))  # <|vision_bos|><|audio_bos|> share one id
+        if family.opens_at(ids, i, layout):
+            emit(family.marker_ids(next_id))  # <|vision_bos|><|audio_bos|>
             (grid, seconds), start = next_item(videos, "video"), next_id
-            video = vision_positions(grid, seconds, layout, start)
+            video = family.video_ids(grid, seconds, layout, start)
             end = i + 2
             while end < len(ids) and ids[end] in (layout.video_token_id, layout.audio_token_id):
                 end += 1
             audio_tokens = end - (i + 2) - video.shape[1]
             if audio_tokens < 0:
                 raise ValueError(f"video with audio at token {i}: fewer placeholders than its grid {grid}")
-            audio = torch.arange(audio_tokens).expand(3, -1) + start
-            chunks = _interleaved_chunks(video, audio, start, layout)
-            expected = [layout.video_token_id if kind == "video" else layout.audio_token_id
-                        for kind, chunk in chunks for _ in range(chunk.shape[1])]
+            kinds, runs = family.merge(video, torch.arange(audio_tokens).expand(3, -1) + start, start, layout)
+            expected = [layout.video_token_id if kind == "video" else layout.audio_token_id for kind in kinds]
             if ids[i + 2 : end] != expected:
-                raise ValueError(f"video with audio at token {i}: placeholders are not interleaved as expected")
-            for _, chunk in chunks:
-                emit(chunk)
+                raise ValueError(f"video with audio at token {i}: placeholders are not {family.merge_name} as expected")
+            for run in runs:  # the closing pair starts after the last run, not after the largest id
+                emit(run)
             if end + 2 > len(ids):
                 raise ValueError("video with audio: the prompt ends before <|audio_eos|><|vision_eos|>")
-            emit(torch.full((3, 2), next_id))  # <|audio_eos|><|vision_eos|> share one id
+            emit(family.marker_ids(next_id))  # <|audio_eos|><|vision_eos|>
             i = end + 2
         elif token in (layout.image_token_id, layout.video_token_id):
             run = _run_length(ids, i, token)
             if token == layout.image_token_id:
-                grid, seconds = next_item(images, "image"), 1
+                grid = next_item(images, "image")
+                block = vision_positions(grid, 1, layout, next_id)
             else:
                 grid, seconds = next_item(videos, "video")
-            block = vision_positions(grid, seconds, layout, next_id)
+                block = family.video_ids(grid, seconds, layout, next_id)
             if run < block.shape[1]:
                 raise ValueError(f"{run} placeholder tokens at {i} for a grid {grid} of {block.shape[1]} tokens")
             emit(block)
@@ -194,7 +218,7 @@ def mrope_positions(
             i += run
         else:
             end = i + 1
-            while end < len(ids) and ids[end] not in media and not video_with_audio_at(end):
+            while end < len(ids) and ids[end] not in media and not family.opens_at(ids, end, layout):
                 end += 1
             emit(torch.arange(end - i).expand(3, -1) + next_id)
             i = end
@@ -202,6 +226,6 @@ def mrope_positions(
     leftover = [kind for kind, rest in (("image", images), ("video", videos)) if next(rest, None) is not None]
     if leftover:
         raise ValueError(f"more {' and '.join(leftover)} grids than {'/'.join(leftover)}s in the prompt")
-    positions = torch.cat(segments, dim=1) if segments else torch.zeros(3, 0, dtype=torch.long)
+    positions = torch.cat(segments, dim=1).long() if segments else torch.zeros(3, 0, dtype=torch.long)
     delta = (int(positions.max()) + 1 - len(ids)) if len(ids) else 0
     return PromptPositions(positions, delta)

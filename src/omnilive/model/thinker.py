@@ -127,6 +127,19 @@ class DeepStackFeatures:
     positions: torch.Tensor
     rows: torch.Tensor
 
+    @classmethod
+    def gather(cls, input_ids: torch.Tensor, visual: dict[int, torch.Tensor | None],
+               dtype: torch.dtype) -> DeepStackFeatures | None:
+        """From the encoder outputs by placeholder id ([n, 1 + L, H]: the merger row, then the L
+        DeepStack rows), each kind's rows following its placeholders in order; None without any."""
+        present = [(token, rows) for token, rows in visual.items() if rows is not None]
+        if not present:
+            return None
+        positions = torch.cat([(input_ids == token).nonzero().flatten() for token, _ in present])
+        stacked = torch.cat([rows[:, 1:].to(dtype) for _, rows in present]).transpose(0, 1)  # [L, V, H]
+        order = positions.argsort()
+        return cls(positions[order], stacked[:, order])
+
     @property
     def layers(self) -> int:
         return self.rows.shape[0]

@@ -13,6 +13,9 @@ patches (a "merge unit") is contiguous. The encoder
 Attention never crosses images or frames. Module names follow the checkpoint
 (`thinker.visual.*` without the prefix), so loading is a plain key mapping.
 
+The Qwen2-VL and Qwen3-VL towers (model/qwen2_vl.py, model/qwen3_vl_vision.py) are built from
+the same parts: patch embedding, pre-norm blocks, fused-qkv attention and the merger.
+
 Shapes: N = patches in the batch, E = hidden_size, nh = heads, D = head dim, U = N / 4 merge units.
 """
 
@@ -153,6 +156,12 @@ class VisionRotary(nn.Module):
         return angles.cos(), angles.sin()
 
 
+def rebuild_rotary(tower: nn.Module) -> None:
+    """Real rotary frequencies for a tower built on the meta device: no checkpoint tensor holds them."""
+    with torch.device("cpu"):
+        tower.rotary = VisionRotary(tower.config.head_dim, tower.config.rope_theta)
+
+
 class VisionAttention(nn.Module):
     def __init__(self, config: VisionEncoderConfig):
         super().__init__()
@@ -180,13 +189,29 @@ def rotate_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
-class VisionBlock(nn.Module):
-    def __init__(self, config: VisionEncoderConfig):
+class FusedQkvAttention(nn.Module):
+    """VisionAttention with one fused `qkv` projection, kept as the Qwen2-VL / Qwen3-VL checkpoints have it."""
+
+    def __init__(self, width: int, num_heads: int):
         super().__init__()
-        self.norm1 = RMSNorm(config.hidden_size, eps=NORM_EPS)
-        self.norm2 = RMSNorm(config.hidden_size, eps=NORM_EPS)
-        self.attn = VisionAttention(config)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=True)
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)  # [N, nh, D] each
+        q, k = rotate_heads(q, cos, sin), rotate_heads(k, cos, sin)
+        out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), bounds)
+        return self.proj(out.transpose(0, 1).reshape(n, -1))
+
+
+class VisionBlock(nn.Module):
+    """A pre-norm residual block; the norms, attention and MLP are each family's own."""
+
+    def __init__(self, norm1: nn.Module, norm2: nn.Module, attn: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.norm1, self.norm2, self.attn, self.mlp = norm1, norm2, attn, mlp
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor
@@ -196,44 +221,60 @@ class VisionBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, config: VisionEncoderConfig):
+    def __init__(self, config, width: int, bias: bool = False):
         super().__init__()
         kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
         # kept as a Conv3d so the checkpoint's [E, C, T, P, P] weight loads as is
-        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel, stride=kernel, bias=False)
+        self.proj = nn.Conv3d(config.in_channels, width, kernel, stride=kernel, bias=bias)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N, C*T*P*P] → [N, E]. A stride-equals-kernel conv over one patch is a matmul."""
         weight = self.proj.weight.flatten(1)  # [E, C*T*P*P], same (C, T, P, P) order as the rows
-        return F.linear(pixel_values.to(weight.dtype), weight)
+        return F.linear(pixel_values.to(weight.dtype), weight, self.proj.bias)
 
 
 class PatchMerger(nn.Module):
     """Each 2x2 merge unit (4 consecutive rows) → one token of the LM's hidden size."""
 
-    def __init__(self, config: VisionEncoderConfig):
+    def __init__(self, width: int, merge: int, out_size: int, norm: type[nn.Module]):
         super().__init__()
-        self.unit_dim = config.hidden_size * config.spatial_merge_size**2
-        self.ln_q = RMSNorm(config.hidden_size, eps=NORM_EPS)
+        self.unit_dim = width * merge**2
+        self.ln_q = norm(width, eps=NORM_EPS)
         # a Sequential so the keys are mlp.0 / mlp.2 as in the checkpoint
         self.mlp = nn.Sequential(
             nn.Linear(self.unit_dim, self.unit_dim),
             nn.GELU(),
-            nn.Linear(self.unit_dim, config.out_hidden_size),
+            nn.Linear(self.unit_dim, out_size),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.ln_q(x).view(-1, self.unit_dim))  # [N, E] → [U, out_hidden_size]
+        return self.mlp(self.ln_q(x).view(-1, self.unit_dim))  # [N, E] → [U, out_size]
+
+
+def frame_attention_inputs(
+    grids: list[list[int]], merge: int, rotary: VisionRotary, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a tower whose blocks attend over whole frames: the frames' cumulative bounds and the
+    patches' rotary cos, sin, in preprocessing order."""
+    positions = torch.cat([patch_positions(t, h, w, merge) for t, h, w in grids])
+    frames = torch.tensor([h * w for t, h, w in grids for _ in range(t)])
+    bounds = F.pad(frames.cumsum(0), (1, 0)).to(device)
+    cos, sin = rotary(positions.to(device))
+    return bounds, cos, sin
 
 
 class VisionEncoder(nn.Module):
     def __init__(self, config: VisionEncoderConfig):
         super().__init__()
         self.config = config
-        self.patch_embed = PatchEmbed(config)
+        width = config.hidden_size
+        self.patch_embed = PatchEmbed(config, width)
         self.rotary = VisionRotary(config.head_dim, config.rope_theta)
-        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
-        self.merger = PatchMerger(config)
+        self.blocks = nn.ModuleList(
+            VisionBlock(RMSNorm(width, eps=NORM_EPS), RMSNorm(width, eps=NORM_EPS), VisionAttention(config),
+                        SwiGLU(width, config.intermediate_size, bias=True))
+            for _ in range(config.depth))
+        self.merger = PatchMerger(width, config.spatial_merge_size, config.out_hidden_size, RMSNorm)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C*T*P*P], grid_thw [images, 3] (t, h, w in patches)
