@@ -162,6 +162,16 @@ def test_one_scrape_holds_both_replicas_metrics(ray_server, client, model_id):
     assert len(type_lines) == len(set(type_lines))
 
 
+def _replicas(ray_server) -> set[str]:
+    """Both replicas' names, from fresh requests (an idle cluster spreads them at random)."""
+    seen: set[str] = set()
+    for _ in range(200):
+        seen.add(httpx.get(ray_server.url + "/health").headers[REPLICA])
+        if len(seen) == 2:
+            return seen
+    raise AssertionError(f"only {seen} answered")
+
+
 def _replica_metric(ray_server, replica: str, name: str, **labels: str) -> float:
     """`name` (its samples with `labels`) in /metrics as `replica` counts it; each replica has its
     own metrics, and labels each sample with its name."""
@@ -177,12 +187,13 @@ def _replica_metric(ray_server, replica: str, name: str, **labels: str) -> float
 
 def test_a_client_that_leaves_aborts_its_request_on_its_replica(ray_server, client, model_id):
     aborted = {"name": "omnilive_requests_finished_total", "reason": "aborted"}
+    # read before the request: while it streams, Ray routes every other request to the idle replica
+    before = {replica: _replica_metric(ray_server, replica, **aborted) for replica in _replicas(ray_server)}
     raw = client.chat.completions.with_streaming_response.create(
         model=model_id, messages=[{"role": "user", "content": "Write a very long story about the sea."}],
         max_tokens=1500, stream=True)
     with raw as response:
         replica = response.headers[REPLICA]
-        before = _replica_metric(ray_server, replica, **aborted)
         for received, _ in enumerate(response.iter_lines()):
             if received == 6:
                 break
@@ -190,7 +201,7 @@ def test_a_client_that_leaves_aborts_its_request_on_its_replica(ray_server, clie
     deadline = time.monotonic() + 20
     while _replica_metric(ray_server, replica, "omnilive_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _replica_metric(ray_server, replica, **aborted) == before + 1
+    assert _replica_metric(ray_server, replica, **aborted) == before[replica] + 1
     assert _replica_metric(ray_server, replica, "omnilive_requests_running") == 0
 
 

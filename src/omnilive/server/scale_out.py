@@ -62,6 +62,12 @@ LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # (server/ray_errors.py).
 SERVE_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0",
              "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": CALLBACK_IMPORT_PATH}
+# Ray Serve's own "throughput optimized" choices: a request's handler and router run on the
+# replica's main event loop instead of hopping to other threads' loops, each hop a thread
+# wake-up that a busy small machine pays in milliseconds of TTFT; the engine has its own
+# thread and a backend loads in another, so nothing blocks that loop. The operator's
+# environment may set them otherwise.
+SERVE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 HEALTH_CHECK_PERIOD_S = 5.0
 GRACEFUL_SHUTDOWN_S = 10.0
 
@@ -188,8 +194,8 @@ def _connect(ray, settings: Settings) -> None:
 def _forwarded_env() -> dict[str, str]:
     """What replicas need from this process's environment: where omnilive's source is (a source
     checkout run with PYTHONPATH) and the OpenMP / thread settings; OMNILIVE_* travel in Settings."""
-    names = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_AFFINITY", "HF_HUB_OFFLINE")
-    return {**SERVE_ENV, **{name: os.environ[name] for name in names if name in os.environ}}
+    names = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_AFFINITY", "HF_HUB_OFFLINE", *SERVE_LOOP_ENV)
+    return {**SERVE_ENV, **SERVE_LOOP_ENV, **{name: os.environ[name] for name in names if name in os.environ}}
 
 
 def _alive_nodes(ray) -> int:
