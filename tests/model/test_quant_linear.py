@@ -214,8 +214,14 @@ def test_prompts_run_on_the_float_copy_and_replies_on_the_kernel_whatever_their_
     kernel_isas()
     path = tiny_quantized_gguf(tmp_path)
     model, _, tokenizer = load_gguf(path, cache_dir=tmp_path / "cache", quantized=True, prompt_dtype=torch.float32)
-    assert (cache_entry(path, tmp_path / "cache") / "prompt-copies-float32.safetensors").is_file()
+    copies = cache_entry(path, tmp_path / "cache") / "prompt-copies-float32.safetensors"
+    assert copies.is_file()
     model, _, tokenizer = load_gguf(path, cache_dir=tmp_path / "cache", quantized=True, prompt_dtype=torch.float32)
+    from safetensors.torch import load_file, save_file
+    stale = load_file(copies)
+    save_file(dict(list(stale.items())[1:]), str(copies))  # a cache another version wrote: made again
+    model, _, tokenizer = load_gguf(path, cache_dir=tmp_path / "cache", quantized=True, prompt_dtype=torch.float32)
+    assert set(load_file(copies)) == set(stale)
     plain, _, _ = load_gguf(path, quantized=True)
     reference, _, _ = load_gguf(path, dtype=torch.float32, pack_weights=False)
     ids = torch.randint(0, 260, (1, 11), generator=torch.Generator().manual_seed(2))

@@ -205,9 +205,13 @@ def _float_copies(model: Qwen2ForCausalLM, dtype: torch.dtype, entry: Path | Non
     """The decoder's quantised calls dequantised into `dtype` (quant_linear.prompt_calls), made
     once and kept in the cache entry when there is one."""
     weights = None if entry is None else entry / f"prompt-copies-{str(dtype).removeprefix('torch.')}.safetensors"
+    calls = prompt_calls(model)
     if weights is not None and weights.is_file():
-        return load_file(weights)
-    copies = {name: dequantized_weight(call, dtype) for name, call in prompt_calls(model).items()}
+        copies = load_file(weights)
+        if set(copies) == set(calls):
+            return copies
+        log.warning("%s does not match this model's layers: made again", weights)  # written by another version
+    copies = {name: dequantized_weight(call, dtype) for name, call in calls.items()}
     if weights is not None:
         with FileLock(str(entry / ".lock")):
             tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
