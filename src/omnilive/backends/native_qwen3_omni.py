@@ -147,18 +147,20 @@ class Qwen3OmniProcessor(QwenProcessor):
         return [t.audio_start, *merged, t.audio_end], vision_count, audio_count
 
 
-def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
+def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu",
+                           int8_experts: bool = False) -> OmniModel:
     """The thinker, tokenizer and processor of a Qwen3-Omni checkpoint, plus its talker,
-    Code2Wav (float32) and voices when it speaks (audio output enabled, a talker with voices)."""
+    Code2Wav (float32) and voices when it speaks (audio output enabled, a talker with voices).
+    int8_experts: the thinker's and the talker's MoE experts in int8 (model/moe_int8.py)."""
     directory = Path(directory)
-    thinker = load_qwen3_omni_thinker(directory, dtype, device)
+    thinker = load_qwen3_omni_thinker(directory, dtype, device, int8_experts=int8_experts)
     tokenizer = load_omni_tokenizer(directory, fallback_template=QWEN3_OMNI_CHAT_TEMPLATE)
     processor = Qwen3OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config)
     model = OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
     config = read_config(directory)
     speaks = config.get("enable_audio_output", True) and (config.get("talker_config") or {}).get("speaker_id")
     if speaks:
-        model.talker = load_qwen3_omni_talker(directory, dtype, device)
+        model.talker = load_qwen3_omni_talker(directory, dtype, device, int8_experts=int8_experts)
         model.token2wav = load_qwen3_omni_code2wav(directory, torch.float32, device)
         model.voices = checkpoint_voices(model.talker.talker_config)
     return model

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnilive.model.moe import SharedExpertMoE
+from omnilive.model.moe_int8 import quantize_experts_int8
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.talker import TalkerTextInputs
@@ -325,12 +326,16 @@ def new_talker_text_inputs(talker: Qwen3OmniTalker, thinker_embed: Callable[[tor
 
 
 def load_qwen3_omni_talker(directory: str | Path, dtype: torch.dtype | str | None = None,
-                           device: str = "cpu") -> Qwen3OmniTalker:
+                           device: str = "cpu", int8_experts: bool = False) -> Qwen3OmniTalker:
     """The talker (and code predictor) of a Qwen3-Omni checkpoint, in eval mode; every
-    `talker.` key consumed (WeightsMismatchError names the rest)."""
+    `talker.` key consumed (WeightsMismatchError names the rest). int8_experts: the talker's
+    MoE experts held as int8 (model/moe_int8.py; its shared experts stay float)."""
     config = Qwen3OmniTalkerConfig.from_dict(read_config(directory))
-    model = empty_model(Qwen3OmniTalker, config, resolve_dtype(dtype), device)
+    # built on the CPU: the checkpoint's tensors replace these (assign) before the move to `device`
+    model = empty_model(Qwen3OmniTalker, config, resolve_dtype(dtype), "cpu")
     load_state_dict_strict(model, load_prefixed_tensors(directory, TALKER_PREFIX), assign=True)
+    if int8_experts:
+        quantize_experts_int8(model.model.layers)
     return model.to(device)
 
 

@@ -105,7 +105,10 @@ class Settings(BaseSettings):
         "first start, then cached); the fastest decode and prefill on CPUs (docs/benchmarks.md). "
         '"int8": int8 weights in a bf16 model. "none": the dequantised weights in --dtype. "auto" = '
         '"gguf" where the kernel builds and runs, else bf16 packed for oneDNN where the CPU runs bf16 '
-        "natively (AMX / AVX512-BF16), else int8 on other CPUs running bfloat16"))
+        "natively (AMX / AVX512-BF16), else int8 on other CPUs running bfloat16. For a Qwen3-Omni "
+        'checkpoint, "int8" holds the thinker\'s and the talker\'s MoE experts (nearly all their weights) in '
+        "int8 with one scale per output channel: about half the memory of bf16 (docs/models.md); any other value "
+        "keeps them in --dtype"))
     # bench/speech_quality.py prints the log-mel cost of each speech setting against the 10-step
     # float32 reference.
     token2wav_steps: int = Field(10, ge=2, description=(
