@@ -14,7 +14,7 @@ from omnilive.model.omni_checkpoint import THINKER_PREFIX, load_prefixed_tensors
 from omnilive.model.qwen3_omni import load_qwen3_omni_thinker
 from omnilive.model.qwen3_omni_talker import build_talker_prefill, load_qwen3_omni_talker
 from omnilive.model.weights import WeightsMismatchError
-from tests.model.qwen3_omni_tiny import CHAT_IDS, build_tiny_qwen3_omni
+from tests.model.qwen3_omni_tiny import CHAT_IDS, build_tiny_qwen3_omni, with_louder_experts
 
 pytest.importorskip("transformers")
 
@@ -79,6 +79,20 @@ def tiny(tmp_path_factory):
     return build_tiny_qwen3_omni(tmp_path_factory.mktemp("qwen3_omni_int8"), seed=5)
 
 
+@pytest.fixture(scope="module")
+def loud(tiny, tmp_path_factory):
+    """The tiny checkpoint with experts that matter (with_louder_experts)."""
+    return with_louder_experts(tiny.directory, tmp_path_factory.mktemp("qwen3_omni_int8_loud"))
+
+
+def without_experts(model):
+    """`model` (int8 experts) with every expert's output zeroed: what the experts are worth."""
+    for module in model.modules():
+        if isinstance(module, Int8Experts):
+            module.down_scale.zero_()
+    return model
+
+
 @torch.inference_mode()
 def greedy_reply(model, prompt: list[int], steps: int) -> list[int]:
     """`steps` greedy tokens of the float thinker (the sequence both models then read)."""
@@ -96,40 +110,48 @@ def sequence_logits(model, ids: list[int]) -> torch.Tensor:
     return model.compute_logits(hidden[0])
 
 
-def test_int8_thinker_stays_close_to_float(tiny):
+def test_int8_thinker_stays_close_to_float(loud):
     """Teacher-forced on the float model's greedy reply: logit KL and argmax agreement per
-    position, and the experts' memory (float32 here: a quarter; bf16 models: a half)."""
-    exact = load_qwen3_omni_thinker(tiny.directory, dtype=torch.float32)
-    int8 = load_qwen3_omni_thinker(tiny.directory, dtype=torch.float32, int8_experts=True)
+    position against what dropping the experts costs; and the experts' memory (float32 here: a
+    quarter; bf16 models: a half)."""
+    exact = load_qwen3_omni_thinker(loud, dtype=torch.float32)
+    int8 = load_qwen3_omni_thinker(loud, dtype=torch.float32, int8_experts=True)
     assert sum(isinstance(m, Int8Experts) for m in int8.modules()) == 2  # layers 0 and 2 (1 is dense)
     assert expert_bytes(int8) < 0.3 * expert_bytes(exact)  # a quarter, plus a scale per row of 48 or 64
     words = torch.randint(10, 130, (12,), generator=torch.Generator().manual_seed(0)).tolist()
     prompt = [IM_START, USER, *words, IM_END, IM_START, ASSISTANT]
     ids = greedy_reply(exact, prompt, 24)
-    kl, agreement = kl_and_agreement(sequence_logits(exact, ids), sequence_logits(int8, ids))
-    assert 0 < kl < 1e-3, kl  # 0 would mean nothing was quantised
+    logits = sequence_logits(exact, ids)
+    kl, agreement = kl_and_agreement(logits, sequence_logits(int8, ids))
+    kl_none, agreement_none = kl_and_agreement(logits, sequence_logits(without_experts(int8), ids))
+    assert kl_none > 1e-2 and agreement_none < 0.8, "the experts must matter for this test to mean anything"
+    assert 0 < kl < 1e-3 * kl_none, (kl, kl_none)  # 0 would mean nothing was quantised
     assert agreement >= 0.95, agreement
 
 
 @torch.inference_mode()
-def test_int8_talker_stays_close_to_float(tiny):
+def test_int8_talker_stays_close_to_float(tiny, loud):
     """The first-code logits of a talker prefill (every position), int8 experts vs float."""
     thinker = load_qwen3_omni_thinker(tiny.directory, dtype=torch.float32)
-    exact = load_qwen3_omni_talker(tiny.directory, dtype=torch.float32)
-    int8 = load_qwen3_omni_talker(tiny.directory, dtype=torch.float32, int8_experts=True)
+    exact = load_qwen3_omni_talker(loud, dtype=torch.float32)
+    int8 = load_qwen3_omni_talker(loud, dtype=torch.float32, int8_experts=True)
     assert sum(isinstance(m, Int8Experts) for m in int8.modules()) == 2
     assert expert_bytes(int8) < 0.3 * expert_bytes(exact)
     embed = thinker.model.embed_tokens
     words = torch.randint(10, 130, (20,), generator=torch.Generator().manual_seed(1)).tolist()
     ids = torch.tensor([IM_START, USER, *words, IM_END, IM_START, ASSISTANT, 94])
     prefill = build_talker_prefill(exact, embed, ids, embed(ids), embed(torch.tensor([30])), 46)
-    logits = []
-    for talker in (exact, int8):
+
+    def logits(talker):
         hidden = talker(None, torch.arange(prefill.length)[None], talker.make_cache(1, 64), torch.tensor([0]),
                         inputs_embeds=prefill.inputs_embeds[None], rope_positions=prefill.rope_positions[:, None])
-        logits.append(talker.compute_logits(hidden[0]))
-    kl, agreement = kl_and_agreement(*logits)
-    assert 0 < kl < 1e-3, kl
+        return talker.compute_logits(hidden[0])
+
+    reference = logits(exact)
+    kl, agreement = kl_and_agreement(reference, logits(int8))
+    kl_none, _ = kl_and_agreement(reference, logits(without_experts(int8)))
+    assert kl_none > 1e-3, "the experts must matter for this test to mean anything"
+    assert 0 < kl < 1e-2 * kl_none, (kl, kl_none)
     assert agreement >= 0.9, agreement
 
 
