@@ -79,14 +79,16 @@ def pack_linears(module: nn.Module) -> int:
 
 def pack_decoder(model: nn.Module) -> int:
     """Pack what a decode step reads in a Qwen2-style decoder (`model.layers`, and its output
-    head `lm_head` / `codec_head`) when the machine supports it; media towers and small
+    head(s) `lm_head` / `codec_head`) when the machine supports it; media towers and small
     projections stay as they are. Returns how many linears were packed (0: not supported)."""
     if not can_pack(model.dtype, model.device):
         return 0
     count = pack_linears(model.model.layers)
     for head in ("lm_head", "codec_head"):
         linear = getattr(model, head, None)
-        if isinstance(linear, nn.Linear) and can_pack(linear.weight.dtype, linear.weight.device):
+        if isinstance(linear, nn.ModuleList):  # a head per codebook (the Qwen3-Omni code predictor)
+            count += pack_linears(linear)
+        elif isinstance(linear, nn.Linear) and can_pack(linear.weight.dtype, linear.weight.device):
             # a tied head shares the embedding table: its packed copy costs that memory again
             setattr(model, head, PackedLinear(linear))
             count += 1

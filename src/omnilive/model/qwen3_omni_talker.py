@@ -41,9 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnilive.model.kv_cache import FrameKVCache
 from omnilive.model.moe import SharedExpertMoE
 from omnilive.model.moe_int8 import quantize_experts_int8
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
+from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.talker import TalkerTextInputs
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -192,8 +194,8 @@ class Qwen3OmniTalker(CodecDecoder):
         """The rest of B frames whose first codes are chosen.
 
         last_hidden [B, H]: the talker's final hidden state that chose them; first_codes [B];
-        cache: the code predictor's (make_predictor_cache), `slots` its rows; choose(g, logits
-        [B, codebook]) → code g of each row [B]. Returns (codes [B, G], the next talker input's
+        cache: the code predictor's (make_predictor_cache; a KVCache's rows are `slots`);
+        choose(g, logits [B, codebook]) → code g of each row [B]. Returns (codes [B, G], the next talker input's
         codec part [B, H]: the sum of the frame's code embeddings)."""
         predictor = self.code_predictor
         first = self.model.codec_embedding(first_codes)
@@ -209,9 +211,12 @@ class Qwen3OmniTalker(CodecDecoder):
             x, positions = embeds[-1][:, None], positions[:, -1:] + 1
         return torch.stack(codes, dim=1), torch.stack(embeds, dim=1).sum(1)
 
-    def make_predictor_cache(self, max_rows: int):
-        """The code predictor's cache: one frame (G positions) per row."""
-        return self.code_predictor.make_cache(max_rows, self.talker_config.num_code_groups)
+    def make_predictor_cache(self, max_rows: int) -> FrameKVCache:
+        """The code predictor's cache: one frame (G positions) for each of up to `max_rows` rows
+        stepped together (predict_frame's batch row b uses row b whatever its slot)."""
+        c = self.code_predictor.config
+        return FrameKVCache(c.num_hidden_layers, max_rows, c.num_key_value_heads, self.talker_config.num_code_groups,
+                            c.attention_head_dim, self.dtype, self.device)
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,12 @@ def load_qwen3_omni_talker(directory: str | Path, dtype: torch.dtype | str | Non
     load_state_dict_strict(model, load_prefixed_tensors(directory, TALKER_PREFIX), assign=True)
     if int8_experts:
         quantize_experts_int8(model.model.layers)
-    return model.to(device)
+    model = model.to(device)
+    # a frame is one talker step and G - 1 code-predictor steps of a few rows, each reading all
+    # the predictor's weights: oneDNN's packed layout reads them faster (model/packed.py)
+    pack_decoder(model)
+    pack_decoder(model.code_predictor)
+    return model
 
 
 __all__ = [
