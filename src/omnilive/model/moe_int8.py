@@ -103,5 +103,6 @@ def expert_bytes(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, (SparseMoE, FusedSparseMoE)):
             tensors = [*module.experts.parameters(), *module.experts.buffers()]
-            total += sum(t.nbytes for t in tensors)
+            fused = [getattr(m, "fused_gate_up", None) for m in module.experts.modules()]  # packed.FusedPackedLinear
+            total += sum(t.nbytes for t in tensors) + sum(getattr(f, "nbytes", 0) for f in fused)
     return total

@@ -45,7 +45,7 @@ from omnilive.model.kv_cache import FrameKVCache
 from omnilive.model.moe import SharedExpertMoE
 from omnilive.model.moe_int8 import quantize_experts_int8
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
-from omnilive.model.packed import pack_decoder
+from omnilive.model.packed import fuse_packed_projections, pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.talker import TalkerTextInputs
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -343,9 +343,11 @@ def load_qwen3_omni_talker(directory: str | Path, dtype: torch.dtype | str | Non
         quantize_experts_int8(model.model.layers)
     model = model.to(device)
     # a frame is one talker step and G - 1 code-predictor steps of a few rows, each reading all
-    # the predictor's weights: oneDNN's packed layout reads them faster (model/packed.py)
-    pack_decoder(model)
-    pack_decoder(model.code_predictor)
+    # the predictor's weights: oneDNN's packed layout reads them faster, and q/k/v and gate/up
+    # as one call each save per-call costs (model/packed.py)
+    for decoder in (model, model.code_predictor):
+        fuse_packed_projections(decoder.model.layers)
+        pack_decoder(decoder)
     return model
 
 
