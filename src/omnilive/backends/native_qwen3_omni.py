@@ -67,6 +67,7 @@ from omnilive.model.qwen3_omni_talker import (
     new_talker_text_inputs,
 )
 from omnilive.model.tokenizer import Tokenizer
+from omnilive.model.weights import pick_compute_dtype, resolve_dtype
 from omnilive.types import AudioInput, EngineError, VideoInput
 
 FAMILY = "Qwen3-Omni"
@@ -206,8 +207,20 @@ class Qwen3WholeSpeech:
         return code2wav(codes)[0, 0].float().cpu().numpy().astype(np.float32)
 
 
+def code2wav_dtype(setting: str, model_dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """OMNILIVE_SPEECH_DTYPE for Code2Wav: "auto" = bfloat16 with a bfloat16 model where bf16
+    compute is fast (a GPU, an AMX CPU), else float32 (bench/code2wav_bf16_qwen3_omni.py)."""
+    if setting != "auto":
+        return resolve_dtype(setting)
+    fast = pick_compute_dtype(torch.device(device).type) == torch.bfloat16
+    return torch.bfloat16 if fast and model_dtype == torch.bfloat16 else torch.float32
+
+
 def qwen3_speech_model(model: OmniModel, settings) -> Qwen3SpeechModel:
-    """How a Qwen3-Omni model speaks on the engine (settings: server settings)."""
+    """How a Qwen3-Omni model speaks on the engine (settings: server settings); Code2Wav is cast
+    to the speech dtype here (loaded in float32)."""
+    device = next(model.token2wav.parameters()).device
+    model.token2wav.to(code2wav_dtype(settings.speech_dtype, model.thinker.dtype, device))
     speech = Qwen3SpeechSettings(chunk_frames=settings.code2wav_chunk_frames,
                                  first_chunk_frames=settings.code2wav_first_chunk_frames)
     return Qwen3SpeechModel(model.talker, model.token2wav, speech)
