@@ -252,3 +252,32 @@ def test_dictated_speech_equals_transformers_generate_with_that_reply(engine, ti
     expected = wav.reshape(-1).numpy()
     assert len(reply) > 3 and len(expected) > 8 * 8
     np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-4)
+
+
+def test_quantize_int8_serves_int8_experts_and_speaks(tiny):
+    """OMNILIVE_QUANTIZE=int8 reaches the loaders: thinker and talker experts in int8, and the
+    backend still answers and speaks."""
+    from omnilive.model.moe_int8 import Int8Experts
+
+    settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
+                        quantize="int8")
+    backend = NativeBackend(settings)
+    asyncio.run(backend.start())
+    try:
+        for part in (backend.model.thinker, backend.model.talker):
+            assert sum(isinstance(m, Int8Experts) for m in part.modules()) == 2
+        request = EngineRequest("int8", MESSAGES["text"], GREEDY, modalities=("text", "audio"))
+        outputs = run(backend, request)
+        assert told(outputs) and any(isinstance(out, AudioChunk) for out in outputs)
+    finally:
+        asyncio.run(backend.stop())
+
+
+def test_code2wav_dtype_follows_the_speech_dtype_setting():
+    from omnilive.backends.native_qwen3_omni import code2wav_dtype
+    from omnilive.model.weights import pick_compute_dtype
+
+    assert code2wav_dtype("auto", torch.float32, "cpu") == torch.float32  # a float32 model keeps it
+    assert code2wav_dtype("auto", torch.bfloat16, "cpu") == pick_compute_dtype("cpu")
+    assert code2wav_dtype("bfloat16", torch.float32, "cpu") == torch.bfloat16
+    assert code2wav_dtype("float32", torch.bfloat16, "cpu") == torch.float32

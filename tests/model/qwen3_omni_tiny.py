@@ -153,3 +153,19 @@ def write_tokenizer(directory: Path) -> None:
     (directory / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_OMNI_CHAT_TEMPLATE}, indent=1))
     (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=1))
     (directory / "video_preprocessor_config.json").write_text(json.dumps(VIDEO_PREPROCESSOR, indent=1))
+
+
+def with_louder_experts(directory: Path, out: Path, factor: float = 8.0) -> Path:
+    """`out`: a copy of a tiny checkpoint (config and weights) with every MoE expert weight
+    (thinker's and talker's, not the shared experts) times `factor`. At the random weights' scale
+    the experts barely move the logits (dropping them all costs a KL of ~5e-7), so a test of
+    what quantising them costs could not fail; times 8 they decide about two thirds of the
+    thinker's greedy tokens."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text((directory / "config.json").read_text())
+    tensors = load_file(directory / "model.safetensors")
+    save_file({key: t * factor if ".mlp.experts." in key else t for key, t in tensors.items()},
+              out / "model.safetensors")
+    return out

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omnilive.model.layers import Int8Linear
-from omnilive.model.packed import PackedLinear, can_pack, pack_decoder
+from omnilive.model.layers import Attention, Int8Linear, SwiGLU
+from omnilive.model.packed import FusedPackedLinear, PackedLinear, can_pack, fuse_packed_projections, pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 
 needs_bf16 = pytest.mark.skipif(not can_pack(torch.bfloat16, "cpu"), reason="no native bf16 matmul on this CPU")
@@ -40,6 +40,28 @@ def test_packed_float32_linear_equals_f_linear(rows):
     torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)  # another summation order only
     # bf16 activations (autocast) are computed in the weight's float32
     torch.testing.assert_close(packed(x.to(torch.bfloat16)), linear(x.to(torch.bfloat16).float()), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_projections_equal_the_separate_linears(dtype):
+    """q/k/v (with and without biases) and gate/up as one packed call: the same outputs, and
+    the separate linears are dropped."""
+    if not can_pack(dtype, "cpu"):
+        pytest.skip("no native bf16 matmul on this CPU")
+    torch.manual_seed(0)
+    attention = Attention(64, 4, 2, 16, qkv_bias=True).to(dtype)
+    mlp = SwiGLU(64, 96).to(dtype)
+    x = torch.randn(3, 64, dtype=dtype)
+    separate = [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x), mlp.gate_proj(x), mlp.up_proj(x)]
+    module = torch.nn.ModuleList([attention, mlp])
+    assert fuse_packed_projections(module) == 2
+    assert isinstance(attention.fused_qkv, FusedPackedLinear) and not hasattr(attention, "q_proj")
+    assert not hasattr(mlp, "gate_proj") and hasattr(mlp, "down_proj")
+    fused = [*attention.fused_qkv(x), *mlp.fused_gate_up(x)]
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0, "rtol": 0}  # bf16: bitwise
+    for a, b in zip(fused, separate):
+        torch.testing.assert_close(a, b, **tolerance)
 
 
 def test_packing_is_for_float32_and_native_bf16_on_cpu():

@@ -155,6 +155,27 @@ def test_seeded_sampling_is_the_same_batched_and_alone(ours, thinker):
     assert sum(len(frames) for frames in alone) >= 4
 
 
+@torch.inference_mode()
+def test_code_predictor_frame_cache_equals_a_slot_cache(ours):
+    """predict_frame over its FrameKVCache (rows in lockstep, batch row b in row b) and over a
+    slot KVCache (rows at other slots, as before): the same codes and embeddings."""
+    g = torch.Generator().manual_seed(3)
+    last_hidden = torch.randn(3, ours.config.hidden_size, generator=g)
+    first_codes = torch.tensor([1, 7, 12])
+
+    def greedy(group, logits):
+        return logits.argmax(-1)
+
+    groups = ours.talker_config.num_code_groups
+    frame = ours.predict_frame(last_hidden, first_codes, ours.make_predictor_cache(4), torch.tensor([3, 0, 2]), greedy)
+    slot = ours.predict_frame(last_hidden, first_codes, ours.code_predictor.make_cache(4, groups),
+                              torch.tensor([3, 0, 2]), greedy)
+    assert torch.equal(frame[0], slot[0]) and len(set(frame[0][:, 1].tolist())) > 1
+    torch.testing.assert_close(frame[1], slot[1])
+    with pytest.raises(ValueError, match="do not fit"):
+        ours.predict_frame(last_hidden, first_codes, ours.make_predictor_cache(2), torch.tensor([0, 1, 2]), greedy)
+
+
 def test_voices_come_from_the_checkpoint_in_any_case(tiny):
     config = Qwen3OmniTalkerConfig.from_dict(tiny.model.config.to_dict())
     assert config.speaker("Chelsie") == config.speaker("chelsie") == 46

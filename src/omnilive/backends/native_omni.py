@@ -75,13 +75,24 @@ ASR_SYSTEM_PROMPT = "You are a speech recognition model."
 TRANSCRIPT_MAX_TOKENS = 448
 
 
-def load_omni(directory: str | Path, dtype: torch.dtype | str | None = None, device: str = "cpu") -> OmniModel:
-    """The checkpoint directory (or hub id) loaded by its family's loader (backends/registry.py)."""
-    from omnilive.backends.registry import loader_for
+def load_omni(directory: str | Path, dtype: torch.dtype | str | None = None, device: str = "cpu",
+              quantize: str = "none") -> OmniModel:
+    """The checkpoint directory (or hub id) loaded by its family's loader (backends/registry.py).
+    quantize "int8" (OMNILIVE_QUANTIZE): a MoE family's experts in int8 (INT8_EXPERT_FAMILIES);
+    other families, and other values, load their weights as they are."""
+    from omnilive.backends.registry import INT8_EXPERT_FAMILIES, loader_for
 
     directory = resolve_checkpoint_dir(directory)
     dtype = pick_dtype(device) if dtype in (None, "auto") else resolve_dtype(dtype)
-    return loader_for(read_config(directory).get("model_type"), directory)(directory, dtype, device)
+    model_type = read_config(directory).get("model_type")
+    loader = loader_for(model_type, directory)
+    if quantize != "int8":
+        return loader(directory, dtype, device)
+    if model_type not in INT8_EXPERT_FAMILIES:
+        log.warning("quantize=int8 holds the MoE experts of %s checkpoints in int8; this %s checkpoint loads "
+                    "unquantised", ", ".join(sorted(INT8_EXPERT_FAMILIES)), model_type)
+        return loader(directory, dtype, device)
+    return loader(directory, dtype, device, int8_experts=True)
 
 
 def load_qwen2_5_omni(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
@@ -127,7 +138,7 @@ def speech_model(talker: Talker | Qwen3OmniTalker | None, vocoder: Token2Wav | Q
     if talker is None or vocoder is None:
         return None
     if isinstance(talker, Qwen3OmniTalker):
-        return qwen3_speech_model(talker, vocoder, s)
+        return qwen3_speech_model(talker, vocoder, s, thinker_dtype)
     speech_dtype = s.speech_dtype
     if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
         fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)
@@ -189,7 +200,7 @@ class NativeBackend:
         torch.set_num_threads(s.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         directory = resolve_checkpoint_dir(s.model)
-        self.model = load_omni(directory, s.dtype, device)
+        self.model = load_omni(directory, s.dtype, device, s.quantize)
         speech = speech_model(self.model.talker, self.model.token2wav, self.model.thinker.dtype, s,
                               self.token2wav_steps, device)
         self.speaks_elsewhere = speech is not None and self.speech_service is not None

@@ -69,6 +69,7 @@ from omnilive.model.qwen3_omni_talker import (
     new_talker_text_inputs,
 )
 from omnilive.model.tokenizer import Tokenizer
+from omnilive.model.weights import pick_compute_dtype, resolve_dtype
 from omnilive.types import AudioInput, EngineError, VideoInput
 
 FAMILY = "Qwen3-Omni"
@@ -149,16 +150,18 @@ class Qwen3OmniProcessor(QwenProcessor):
         return [t.audio_start, *merged, t.audio_end], vision_count, audio_count
 
 
-def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu") -> OmniModel:
+def load_qwen3_omni_family(directory: str | Path, dtype: torch.dtype, device: str = "cpu",
+                           int8_experts: bool = False) -> OmniModel:
     """The thinker, tokenizer and processor of a Qwen3-Omni checkpoint, plus its talker,
-    Code2Wav (float32) and voices when it speaks (audio output enabled, a talker with voices)."""
+    Code2Wav (float32) and voices when it speaks (audio output enabled, a talker with voices).
+    int8_experts: the thinker's and the talker's MoE experts in int8 (model/moe_int8.py)."""
     directory = Path(directory)
-    thinker = load_qwen3_omni_thinker(directory, dtype, device)
+    thinker = load_qwen3_omni_thinker(directory, dtype, device, int8_experts=int8_experts)
     tokenizer = load_omni_tokenizer(directory, fallback_template=QWEN3_OMNI_CHAT_TEMPLATE)
     processor = Qwen3OmniProcessor.from_checkpoint(directory, tokenizer, thinker.thinker_config)
     model = OmniModel(thinker=thinker, tokenizer=tokenizer, processor=processor, talker=None, family=FAMILY)
     if qwen3_omni_speaks(read_config(directory)):
-        model.talker = load_qwen3_omni_talker(directory, dtype, device)
+        model.talker = load_qwen3_omni_talker(directory, dtype, device, int8_experts=int8_experts)
         model.token2wav = load_qwen3_omni_code2wav(directory, torch.float32, device)
         model.voices = checkpoint_voices(model.talker.talker_config)
     return model
@@ -204,8 +207,20 @@ class Qwen3WholeSpeech:
         return code2wav(codes)[0, 0].float().cpu().numpy().astype(np.float32)
 
 
-def qwen3_speech_model(talker: Qwen3OmniTalker, code2wav: Qwen3OmniCode2Wav, settings) -> Qwen3SpeechModel:
-    """How a Qwen3-Omni model speaks on the engine (settings: server settings)."""
+def code2wav_dtype(setting: str, model_dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """OMNILIVE_SPEECH_DTYPE for Code2Wav: "auto" = bfloat16 with a bfloat16 model where bf16
+    compute is fast (a GPU, an AMX CPU), else float32 (bench/code2wav_bf16_qwen3_omni.py)."""
+    if setting != "auto":
+        return resolve_dtype(setting)
+    fast = pick_compute_dtype(torch.device(device).type) == torch.bfloat16
+    return torch.bfloat16 if fast and model_dtype == torch.bfloat16 else torch.float32
+
+
+def qwen3_speech_model(talker: Qwen3OmniTalker, code2wav: Qwen3OmniCode2Wav, settings,
+                       model_dtype: torch.dtype) -> Qwen3SpeechModel:
+    """How a Qwen3-Omni model speaks on the engine (settings: server settings); Code2Wav is cast
+    to the speech dtype here (loaded in float32)."""
+    code2wav.to(code2wav_dtype(settings.speech_dtype, model_dtype, next(code2wav.parameters()).device))
     speech = Qwen3SpeechSettings(chunk_frames=settings.code2wav_chunk_frames,
                                  first_chunk_frames=settings.code2wav_first_chunk_frames)
     return Qwen3SpeechModel(talker, code2wav, speech)

@@ -50,7 +50,7 @@ class OmniModel:
     answer_phrase: str | None = None  # a plain-text reasoner's (QVQ's "**Final Answer**"); None: none
 
 
-Loader = Callable[[Path, torch.dtype, str], OmniModel]
+Loader = Callable[..., OmniModel]  # (directory, dtype, device); INT8_EXPERT_FAMILIES' also int8_experts=
 
 
 def _qwen2_5_omni(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
@@ -77,10 +77,10 @@ def _qwen3_vl(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
     return load_qwen3_vl_family(directory, dtype, device)
 
 
-def _qwen3_omni(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
+def _qwen3_omni(directory: Path, dtype: torch.dtype, device: str, int8_experts: bool = False) -> OmniModel:
     from omnilive.backends.native_qwen3_omni import load_qwen3_omni_family
 
-    return load_qwen3_omni_family(directory, dtype, device)
+    return load_qwen3_omni_family(directory, dtype, device, int8_experts=int8_experts)
 
 
 def _qwen3(directory: Path, dtype: torch.dtype, device: str) -> OmniModel:
@@ -99,6 +99,10 @@ FAMILIES: dict[str, Loader] = {
     "qwen3": _qwen3,  # text in, text out; thinks
     "qwen3_moe": _qwen3,  # the same, with sparse expert MLPs
 }
+
+
+# families whose loader takes int8_experts=True (OMNILIVE_QUANTIZE=int8: MoE experts in int8)
+INT8_EXPERT_FAMILIES = frozenset({"qwen3_omni_moe"})
 
 
 def loader_for(model_type: str | None, directory: Path) -> Loader:

@@ -139,3 +139,74 @@ class PagedKVCache:
     def writer(self, rows: torch.Tensor, positions: torch.Tensor) -> PagedCacheWrite:
         """The store/read helper of one model step: rows [B] (block-table rows), positions [B, T]."""
         return PagedCacheWrite(self.block_tables, self.block_size, self.num_kv_heads, rows, positions)
+
+
+class FrameKVCache:
+    """The cache of short sequences whose rows all start together and step in lockstep: the
+    Qwen3-Omni code predictor writes each frame as a fresh 2..G-token sequence, every row at the
+    same position each step. k and v are [layers, max_rows, kv_heads, max_len, head_dim]; batch
+    row b lives in row b, whatever slot the caller names (nothing outlives a frame), so a step
+    writes one slice and reads a view: no index gathers, no per-row masks."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        max_rows: int,
+        num_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        shape = (num_layers, max_rows, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_rows, self.max_len = max_rows, max_len
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}  # (start, tokens) → [1, 1, T, L]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def writer(self, rows: torch.Tensor, positions: torch.Tensor) -> FrameWrite:
+        """positions [B, T]: the same run start..start + T - 1 in every row (`rows` is not read)."""
+        B, T = positions.shape
+        start = int(positions[0, 0])
+        if B > self.max_rows or start + T > self.max_len:
+            raise ValueError(f"{B} rows to position {start + T} do not fit a frame cache of {self.max_rows} rows "
+                             f"x {self.max_len} positions")
+        mask = self._masks.get((start, T))
+        if mask is None:  # a query at position p sees keys 0..p
+            keys = torch.arange(start + T, device=positions.device)
+            queries = torch.arange(start, start + T, device=positions.device)
+            mask = self._masks[start, T] = (keys <= queries[:, None])[None, None]
+        return FrameWrite(B, start, T, mask.expand(B, 1, T, start + T))
+
+
+class FrameWrite:
+    """A FrameKVCache step: B rows of T tokens at positions start..start + T - 1 (the interface
+    of layers.StepWrite that Attention reads)."""
+
+    pack_index = None  # no padding
+
+    def __init__(self, rows: int, start: int, tokens: int, mask: torch.Tensor):
+        self.rows, self.start, self.tokens = rows, start, tokens
+        self.groups = [FrameGroup((rows, tokens), start + tokens, mask)]
+
+    def store(self, cache: torch.Tensor, tokens: torch.Tensor) -> None:
+        """tokens [B * T, nkv, D] (row-major) → cache[b, :, start + t]."""
+        B, T = self.rows, self.tokens
+        cache[:B, :, self.start:self.start + T] = tokens.view(B, T, *tokens.shape[1:]).transpose(1, 2)
+
+    def read(self, cache: torch.Tensor, group: FrameGroup) -> torch.Tensor:
+        """Keys (or values) 0..L-1 of every row, a view: [B, nkv, L, D]."""
+        return cache[:self.rows, :, :group.key_len]
+
+
+class FrameGroup:
+    """The one attention group of a FrameWrite (layers.AttentionGroup's fields)."""
+
+    token_index = None
+
+    def __init__(self, shape: tuple[int, int], key_len: int, mask: torch.Tensor):
+        self.shape, self.key_len, self.mask = shape, key_len, mask

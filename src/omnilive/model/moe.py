@@ -60,7 +60,9 @@ class SparseMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])  # [M, H]
         weights, chosen = route(self.gate(tokens), self.top_k, self.norm_topk_prob)
-        return mix_experts(tokens, weights, chosen, lambda index, rows: self.experts[index](rows)).view_as(x)
+        experts = self.experts  # one module per expert as loaded; moe_int8.Int8Experts once quantised
+        expert = (lambda index, rows: experts[index](rows)) if isinstance(experts, nn.ModuleList) else experts
+        return mix_experts(tokens, weights, chosen, expert).view_as(x)
 
 
 class SharedExpertMoE(SparseMoE):

@@ -79,15 +79,60 @@ def pack_linears(module: nn.Module) -> int:
 
 def pack_decoder(model: nn.Module) -> int:
     """Pack what a decode step reads in a Qwen2-style decoder (`model.layers`, and its output
-    head `lm_head` / `codec_head`) when the machine supports it; media towers and small
+    head(s) `lm_head` / `codec_head`) when the machine supports it; media towers and small
     projections stay as they are. Returns how many linears were packed (0: not supported)."""
     if not can_pack(model.dtype, model.device):
         return 0
     count = pack_linears(model.model.layers)
     for head in ("lm_head", "codec_head"):
         linear = getattr(model, head, None)
-        if isinstance(linear, nn.Linear) and can_pack(linear.weight.dtype, linear.weight.device):
+        if isinstance(linear, nn.ModuleList):  # a head per codebook (the Qwen3-Omni code predictor)
+            count += pack_linears(linear)
+        elif isinstance(linear, nn.Linear) and can_pack(linear.weight.dtype, linear.weight.device):
             # a tied head shares the embedding table: its packed copy costs that memory again
             setattr(model, head, PackedLinear(linear))
             count += 1
+    return count
+
+
+class FusedPackedLinear:
+    """Linears that read the same input as one packed weight (their rows stacked): one oneDNN
+    call, their outputs returned as views. A plain attribute of the module that calls it
+    (Attention.fused_qkv, SwiGLU.fused_gate_up), as quant_linear.FusedQuantLinear is."""
+
+    def __init__(self, *linears: nn.Linear):
+        stacked = torch.cat([linear.weight for linear in linears])
+        self.nbytes = stacked.nbytes  # of the weight (the packed tensor is opaque)
+        self.weight = pack_weight(stacked)
+        biases = [linear.bias for linear in linears]
+        self.bias = None if all(b is None for b in biases) else torch.cat([
+            b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
+            for b, linear in zip(biases, linears)])
+        self.sizes = [linear.out_features for linear in linears]
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.dtype != self.weight.dtype:
+            x = x.to(self.weight.dtype)
+        return packed_linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+
+FUSED_PROJECTIONS = (("fused_qkv", ("q_proj", "k_proj", "v_proj")), ("fused_gate_up", ("gate_proj", "up_proj")))
+
+
+def fuse_packed_projections(module: nn.Module) -> int:
+    """Give every attention (q/k/v_proj) and SwiGLU (gate/up_proj) inside `module` whose
+    projections are plain linears this machine packs one FusedPackedLinear for them, and drop
+    the separate linears (their weights live on in the fused one; a packed model is never
+    saved). For decoders whose steps are a few rows, where each call's fixed cost counts (the
+    Qwen3-Omni code predictor: 15 steps a frame). Returns how many fused calls were made."""
+    count = 0
+    for child in list(module.modules()):
+        for attribute, names in FUSED_PROJECTIONS:
+            linears = [getattr(child, name, None) for name in names]
+            if (hasattr(child, attribute) and all(isinstance(linear, nn.Linear) for linear in linears)
+                    and can_pack(linears[0].weight.dtype, linears[0].weight.device)):
+                setattr(child, attribute, FusedPackedLinear(*linears))
+                for name in names:
+                    delattr(child, name)
+                count += 1
     return count

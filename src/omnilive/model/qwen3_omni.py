@@ -13,8 +13,8 @@ the prompt's delta.
 
 Checkpoint: the thinker's keys are `thinker.*` (`audio_tower.`, `visual.`, `model.`, `lm_head.`),
 the experts one module each (`mlp.experts.N.{gate,up,down}_proj`, the released layout).
-`talker.*` and `code2wav.*` (speech out) are not loaded yet: `load_qwen3_omni_thinker` reads only
-`thinker.` keys and leaves those parts to the talker step.
+`load_qwen3_omni_thinker` reads only `thinker.` keys: `talker.*` and `code2wav.*` (speech out)
+have their own loaders.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnilive.model.moe_int8 import quantize_experts_int8
 from omnilive.model.omni_checkpoint import THINKER_PREFIX, load_prefixed_tensors, read_config
 from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
@@ -180,18 +181,23 @@ class Qwen3OmniThinker(Qwen2ForCausalLM):
 
 
 def load_qwen3_omni_thinker(directory: str | Path, dtype: torch.dtype | str | None = None,
-                            device: str = "cpu") -> Qwen3OmniThinker:
+                            device: str = "cpu", int8_experts: bool = False) -> Qwen3OmniThinker:
     """The thinker of a Qwen3-Omni checkpoint directory, in eval mode; every `thinker.` key
     consumed (WeightsMismatchError names the rest). The `talker.` / `code2wav.` keys are not
-    read: speech out is the next step."""
+    read (model/qwen3_omni_talker.py, model/qwen3_omni_code2wav.py). int8_experts: the MoE
+    experts held as int8 (model/moe_int8.py), quantised on the CPU before the model moves to
+    `device`, which never holds their float weights."""
     directory = Path(directory)
     config = Qwen3OmniThinkerConfig.from_dict(read_config(directory))
-    model = empty_model(Qwen3OmniThinker, config, resolve_dtype(dtype), device)
+    # built on the CPU: the checkpoint's tensors replace these (assign) before the move to `device`
+    model = empty_model(Qwen3OmniThinker, config, resolve_dtype(dtype), "cpu")
     vision = config.vision_config
     with torch.device("cpu"):  # tables that are no checkpoint tensor: built on meta, rebuilt
         model.visual.rotary = VisionRotary(vision.head_dim, vision.rope_theta)
     model.audio_tower.reset_positions()
     load_state_dict_strict(model, load_prefixed_tensors(directory, THINKER_PREFIX), assign=True)
+    if int8_experts:
+        quantize_experts_int8(model.model.layers)
     model = model.to(device)
     pack_decoder(model)  # bf16 on a CPU that runs it natively: faster decode, same numbers
     return model

@@ -41,8 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnilive.model.kv_cache import FrameKVCache
 from omnilive.model.moe import SharedExpertMoE
+from omnilive.model.moe_int8 import quantize_experts_int8
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
+from omnilive.model.packed import fuse_packed_projections, pack_decoder
 from omnilive.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from omnilive.model.talker import TalkerTextInputs
 from omnilive.model.weights import empty_model, load_state_dict_strict, resolve_dtype
@@ -194,8 +197,8 @@ class Qwen3OmniTalker(CodecDecoder):
         """The rest of B frames whose first codes are chosen.
 
         last_hidden [B, H]: the talker's final hidden state that chose them; first_codes [B];
-        cache: the code predictor's (make_predictor_cache), `slots` its rows; choose(g, logits
-        [B, codebook]) → code g of each row [B]. Returns (codes [B, G], the next talker input's
+        cache: the code predictor's (make_predictor_cache; a KVCache's rows are `slots`);
+        choose(g, logits [B, codebook]) → code g of each row [B]. Returns (codes [B, G], the next talker input's
         codec part [B, H]: the sum of the frame's code embeddings)."""
         predictor = self.code_predictor
         first = self.model.codec_embedding(first_codes)
@@ -211,9 +214,12 @@ class Qwen3OmniTalker(CodecDecoder):
             x, positions = embeds[-1][:, None], positions[:, -1:] + 1
         return torch.stack(codes, dim=1), torch.stack(embeds, dim=1).sum(1)
 
-    def make_predictor_cache(self, max_rows: int):
-        """The code predictor's cache: one frame (G positions) per row."""
-        return self.code_predictor.make_cache(max_rows, self.talker_config.num_code_groups)
+    def make_predictor_cache(self, max_rows: int) -> FrameKVCache:
+        """The code predictor's cache: one frame (G positions) for each of up to `max_rows` rows
+        stepped together (predict_frame's batch row b uses row b whatever its slot)."""
+        c = self.code_predictor.config
+        return FrameKVCache(c.num_hidden_layers, max_rows, c.num_key_value_heads, self.talker_config.num_code_groups,
+                            c.attention_head_dim, self.dtype, self.device)
 
 
 @dataclass(frozen=True)
@@ -328,13 +334,24 @@ def new_talker_text_inputs(talker: Qwen3OmniTalker, thinker_embed: Callable[[tor
 
 
 def load_qwen3_omni_talker(directory: str | Path, dtype: torch.dtype | str | None = None,
-                           device: str = "cpu") -> Qwen3OmniTalker:
+                           device: str = "cpu", int8_experts: bool = False) -> Qwen3OmniTalker:
     """The talker (and code predictor) of a Qwen3-Omni checkpoint, in eval mode; every
-    `talker.` key consumed (WeightsMismatchError names the rest)."""
+    `talker.` key consumed (WeightsMismatchError names the rest). int8_experts: the talker's
+    MoE experts held as int8 (model/moe_int8.py; its shared experts stay float)."""
     config = Qwen3OmniTalkerConfig.from_dict(read_config(directory))
-    model = empty_model(Qwen3OmniTalker, config, resolve_dtype(dtype), device)
+    # built on the CPU: the checkpoint's tensors replace these (assign) before the move to `device`
+    model = empty_model(Qwen3OmniTalker, config, resolve_dtype(dtype), "cpu")
     load_state_dict_strict(model, load_prefixed_tensors(directory, TALKER_PREFIX), assign=True)
-    return model.to(device)
+    if int8_experts:
+        quantize_experts_int8(model.model.layers)
+    model = model.to(device)
+    # a frame is one talker step and G - 1 code-predictor steps of a few rows, each reading all
+    # the predictor's weights: oneDNN's packed layout reads them faster, and q/k/v and gate/up
+    # as one call each save per-call costs (model/packed.py)
+    for decoder in (model, model.code_predictor):
+        fuse_packed_projections(decoder.model.layers)
+        pack_decoder(decoder)
+    return model
 
 
 __all__ = [

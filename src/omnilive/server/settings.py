@@ -107,7 +107,10 @@ class Settings(BaseSettings):
         '"gguf" plus a float copy of the decoder\'s weights (bf16 on AMX CPUs, else float32: 0.7-1.4 GB) '
         "on which prompt tokens run, several times faster than on the kernel, where the kernel builds "
         "and runs; else bf16 packed for oneDNN where the CPU runs bf16 natively (AMX / AVX512-BF16), "
-        "else int8 on other CPUs running bfloat16"))
+        "else int8 on other CPUs running bfloat16. For a Qwen3-Omni "
+        'checkpoint, "int8" holds the thinker\'s and the talker\'s MoE experts (nearly all their weights) in '
+        "int8 with one scale per output channel: about half the memory of bf16 (docs/models.md); any other value "
+        "keeps them in --dtype"))
     # bench/speech_quality.py prints the log-mel cost of each speech setting against the 10-step
     # float32 reference.
     token2wav_steps: int = Field(10, ge=2, description=(
@@ -116,8 +119,8 @@ class Settings(BaseSettings):
         "native speech: ODE steps for the first streamed window only (its 0.12 s of audio; later "
         "windows re-solve those frames with every step), for an earlier first audio chunk"))
     speech_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
-        'native speech: dtype of the streamed DiT solves; "auto" = bfloat16 when the model runs in '
-        "bfloat16 on a GPU or an AMX CPU, else float32"))
+        'native speech: dtype of the streamed DiT solves (Qwen2.5-Omni) and of Code2Wav (Qwen3-Omni); "auto" = '
+        "bfloat16 when the model runs in bfloat16 on a GPU or an AMX CPU, else float32"))
     speech_lead_seconds: float = Field(1.5, ge=0.0, description=(
         "native speech: seconds of audio a stream keeps ahead of its listener before its next "
         "token2wav window must be solved; until then windows wait to be solved together with other "
