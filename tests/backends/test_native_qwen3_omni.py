@@ -257,7 +257,9 @@ def test_dictated_speech_equals_transformers_generate_with_that_reply(engine, ti
 def test_quantize_int8_serves_int8_experts_and_speaks(tiny):
     """OMNILIVE_QUANTIZE=int8 reaches the loaders: thinker and talker experts in int8, and the
     backend still answers and speaks."""
+    from omnilive.backends.native_omni import NativeBackend
     from omnilive.model.moe_int8 import Int8Experts
+    from omnilive.server.settings import Settings
 
     settings = Settings(model=str(tiny.directory), dtype="float32", threads=1, max_context_tokens=1024,
                         quantize="int8")
@@ -268,7 +270,7 @@ def test_quantize_int8_serves_int8_experts_and_speaks(tiny):
             assert sum(isinstance(m, Int8Experts) for m in part.modules()) == 2
         request = EngineRequest("int8", MESSAGES["text"], GREEDY, modalities=("text", "audio"))
         outputs = run(backend, request)
-        assert told(outputs) and any(isinstance(out, AudioChunk) for out in outputs)
+        assert text_of(outputs) and any(isinstance(out, AudioChunk) for out in outputs)
     finally:
         asyncio.run(backend.stop())
 
