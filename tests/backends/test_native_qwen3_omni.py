@@ -277,9 +277,7 @@ def test_quantize_int8_serves_int8_experts_and_speaks(tiny):
 
 def test_code2wav_dtype_follows_the_speech_dtype_setting():
     from omnilive.backends.native_qwen3_omni import code2wav_dtype
-    from omnilive.model.weights import pick_compute_dtype
 
-    assert code2wav_dtype("auto", torch.float32, "cpu") == torch.float32  # a float32 model keeps it
-    assert code2wav_dtype("auto", torch.bfloat16, "cpu") == pick_compute_dtype("cpu")
-    assert code2wav_dtype("bfloat16", torch.float32, "cpu") == torch.bfloat16
-    assert code2wav_dtype("float32", torch.bfloat16, "cpu") == torch.float32
+    assert code2wav_dtype("auto") == torch.float32  # bf16's cost not yet measured on real weights
+    assert code2wav_dtype("bfloat16") == torch.bfloat16
+    assert code2wav_dtype("float32") == torch.float32

@@ -138,7 +138,7 @@ def speech_model(talker: Talker | Qwen3OmniTalker | None, vocoder: Token2Wav | Q
     if talker is None or vocoder is None:
         return None
     if isinstance(talker, Qwen3OmniTalker):
-        return qwen3_speech_model(talker, vocoder, s, thinker_dtype)
+        return qwen3_speech_model(talker, vocoder, s)
     speech_dtype = s.speech_dtype
     if speech_dtype == "auto":  # bfloat16 with a bfloat16 model where bf16 matmuls are fast
         fast = pick_compute_dtype(device) == torch.bfloat16  # (never float16: the DiT overflows it)

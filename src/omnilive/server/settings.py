@@ -120,7 +120,9 @@ class Settings(BaseSettings):
         "windows re-solve those frames with every step), for an earlier first audio chunk"))
     speech_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
         'native speech: dtype of the streamed DiT solves (Qwen2.5-Omni) and of Code2Wav (Qwen3-Omni); "auto" = '
-        "bfloat16 when the model runs in bfloat16 on a GPU or an AMX CPU, else float32"))
+        "for the DiT bfloat16 when the model runs in bfloat16 on a GPU or an AMX CPU, else float32; for "
+        "Code2Wav float32 (bfloat16 is 3-10x faster on AMX CPUs, its quality on real weights not yet measured: "
+        "docs/models.md)"))
     speech_lead_seconds: float = Field(1.5, ge=0.0, description=(
         "native speech: seconds of audio a stream keeps ahead of its listener before its next "
         "token2wav window must be solved; until then windows wait to be solved together with other "
