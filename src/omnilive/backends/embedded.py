@@ -146,8 +146,9 @@ class EmbeddedBackend:
         auto_int8 = dtype == torch.bfloat16 and not can_pack(dtype, "cpu")
         int8 = not quantized and (s.quantize == "int8" or (s.quantize == "auto" and auto_int8))
         line.step("loading weights (converted into the cache on a first start)")
-        # auto: prompts on a float copy (bf16 where AMX multiplies it, else float32): a 500-token
-        # prompt's first token 2-4x sooner than on the kernel, for 0.7-1.4 GB more memory
+        # auto: prompts on a float copy (bf16 where AMX multiplies it, else float32), for 0.7-1.4 GB
+        # more memory: a 498-token prompt's first token in 0.61 s instead of 4.31 s on the kernel
+        # (AMX Xeon, docs/benchmarks.md)
         prompt_dtype = pick_compute_dtype() if quantized and s.quantize == "auto" else None
         model, config, tokenizer = load_gguf(gguf_path, cache_dir=cache_dir, dtype=dtype, int8_weights=int8,
                                              quantized=quantized, prompt_dtype=prompt_dtype)
