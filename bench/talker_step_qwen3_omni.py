@@ -1,16 +1,17 @@
 """The Qwen3-Omni talker step (one frame: the code predictor's G - 1 steps and one talker step),
-as served vs as it ran before: ms per frame, by streams stepped together.
+as served vs as it ran before (and packed without fusing): ms per frame, by streams stepped together.
 
 Prints, never asserts. One random-weight checkpoint at the real talker and code-predictor
 widths (bench/ttfa_qwen3_omni.py's, float32 or --dtype), loaded twice in this process:
 - served: `load_qwen3_omni_talker` (linears packed for oneDNN where the CPU runs the dtype
   natively) with `make_predictor_cache` (a FrameKVCache);
+- packed: the same weights packed as served but without the fused q/k/v and gate/up calls;
 - before: the same weights unpacked, with a slot KVCache for the code predictor.
 Both run greedy from the same prefills and must give the same codes (checked, printed). Runs
 alternate (before, served, before, ...) and each keeps its fastest frame step of all rounds, as
 this machine's speed (shared, 2 cores) moves from second to second.
 
-    python bench/talker_step_qwen3_omni.py [--frames 8] [--streams 1 4] [--rounds 4] [--dtype float32]
+    python bench/talker_step_qwen3_omni.py [--frames 6] [--streams 1 4] [--rounds 4] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from omnilive.engine.qwen3_talker_generate import (
     start_qwen3_talker_stream,
 )
 from omnilive.model.omni_checkpoint import load_prefixed_tensors, read_config
+from omnilive.model.packed import pack_decoder
 from omnilive.model.qwen3_omni_talker import (
     TALKER_PREFIX,
     Qwen3OmniTalker,
@@ -74,7 +76,7 @@ def talk(talker, predictor_cache, embed, input_ids: torch.Tensor, streams: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--streams", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -93,25 +95,30 @@ def main() -> None:
                                                        predictor_layers=args.predictor_layers, experts=args.experts))
         model = load_omni(tmp, dtype)
         before = unpacked_talker(Path(tmp), dtype)
+        packed = unpacked_talker(Path(tmp), dtype)
+    for decoder in (packed, packed.code_predictor):
+        pack_decoder(decoder)
     embed, served = model.thinker.model.embed_tokens, model.talker
     input_ids = torch.tensor(model.processor.build(PROMPT, speak=True).input_ids)
     groups = served.talker_config.num_code_groups
     print(f"talker 1024 x {args.talker_layers} ({args.experts} experts), code predictor 1024 x "
           f"{args.predictor_layers}, {groups} codebooks, {args.dtype}, {args.threads} threads, {args.frames} frames")
-    print(f"{'streams':>7} {'before ms':>10} {'served ms':>10} {'served / before':>16} {'same codes':>11}")
+    print(f"{'streams':>7} {'before ms':>10} {'packed ms':>10} {'served ms':>10} {'served / before':>16} "
+          f"{'same codes':>11}")
+    talkers = {"before": before, "packed": packed, "served": served}
     for streams in args.streams:
         caches = {"before": before.code_predictor.make_cache(streams, groups),
-                  "served": served.make_predictor_cache(streams)}
-        talkers = {"before": before, "served": served}
-        best, codes = {"before": float("inf"), "served": float("inf")}, {}
-        talk(served, caches["served"], embed, input_ids, streams, 2)  # warm
-        talk(before, caches["before"], embed, input_ids, streams, 2)
+                  "packed": packed.make_predictor_cache(streams), "served": served.make_predictor_cache(streams)}
+        best, codes = dict.fromkeys(talkers, float("inf")), {}
+        for name, talker in talkers.items():  # warm
+            talk(talker, caches[name], embed, input_ids, streams, 2)
         for _ in range(args.rounds):
-            for name in ("before", "served"):
-                seconds, codes[name] = talk(talkers[name], caches[name], embed, input_ids, streams, args.frames)
+            for name, talker in talkers.items():
+                seconds, codes[name] = talk(talker, caches[name], embed, input_ids, streams, args.frames)
                 best[name] = min(best[name], seconds)
-        print(f"{streams:>7} {best['before'] * 1e3:>10.1f} {best['served'] * 1e3:>10.1f} "
-              f"{best['served'] / best['before']:>16.3f} {str(codes['before'] == codes['served']):>11}", flush=True)
+        same = codes["before"] == codes["packed"] == codes["served"]
+        print(f"{streams:>7} {best['before'] * 1e3:>10.1f} {best['packed'] * 1e3:>10.1f} {best['served'] * 1e3:>10.1f} "
+              f"{best['served'] / best['before']:>16.3f} {str(same):>11}", flush=True)
 
 
 if __name__ == "__main__":
